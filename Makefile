@@ -1,0 +1,35 @@
+# Two entry points do all the set-up on a fresh machine:
+#   make run   - install into .venv, then print platform facts and benchmarks
+#   make test  - install if needed, lint, then run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.opir-installed
+# Compiled artefacts (Inductor, C++ extensions) go to one predictable place.
+export OPIR_CACHE_DIR ?= $(CURDIR)/.cache/opir
+export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
+
+.PHONY: install run test lint clean
+
+install: $(STAMP)
+
+# torch first, pinned: an unpinned torch would pull several GB of CUDA wheels.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/opir info
+	$(VENV)/bin/opir bench dispatch
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

@@ -1,0 +1,50 @@
+"""opir: one native definition per LLM-inference op, many kernel providers.
+
+Import order matters and is fixed here: ops first, then the built-in
+providers, then third-party plugins, then ``OPIR_PRIORITY`` (which may name
+any of them).
+"""
+
+from opir import ops, providers
+from opir.core.chain import Chain, set_platform_defaults
+from opir.core.errors import DispatchError, OpirError, PriorityError, RegistrationError
+from opir.core.impl import Impl
+from opir.core.op import Op, register_op, registry
+from opir.core.platform import Platform
+from opir.core.platform import detect as platform
+from opir.core.plugins import load_plugins as _load_plugins
+from opir.core.priority import apply_env as _apply_env
+from opir.core.priority import get_priority, load_priority, priority, set_priority
+from opir.core.tolerances import Tolerance
+from opir.core.trace import DispatchRecord, Trace, strict, trace
+
+_load_plugins()
+_apply_env()
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Chain",
+    "DispatchError",
+    "DispatchRecord",
+    "Impl",
+    "Op",
+    "OpirError",
+    "Platform",
+    "PriorityError",
+    "RegistrationError",
+    "Tolerance",
+    "Trace",
+    "get_priority",
+    "load_priority",
+    "ops",
+    "platform",
+    "priority",
+    "providers",
+    "register_op",
+    "registry",
+    "set_platform_defaults",
+    "set_priority",
+    "strict",
+    "trace",
+]

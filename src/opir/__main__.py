@@ -1,0 +1,5 @@
+import sys
+
+from opir.cli import main
+
+sys.exit(main())

@@ -1,0 +1,62 @@
+"""Interleaved timing for side-by-side ratios on a noisy, shared machine.
+
+Every candidate is timed in every round, in a rotating order, so drift and a
+noisy neighbour hit all of them alike. Differences against a baseline are
+taken per round (paired) and then the median over rounds, which is far more
+stable than the difference of two medians.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+
+class Samples:
+    """Seconds per call, one value per round, for each candidate."""
+
+    def __init__(self, per_round: dict[str, list[float]]) -> None:
+        self.per_round = per_round
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.per_round[name])
+
+    def paired_difference(self, name: str, baseline: str) -> float:
+        """Median over rounds of (name - baseline) timed in the same round."""
+        pairs = zip(self.per_round[name], self.per_round[baseline], strict=True)
+        return statistics.median(a - b for a, b in pairs)
+
+    def paired_ratio(self, name: str, baseline: str) -> float:
+        """Median over rounds of name / baseline timed in the same round."""
+        pairs = zip(self.per_round[name], self.per_round[baseline], strict=True)
+        return statistics.median(a / b for a, b in pairs)
+
+
+def interleave(
+    candidates: Mapping[str, Callable[[], object]],
+    *,
+    rounds: int = 31,
+    number: int = 1000,
+    warmup: int = 100,
+    on_round: Callable[[], None] | None = None,
+) -> Samples:
+    """Time each candidate ``number`` calls per round for ``rounds`` rounds."""
+    names = list(candidates)
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    clock = time.perf_counter
+    loop = range(number)
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn = candidates[name]
+            start = clock()
+            for _ in loop:
+                fn()
+            per_round[name].append((clock() - start) / number)
+        if on_round is not None:
+            on_round()
+    return Samples(per_round)

@@ -1,0 +1,1 @@
+"""The registry, dispatch, priority and tracing machinery. Imports no provider."""

@@ -1,0 +1,30 @@
+"""How close an impl must be to the native function, per output dtype."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class Tolerance(NamedTuple):
+    atol: float
+    rtol: float
+
+
+DEFAULT_TOLERANCES: dict[torch.dtype, Tolerance] = {
+    torch.float32: Tolerance(atol=1e-5, rtol=1.3e-6),
+    torch.float16: Tolerance(atol=1e-3, rtol=1e-3),
+    torch.bfloat16: Tolerance(atol=1e-3, rtol=1.6e-2),
+}
+
+
+def default_tolerance(dtype: torch.dtype) -> Tolerance:
+    try:
+        return DEFAULT_TOLERANCES[dtype]
+    except KeyError:
+        raise KeyError(
+            f"no default tolerance for {dtype}; known dtypes are "
+            f"{sorted(str(d) for d in DEFAULT_TOLERANCES)}. Set one with "
+            "op.override_tolerance(dtype, atol=..., rtol=...)"
+        ) from None

@@ -1,0 +1,98 @@
+"""Which impl ran and why: dispatch tracing and strict mode."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from opir.core import scope as _scope
+
+
+@dataclasses.dataclass(frozen=True)
+class DispatchRecord:
+    op: str
+    overload: str  # "default" or "maybe_inplace"
+    provider: str  # what ran
+    path: str  # "eager" (Python fast path) or "torch_op" (through the dispatcher)
+    rejected: tuple[tuple[str, str], ...]  # (provider, why) for each skipped one, in order
+    signature: str  # dtypes/shapes of the tensor arguments
+
+
+class Trace:
+    """Records one :class:`DispatchRecord` per op call made inside ``opir.trace()``."""
+
+    def __init__(self) -> None:
+        self.records: list[DispatchRecord] = []
+
+    def _record(
+        self, op: str, overload: str, provider: str, path: str, rejected: list, args: tuple
+    ) -> None:
+        self.records.append(
+            DispatchRecord(op, overload, provider, path, tuple(rejected), _describe(args))
+        )
+
+    def providers(self, op: str | None = None) -> list[str]:
+        """The providers that ran, in call order (optionally for one op)."""
+        return [r.provider for r in self.records if op is None or r.op == op]
+
+    def __iter__(self) -> Iterator[DispatchRecord]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __rich__(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"opir dispatch trace ({len(self.records)} calls)")
+        for column in ("#", "op", "ran", "path", "rejected", "args"):
+            table.add_column(column)
+        for n, r in enumerate(self.records):
+            rejected = "\n".join(f"{p}: {why}" for p, why in r.rejected) or "-"
+            name = r.op if r.overload == "default" else f"{r.op}.{r.overload}"
+            table.add_row(str(n), name, r.provider, r.path, rejected, r.signature)
+        return table
+
+    def __str__(self) -> str:
+        from rich.console import Console
+
+        buffer = io.StringIO()
+        Console(file=buffer, width=120, color_system=None).print(self)
+        return buffer.getvalue()
+
+
+def _describe(args: tuple) -> str:
+    parts = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            dtype = str(a.dtype).removeprefix("torch.")
+            parts.append(f"{dtype}{list(a.shape)}")
+    return " ".join(parts)
+
+
+@contextlib.contextmanager
+def trace(*, strict: bool = False) -> Iterator[Trace]:
+    """Record every dispatch in this thread/task; ``strict=True`` also enables strict mode."""
+    tracer = Trace()
+    changes: dict[str, Any] = {"tracer": tracer}
+    if strict:
+        changes["strict"] = True
+    with _scope.entered(**changes):
+        yield tracer
+
+
+@contextlib.contextmanager
+def strict() -> Iterator[None]:
+    """Raise DispatchError instead of running anything but an op's preferred provider.
+
+    The preferred provider is the first entry of the op's effective priority.
+    A provider dropped as unsupported, or whose predicate rejects the call,
+    makes the call fail with the reason instead of falling back silently.
+    """
+    with _scope.entered(strict=True):
+        yield

@@ -1,0 +1,6 @@
+"""Kernel providers. Importing this package registers the built-in ones.
+
+Each provider lives in its own subpackage and registers impls with
+``op.register_impl`` at import; anything expensive (building C++, compiling)
+happens lazily on first use, never at import.
+"""
