@@ -531,6 +531,8 @@ def register_op(
     """
 
     def decorator(f: Callable) -> Op:
-        return Op(f, name or getattr(f, "__name__", ""), activations, allow_inplace)
+        return Op(
+            f, getattr(f, "__name__", "") if name is None else name, activations, allow_inplace
+        )
 
     return decorator if fn is None else decorator(fn)

@@ -1,0 +1,41 @@
+"""The opir command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import opir
+from opir import cli
+
+
+def test_info_lists_platform_ops_and_priorities(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    for expected in ("torch", "2.13", "c++ compiler", "rms_norm", "fused_add_rms_norm", "native"):
+        assert expected in out
+
+
+def test_bench_dispatch_prints_every_candidate(capsys):
+    assert cli.main(["bench", "dispatch", "--rounds", "3", "--number", "20"]) == 0
+    out = capsys.readouterr().out
+    for expected in ("inference_mode", "grad on", "op(...)", "op.torch_op(...)", "rejects"):
+        assert expected in out
+    assert "bench_dispatch_twin" not in opir.registry  # the transient op is gone
+
+
+def test_python_dash_m_entry_point():
+    done = subprocess.run(
+        [sys.executable, "-m", "opir", "info"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "rms_norm" in done.stdout
+
+
+def test_unknown_command_exits_with_usage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["frobnicate"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
