@@ -54,8 +54,8 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
         )
     for result in results:
         table = Table(
-            title=f"dispatch cost, rms_norm 1x64 fp32, {result.mode} "
-            f"(noise floor {result.noise_floor_us:.3f} µs)"
+            title=f"dispatch cost, rms_norm 1x64 fp32, {result.mode}, selected provider "
+            f"'{result.provider}' (noise floor {result.noise_floor_us:.3f} µs)"
         )
         table.add_column("call")
         table.add_column("median µs/call", justify="right")

@@ -1,11 +1,13 @@
 """``opir bench dispatch``: what opir's eager dispatch costs over a direct call.
 
 On a 1x64 fp32 ``rms_norm`` (tiny, so per-call overhead dominates) it times,
-interleaved in one run: the selected impl's function called directly;
+interleaved in one run: the impl the default priority selects, called
+directly; that impl's ``supports_args`` alone (part of any dispatch to it);
 ``op(...)``; ``op.torch_op(...)`` (through the torch dispatcher); and
-``op(...)`` on a twin op whose priority has two entries and whose first
-provider's predicate rejects. Done once under ``torch.inference_mode()`` (how
-inference engines call ops) and once with autograd on (no input requires grad).
+``op(...)`` on a twin op (same native function) whose priority lists a
+provider whose predicate rejects, then the selected impl. Done once under
+``torch.inference_mode()`` (how inference engines call ops) and once with
+autograd on (no input requires grad).
 """
 
 from __future__ import annotations
@@ -17,17 +19,27 @@ from collections.abc import Callable, Iterator
 import torch
 
 from opir.bench.timing import interleave
+from opir.core.impl import Impl
 from opir.core.op import Op, register_op
 from opir.ops import rms_norm
 
 DIRECT = "impl called directly"
 CONTROL = "impl called directly, again"
-CANDIDATES = (DIRECT, CONTROL, "op(...)", "op.torch_op(...)", "op(...), first provider rejects")
+PREDICATE = "its supports_args alone"
+CANDIDATES = (
+    DIRECT,
+    CONTROL,
+    PREDICATE,
+    "op(...)",
+    "op.torch_op(...)",
+    "op(...), first provider rejects",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class DispatchResult:
     mode: str
+    provider: str  # the impl the default priority selected
     median_us: dict[str, float]  # candidate -> median µs per call
     overhead_us: dict[str, float]  # candidate -> median paired difference to DIRECT
 
@@ -38,16 +50,17 @@ class DispatchResult:
 
 
 @contextlib.contextmanager
-def _twin_with_rejecting_first() -> Iterator[Op]:
-    """rms_norm's twin with priority [rejects, native]; unregistered afterwards."""
+def _twin_with_rejecting_first(selected: Impl) -> Iterator[Op]:
+    """rms_norm's twin with priority [rejects, <selected impl>]; unregistered afterwards."""
     twin = register_op(name="bench_dispatch_twin")(rms_norm.native)
 
     def rejects(x, weight, epsilon, variance_size=None):
         return False
 
     twin.register_impl("bench_rejects", supports_args=rejects)(rms_norm.native)
+    twin.register_impl("bench_selected", supports_args=selected.supports_args)(selected.fn)
     try:
-        twin.set_default(["bench_rejects", "native"])
+        twin.set_default(["bench_rejects", "bench_selected", "native"])
         yield twin
     finally:
         twin._drop()
@@ -58,15 +71,18 @@ def run(
 ) -> list[DispatchResult]:
     """One result per autograd mode, all candidates interleaved within a mode."""
     args = rms_norm.sample_inputs(num_tokens=1, hidden_size=64)
-    direct = rms_norm.dispatch(*args).fn
+    selected = rms_norm.dispatch(*args)
+    direct = selected.fn
+    predicate = selected.supports_args or (lambda *a: True)
     torch_op = rms_norm.torch_op
     results = []
-    with _twin_with_rejecting_first() as twin:
+    with _twin_with_rejecting_first(selected) as twin:
         for mode, ctx in (("inference_mode", torch.inference_mode), ("grad on", torch.enable_grad)):
             with ctx():
                 fns = (
                     lambda: direct(*args),
                     lambda: direct(*args),
+                    lambda: predicate(*args),
                     lambda: rms_norm(*args),
                     lambda: torch_op(*args),
                     lambda: twin(*args),
@@ -80,6 +96,7 @@ def run(
             results.append(
                 DispatchResult(
                     mode,
+                    selected.provider,
                     {name: samples.median(name) * 1e6 for name in CANDIDATES},
                     {name: samples.paired_difference(name, DIRECT) * 1e6 for name in CANDIDATES},
                 )

@@ -13,6 +13,43 @@ import torch
 from opir.core.op import register_op
 
 
+def _check(x: torch.Tensor, weight: torch.Tensor | None, op: str) -> None:
+    """Reject inputs the contract does not define (shared by every norm op)."""
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"{op}: x must be a floating-point tensor, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError(f"{op}: x must have at least one dimension (the hidden size)")
+    if weight is None:
+        return
+    if weight.dim() != 1 or weight.shape[0] != x.shape[-1]:
+        raise ValueError(
+            f"{op}: weight must have shape [{x.shape[-1]}] (x's last dim), got {list(weight.shape)}"
+        )
+    if weight.device != x.device:
+        raise ValueError(f"{op}: weight is on {weight.device} but x is on {x.device}")
+    if not weight.dtype.is_floating_point:
+        raise ValueError(f"{op}: weight must be floating point, got {weight.dtype}")
+
+
+def _check_like_x(x: torch.Tensor, other: torch.Tensor, name: str, op: str) -> None:
+    if other.shape != x.shape or other.dtype != x.dtype or other.device != x.device:
+        raise ValueError(
+            f"{op}: {name} must match x's shape, dtype and device; got {list(other.shape)} "
+            f"{other.dtype} {other.device} vs {list(x.shape)} {x.dtype} {x.device}"
+        )
+
+
+def _check_range(value: int | None, hidden: int, name: str, op: str, divides: bool = False) -> None:
+    if value is None:
+        return
+    if not 1 <= value <= hidden or (divides and hidden % value):
+        what = "a divisor of" if divides else "in [1,"
+        raise ValueError(
+            f"{op}: {name} must be {what} {hidden}{']' if not divides else ''} "
+            f"(x's last dim), got {value}"
+        )
+
+
 def _normalize(
     s: torch.Tensor,
     weight: torch.Tensor | None,
@@ -36,6 +73,8 @@ def rms_norm(
     variance_size: int | None = None,
 ) -> torch.Tensor:
     """``x / rms(x) * weight`` over the last dim; rms over the first ``variance_size`` columns."""
+    _check(x, weight, "rms_norm")
+    _check_range(variance_size, x.shape[-1], "variance_size", "rms_norm")
     return _normalize(x.float(), weight, epsilon, variance_size, x.dtype)
 
 
@@ -48,8 +87,44 @@ def fused_add_rms_norm(
     variance_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``s = x + residual`` in fp32; returns (rms_norm of unrounded s, s rounded to x's dtype)."""
+    _check(x, weight, "fused_add_rms_norm")
+    _check_like_x(x, x_residual, "x_residual", "fused_add_rms_norm")
+    _check_range(variance_size, x.shape[-1], "variance_size", "fused_add_rms_norm")
     s = x.float() + x_residual.float()
     return _normalize(s, weight, epsilon, variance_size, x.dtype), s.to(x.dtype)
+
+
+@register_op
+def rms_norm_gated(
+    x: torch.Tensor,
+    gate: torch.Tensor,
+    weight: torch.Tensor | None,
+    epsilon: float,
+    group_size: int | None = None,
+    norm_before_gate: bool = False,
+) -> torch.Tensor:
+    """Gated RMSNorm, per group of ``group_size`` columns (whole row when None).
+
+    Gate then norm (Mamba2 ``Mixer2RMSNormGated``): ``y = f32(x) * silu(f32(gate))``,
+    normalise ``y``, multiply by the weight in its dtype, cast to x's dtype.
+    ``norm_before_gate`` (Qwen3-Next / FLA): normalise ``f32(x)``, multiply by the
+    weight in its dtype, then by ``silu(f32(gate))`` in fp32, cast once.
+    """
+    _check(x, weight, "rms_norm_gated")
+    _check_like_x(x, gate, "gate", "rms_norm_gated")
+    _check_range(group_size, x.shape[-1], "group_size", "rms_norm_gated", divides=True)
+    hidden = x.shape[-1]
+    group = hidden if group_size is None else group_size
+    gated = torch.nn.functional.silu(gate.float())
+    y = x.float() if norm_before_gate else x.float() * gated
+    grouped = y.unflatten(-1, (hidden // group, group)) if hidden else y.unsqueeze(-1)
+    normed = grouped * torch.rsqrt(grouped.pow(2).mean(dim=-1, keepdim=True) + epsilon)
+    normed = normed.flatten(-2) if hidden else normed.squeeze(-1)
+    if weight is not None:
+        normed = normed.to(weight.dtype) * weight
+    if norm_before_gate:
+        normed = normed.float() * gated
+    return normed.to(x.dtype)
 
 
 def _norm_inputs(
@@ -83,3 +158,25 @@ def _fused_add_rms_norm_inputs(*, epsilon: float = 1e-6, variance_size: int | No
     x, weight = _norm_inputs(**kw)
     residual = torch.randn(x.shape, generator=kw["generator"], device=x.device).to(x.dtype)
     return x, residual, weight, epsilon, variance_size
+
+
+@rms_norm_gated.register_input_generator
+def _rms_norm_gated_inputs(
+    *,
+    epsilon: float = 1e-6,
+    group_size: int | None = None,
+    norm_before_gate: bool = False,
+    **kw,
+):
+    x, weight = _norm_inputs(**kw)
+    gate = torch.randn(x.shape, generator=kw["generator"], device=x.device).to(x.dtype)
+    return x, gate, weight, epsilon, group_size, norm_before_gate
+
+
+# With a weight of x's dtype the contract rounds twice (normalise -> round ->
+# multiply -> round). A last-bit difference in the fp32 rms, which any other
+# summation order produces, can flip both roundings: two ulps. bf16's default
+# rtol (1.6e-2) already covers two bf16 ulps; fp16's (1e-3) covers one, so the
+# norm ops allow two fp16 ulps (2 * 2**-10).
+for _op in (rms_norm, fused_add_rms_norm, rms_norm_gated):
+    _op.override_tolerance(torch.float16, atol=1e-3, rtol=2e-3)

@@ -2,5 +2,12 @@
 
 Each provider lives in its own subpackage and registers impls with
 ``op.register_impl`` at import; anything expensive (building C++, compiling)
-happens lazily on first use, never at import.
+happens lazily on first use, never at import. ``defaults`` then installs the
+measured platform priorities.
 """
+
+from opir.providers import cpu, defaults, inductor
+
+defaults.apply()
+
+__all__ = ["cpu", "defaults", "inductor"]

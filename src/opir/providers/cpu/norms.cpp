@@ -1,0 +1,387 @@
+// opir's CPU kernels for the RMSNorm family (DESIGN §3 numerics).
+//
+// Every kernel reads rows whose last dimension is contiguous but whose leading
+// dimensions may have any strides (slices of a larger buffer are not copied),
+// accumulates in fp32 with ATen's Vectorized<float>, and splits rows over
+// threads with at::parallel_for. Weights are 1-D contiguous, either of x's
+// dtype or fp32 (Gemma's mixed case). Rounding follows the native functions:
+// with a same-dtype weight the normalised value is rounded to that dtype
+// before the multiply, with an fp32 weight the product is rounded once.
+//
+// The ops are registered as torch custom ops (namespace opir_cpu) so that they
+// can be traced by make_fx / Dynamo; fake implementations live in Python.
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/MemoryOverlap.h>
+#include <torch/library.h>
+#include <torch/extension.h>
+
+#include <cmath>
+#include <optional>
+#include <vector>
+
+namespace {
+
+using at::BFloat16;
+using at::Half;
+using fVec = at::vec::Vectorized<float>;
+constexpr int64_t kLanes = fVec::size();
+
+// ----------------------------------------------------------------------------
+// fp32 loads and rounding stores, kLanes elements at a time (or one scalar).
+
+template <typename T>
+inline fVec load_f32(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return fVec::loadu(p);
+  } else {
+    fVec out;
+    at::vec::load_to_float<T>(p, out);
+    return out;
+  }
+}
+
+template <typename T>
+inline void store_from_f32(T* p, const fVec& v) {
+  if constexpr (std::is_same_v<T, float>) {
+    v.store(p);
+  } else {
+    at::vec::convert_from_float<T>(v, v).store(p, kLanes);
+  }
+}
+
+// Round every lane to T and back: "y.to(T)" inside an fp32 computation.
+template <typename T>
+inline fVec round_to(const fVec& v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else {
+    auto both = at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v));
+    return std::get<0>(both);
+  }
+}
+
+template <typename T>
+inline float round_to(float v) {
+  return static_cast<float>(static_cast<T>(v));
+}
+
+inline fVec silu(const fVec& v) {
+  return v / (fVec(1.0f) + v.neg().exp_u20());
+}
+
+inline float silu(float v) {
+  return v / (1.0f + std::exp(-v));
+}
+
+// ----------------------------------------------------------------------------
+// Row addressing: offset (in elements) of row r of a tensor viewed as [rows, H].
+
+struct Rows {
+  int64_t count = 0;
+  int64_t cols = 0;
+  int64_t uniform_stride = -1;  // >= 0 when leading dims collapse to one stride
+  std::vector<int64_t> sizes, strides;  // leading dims, outermost first
+
+  explicit Rows(const at::Tensor& t) {
+    cols = t.size(-1);
+    count = cols == 0 ? 0 : t.numel() / cols;
+    for (int64_t d = 0; d + 1 < t.dim(); ++d) {
+      if (t.size(d) != 1) {
+        sizes.push_back(t.size(d));
+        strides.push_back(t.stride(d));
+      }
+    }
+    if (sizes.empty()) {
+      uniform_stride = cols;
+    } else {
+      bool collapsible = true;
+      for (size_t d = 0; d + 1 < sizes.size(); ++d) {
+        collapsible &= strides[d] == strides[d + 1] * sizes[d + 1];
+      }
+      if (collapsible) uniform_stride = strides.back();
+    }
+  }
+
+  int64_t offset(int64_t r) const {
+    if (uniform_stride >= 0) return r * uniform_stride;
+    int64_t off = 0;
+    for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+      off += (r % sizes[d]) * strides[d];
+      r /= sizes[d];
+    }
+    return off;
+  }
+};
+
+inline int64_t grain_for(int64_t cols) {
+  // Enough work per task that threads do not fight over tiny rows.
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1));
+}
+
+// ----------------------------------------------------------------------------
+// Shared row pieces.
+
+// Sum of squares of the first n fp32 values of row (any T).
+template <typename T>
+inline float sum_squares(const T* row, int64_t n) {
+  fVec acc(0.0f);
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    fVec v = load_f32(row + j);
+    acc = at::vec::fmadd(v, v, acc);
+  }
+  float s = at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, acc);
+  for (; j < n; ++j) {
+    float v = static_cast<float>(row[j]);
+    s += v * v;
+  }
+  return s;
+}
+
+// out[j] = ((y[j] * inv).to(W) * w[j]).to(T), or (y[j] * inv).to(T) without weight.
+// Y is the type of the unnormalised values (x's dtype, or float for scratch).
+template <typename T, typename W, typename Y>
+inline void scale_row(const Y* y, float inv, const W* w, T* out, int64_t n) {
+  const fVec vinv(inv);
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    fVec v = load_f32(y + j) * vinv;
+    if (w != nullptr) v = round_to<W>(v) * load_f32(w + j);
+    store_from_f32(out + j, v);
+  }
+  for (; j < n; ++j) {
+    float v = static_cast<float>(y[j]) * inv;
+    if (w != nullptr) v = round_to<W>(v) * static_cast<float>(w[j]);
+    out[j] = static_cast<T>(v);
+  }
+}
+
+// ----------------------------------------------------------------------------
+// Argument checks: inputs no provider can run get a clear error here (the Python
+// predicates only reject what another provider could still run).
+
+void check_common(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                  std::optional<int64_t> variance_size, const char* op) {
+  TORCH_CHECK(x.device().is_cpu(), op, ": x must be on the CPU, got ", x.device());
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
+  auto dt = x.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, op,
+              ": x must be float32, bfloat16 or float16, got ", dt);
+  TORCH_CHECK(x.size(-1) <= 1 || x.stride(-1) == 1, op,
+              ": the last dimension of x must be contiguous (stride 1), got stride ", x.stride(-1));
+  if (weight.has_value()) {
+    const auto& w = *weight;
+    TORCH_CHECK(w.device().is_cpu(), op, ": weight must be on the CPU, got ", w.device());
+    TORCH_CHECK(w.dim() == 1 && w.size(0) == x.size(-1), op, ": weight must have shape [",
+                x.size(-1), "], got ", w.sizes());
+    TORCH_CHECK(w.scalar_type() == dt || w.scalar_type() == at::kFloat, op,
+                ": weight dtype must be x's (", dt, ") or float32, got ", w.scalar_type());
+  }
+  if (variance_size.has_value()) {
+    TORCH_CHECK(*variance_size >= 1 && *variance_size <= x.size(-1), op,
+                ": variance_size must be in [1, ", x.size(-1), "], got ", *variance_size);
+  }
+}
+
+// Calls f.template operator()<T, W>() for x's dtype T and the weight's dtype W.
+template <typename F>
+void dispatch_types(const at::Tensor& x, const std::optional<at::Tensor>& weight, F&& f) {
+  bool fp32_weight = weight.has_value() && weight->scalar_type() == at::kFloat;
+  switch (x.scalar_type()) {
+    case at::kFloat:
+      return f.template operator()<float, float>();
+    case at::kBFloat16:
+      return fp32_weight ? f.template operator()<BFloat16, float>()
+                         : f.template operator()<BFloat16, BFloat16>();
+    case at::kHalf:
+      return fp32_weight ? f.template operator()<Half, float>()
+                         : f.template operator()<Half, Half>();
+    default:
+      TORCH_CHECK(false, "unsupported dtype ", x.scalar_type());
+  }
+}
+
+// The weight is only H elements: a strided one is made contiguous (a copy of
+// H values) rather than complicating every inner loop.
+std::optional<at::Tensor> contiguous_weight(const std::optional<at::Tensor>& weight) {
+  if (!weight.has_value()) return weight;
+  return weight->contiguous();
+}
+
+template <typename W>
+const W* weight_ptr(const std::optional<at::Tensor>& weight) {
+  return weight.has_value() ? weight->data_ptr<W>() : nullptr;
+}
+
+// ----------------------------------------------------------------------------
+// rms_norm(x, weight?, eps, variance_size?) -> out (contiguous, x's dtype)
+
+at::Tensor rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight_in,
+                    double epsilon, std::optional<int64_t> variance_size) {
+  check_common(x, weight_in, variance_size, "opir_cpu::rms_norm");
+  const auto weight = contiguous_weight(weight_in);
+  auto out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  const Rows rows(x);
+  const int64_t cols = rows.cols;
+  const int64_t vs = variance_size.value_or(cols);
+  const float eps = static_cast<float>(epsilon);
+  dispatch_types(x, weight, [&]<typename T, typename W>() {
+    const T* xp = x.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    const W* wp = weight_ptr<W>(weight);
+    at::parallel_for(0, rows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const T* xr = xp + rows.offset(r);
+        float inv = 1.0f / std::sqrt(sum_squares(xr, vs) / static_cast<float>(vs) + eps);
+        scale_row<T, W>(xr, inv, wp, op + r * cols, cols);
+      }
+    });
+  });
+  return out;
+}
+
+// ----------------------------------------------------------------------------
+// fused_add_rms_norm_(x, residual, weight?, eps, variance_size?): in place.
+// residual <- (x + residual).to(T); x <- rms_norm(unrounded fp32 sum).
+
+void fused_add_rms_norm_(at::Tensor& x, at::Tensor& residual,
+                         const std::optional<at::Tensor>& weight_in, double epsilon,
+                         std::optional<int64_t> variance_size) {
+  const char* op = "opir_cpu::fused_add_rms_norm_";
+  check_common(x, weight_in, variance_size, op);
+  const auto weight = contiguous_weight(weight_in);
+  TORCH_CHECK(residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type(), op,
+              ": residual must match x's shape and dtype, got ", residual.sizes(), " ",
+              residual.scalar_type(), " vs ", x.sizes(), " ", x.scalar_type());
+  TORCH_CHECK(residual.device().is_cpu(), op, ": residual must be on the CPU");
+  TORCH_CHECK(x.size(-1) <= 1 || residual.stride(-1) == 1, op,
+              ": the last dimension of residual must be contiguous");
+  at::assert_no_internal_overlap(x);
+  at::assert_no_internal_overlap(residual);
+  at::assert_no_overlap(x, residual);
+  const Rows xrows(x), rrows(residual);
+  const int64_t cols = xrows.cols;
+  const int64_t vs = variance_size.value_or(cols);
+  const float eps = static_cast<float>(epsilon);
+  dispatch_types(x, weight, [&]<typename T, typename W>() {
+    T* xp = x.data_ptr<T>();
+    T* rp = residual.data_ptr<T>();
+    const W* wp = weight_ptr<W>(weight);
+    at::parallel_for(0, xrows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
+      std::vector<float> sum(cols);  // the unrounded fp32 sum of one row
+      for (int64_t r = begin; r < end; ++r) {
+        T* xr = xp + xrows.offset(r);
+        T* rr = rp + rrows.offset(r);
+        int64_t j = 0;
+        for (; j + kLanes <= cols; j += kLanes) {
+          fVec s = load_f32(xr + j) + load_f32(rr + j);
+          s.store(sum.data() + j);
+          store_from_f32(rr + j, s);
+        }
+        for (; j < cols; ++j) {
+          float s = static_cast<float>(xr[j]) + static_cast<float>(rr[j]);
+          sum[j] = s;
+          rr[j] = static_cast<T>(s);
+        }
+        float inv = 1.0f / std::sqrt(sum_squares(sum.data(), vs) / static_cast<float>(vs) + eps);
+        scale_row<T, W>(sum.data(), inv, wp, xr, cols);
+      }
+    });
+  });
+}
+
+// ----------------------------------------------------------------------------
+// rms_norm_gated(x, gate, weight?, eps, group_size?, norm_before_gate) -> out
+//   gate then norm:  y = x * silu(gate); out = (rms_g(y) * y).to(W) * w
+//   norm before gate: out = ((rms_g(x) * x).to(W) * w) * silu(gate)
+// rms_g is taken per group of group_size columns (whole row when absent).
+
+at::Tensor rms_norm_gated(const at::Tensor& x, const at::Tensor& gate,
+                          const std::optional<at::Tensor>& weight_in, double epsilon,
+                          std::optional<int64_t> group_size, bool norm_before_gate) {
+  const char* op = "opir_cpu::rms_norm_gated";
+  check_common(x, weight_in, std::nullopt, op);
+  const auto weight = contiguous_weight(weight_in);
+  TORCH_CHECK(gate.sizes() == x.sizes() && gate.scalar_type() == x.scalar_type(), op,
+              ": gate must match x's shape and dtype");
+  TORCH_CHECK(gate.device().is_cpu(), op, ": gate must be on the CPU");
+  TORCH_CHECK(x.size(-1) <= 1 || gate.stride(-1) == 1, op,
+              ": the last dimension of gate must be contiguous");
+  const int64_t cols = x.size(-1);
+  const int64_t group = group_size.value_or(cols);
+  TORCH_CHECK(cols == 0 || (group >= 1 && cols % group == 0), op, ": group_size ", group,
+              " must divide the last dimension ", cols);
+  auto out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  const Rows xrows(x), grows(gate);
+  const float eps = static_cast<float>(epsilon);
+  dispatch_types(x, weight, [&]<typename T, typename W>() {
+    const T* xp = x.data_ptr<T>();
+    const T* gp = gate.data_ptr<T>();
+    T* op_ = out.data_ptr<T>();
+    const W* wp = weight_ptr<W>(weight);
+    at::parallel_for(0, xrows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
+      std::vector<float> y(cols);
+      for (int64_t r = begin; r < end; ++r) {
+        const T* xr = xp + xrows.offset(r);
+        const T* gr = gp + grows.offset(r);
+        T* orow = op_ + r * cols;
+        if (!norm_before_gate) {
+          int64_t j = 0;
+          for (; j + kLanes <= cols; j += kLanes) {
+            (load_f32(xr + j) * silu(load_f32(gr + j))).store(y.data() + j);
+          }
+          for (; j < cols; ++j) y[j] = static_cast<float>(xr[j]) * silu(static_cast<float>(gr[j]));
+          for (int64_t g0 = 0; g0 < cols; g0 += group) {
+            float inv = 1.0f / std::sqrt(sum_squares(y.data() + g0, group) / group + eps);
+            scale_row<T, W>(y.data() + g0, inv, wp ? wp + g0 : nullptr, orow + g0, group);
+          }
+        } else {
+          for (int64_t g0 = 0; g0 < cols; g0 += group) {
+            float inv = 1.0f / std::sqrt(sum_squares(xr + g0, group) / group + eps);
+            // y = (x * inv).to(W) * w, kept in fp32 for now
+            scale_row<float, W>(xr + g0, inv, wp ? wp + g0 : nullptr, y.data() + g0, group);
+          }
+          // "(n.to(W) * w)" is a W tensor: round the product to W, then gate in fp32.
+          int64_t j = 0;
+          for (; j + kLanes <= cols; j += kLanes) {
+            fVec v = load_f32(y.data() + j);
+            if (wp != nullptr) v = round_to<W>(v);
+            store_from_f32(orow + j, v * silu(load_f32(gr + j)));
+          }
+          for (; j < cols; ++j) {
+            float v = wp != nullptr ? round_to<W>(y[j]) : y[j];
+            orow[j] = static_cast<T>(v * silu(static_cast<float>(gr[j])));
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(opir_cpu, m) {
+  m.def("rms_norm(Tensor x, Tensor? weight, float epsilon, SymInt? variance_size) -> Tensor");
+  m.def(
+      "fused_add_rms_norm_(Tensor(a!) x, Tensor(b!) residual, Tensor? weight, float epsilon, "
+      "SymInt? variance_size) -> ()");
+  m.def(
+      "rms_norm_gated(Tensor x, Tensor gate, Tensor? weight, float epsilon, SymInt? group_size, "
+      "bool norm_before_gate) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(opir_cpu, CPU, m) {
+  m.impl("rms_norm", &rms_norm);
+  m.impl("fused_add_rms_norm_", &fused_add_rms_norm_);
+  m.impl("rms_norm_gated", &rms_norm_gated);
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("rms_norm", &rms_norm);
+  m.def("fused_add_rms_norm_", &fused_add_rms_norm_);
+  m.def("rms_norm_gated", &rms_norm_gated);
+}
