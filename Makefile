@@ -18,12 +18,14 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,bench]"
 	touch $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/opir info
+	$(VENV)/bin/opir build
 	$(VENV)/bin/opir bench dispatch
+	$(VENV)/bin/opir bench kernels --short
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

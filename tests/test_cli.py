@@ -39,3 +39,19 @@ def test_unknown_command_exits_with_usage(capsys):
         cli.main(["frobnicate"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_build_command(capsys):
+    assert cli.main(["build"]) == 0
+    assert "cpu provider ready" in capsys.readouterr().out
+
+
+def test_bench_kernels_short_prints_tables_targets_and_plot(capsys, tmp_path):
+    plot = tmp_path / "k.png"
+    args = ["bench", "kernels", "--short", "--rounds", "2", "--providers", "native,cpu"]
+    assert cli.main([*args, "--plot", str(plot)]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long titles
+    for expected in ("rms_norm", "fused_add_rms_norm", "clone()", "copy_ into existing", "target:"):
+        assert expected in out
+    assert "cpu >= 3x faster than native on every shape" in out
+    assert plot.stat().st_size > 10_000

@@ -1,4 +1,4 @@
-"""The ``opir`` command: ``opir info``, ``opir bench dispatch``."""
+"""The ``opir`` command: ``info``, ``build``, ``bench dispatch``, ``bench kernels``."""
 
 from __future__ import annotations
 
@@ -66,6 +66,75 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_kernels(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    import opir
+    from opir.bench import kernels
+
+    shape_kw = {}
+    if args.short:
+        shape_kw = {"tokens": (1, 256, 4096), "hidden": (4096,), "variants": kernels.VARIANTS[::2]}
+    providers = [p for p in args.providers.split(",") if p]
+    total = (
+        2
+        * len(shape_kw.get("variants", kernels.VARIANTS))
+        * len(shape_kw.get("tokens", kernels.TOKENS))
+        * len(shape_kw.get("hidden", kernels.HIDDEN))
+    )
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("timing kernels (first use builds/compiles)", total=total)
+        results = kernels.run(
+            providers=providers,
+            rounds=args.rounds,
+            on_result=lambda _: progress.advance(task),
+            **shape_kw,
+        )
+    names = [n for n in results[0].median_us if n != kernels.COPY]
+    for op in dict.fromkeys(r.op for r in results):
+        copy = "copy_ into existing memory" if opir.registry[op].allow_inplace else "clone()"
+        table = Table(
+            title=f"{op}: median µs, GB/s, fraction of copy bandwidth (copy = {copy} of the "
+            "same bytes), speed-up vs native"
+        )
+        for column in ("x dtype / weight", "shape", "MiB", "copy µs"):
+            table.add_column(column, justify="right")
+        for name in names:
+            table.add_column(name, justify="right")
+        for r in (r for r in results if r.op == op):
+            cells = [
+                f"{r.median_us[n]:.1f} µs {r.gbps(n):.1f} GB/s {r.of_copy(n):.0%} "
+                f"{r.speedup(n):.1f}x"
+                for n in names
+            ]
+            table.add_row(
+                r.variant,
+                f"{r.tokens}x{r.hidden}",
+                f"{r.bytes_moved / 2**20:.2f}",
+                f"{r.median_us[kernels.COPY]:.1f}",
+                *cells,
+            )
+        console.print(table)
+    for target in kernels.check_targets(results):
+        mark = "[green]met[/green]" if target.met else "[red]NOT met[/red]"
+        console.print(f"target: {target.description}: {mark}")
+        for failure in target.failures:
+            console.print(f"    {failure}")
+    if args.plot:
+        kernels.plot(results, args.plot)
+        console.print(f"plot written to {args.plot}")
+    return 0
+
+
+def _build(_: argparse.Namespace) -> int:
+    from opir.providers import cpu
+
+    module = cpu.build.load()
+    cpu.extension()
+    console.print(f"cpu provider ready: {module.__file__}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opir", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rounds", type=int, default=101, help="interleaved rounds (default 101)")
     d.add_argument("--number", type=int, default=500, help="calls per round (default 500)")
     d.set_defaults(run=_bench_dispatch)
+    k = benches.add_parser("kernels", help="kernel time per provider next to a plain copy")
+    k.add_argument("--short", action="store_true", help="a few shapes only (for `make run`)")
+    k.add_argument("--rounds", type=int, default=9, help="interleaved rounds per shape")
+    k.add_argument(
+        "--providers", default="native,cpu,inductor", help="comma-separated providers to time"
+    )
+    k.add_argument("--plot", metavar="FILE.png", help="draw GB/s per provider per shape")
+    k.set_defaults(run=_bench_kernels)
+    commands.add_parser(
+        "build", help="build the cpu provider's C++ kernels now instead of at first use"
+    ).set_defaults(run=_build)
     return parser
 
 

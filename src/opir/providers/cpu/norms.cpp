@@ -30,36 +30,50 @@ using fVec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = fVec::size();
 
 // ----------------------------------------------------------------------------
-// fp32 loads and rounding stores, kLanes elements at a time (or one scalar).
+// Chunks of kStep = 2 * kLanes elements: one full Vectorized<BFloat16/Half>
+// load or store is two Vectorized<float>. Working in whole chunks avoids
+// partial-vector stores, which ATen implements through a temporary buffer.
+
+constexpr int64_t kStep = 2 * kLanes;
 
 template <typename T>
-inline fVec load_f32(const T* p) {
+inline void load2(const T* p, fVec& a, fVec& b) {
   if constexpr (std::is_same_v<T, float>) {
-    return fVec::loadu(p);
+    a = fVec::loadu(p);
+    b = fVec::loadu(p + kLanes);
   } else {
-    fVec out;
-    at::vec::load_to_float<T>(p, out);
-    return out;
+    std::tie(a, b) = at::vec::convert_to_float<T>(at::vec::Vectorized<T>::loadu(p));
   }
 }
 
 template <typename T>
-inline void store_from_f32(T* p, const fVec& v) {
+inline void store2(T* p, const fVec& a, const fVec& b) {
   if constexpr (std::is_same_v<T, float>) {
-    v.store(p);
+    a.store(p);
+    b.store(p + kLanes);
   } else {
-    at::vec::convert_from_float<T>(v, v).store(p, kLanes);
+    at::vec::convert_from_float<T>(a, b).store(p);
   }
+}
+
+// fp32 lanes rounded to bfloat16 precision, staying fp32: round to nearest
+// even on the upper 16 bits with integer ops (no pack/unpack); NaN kept.
+inline fVec round_bf16(const fVec& v) {
+  using iVec = at::vec::Vectorized<int32_t>;
+  const iVec bits = at::vec::cast<int32_t>(v);
+  const iVec lsb = (bits >> iVec(16)) & iVec(1);
+  const iVec rounded = (bits + iVec(0x7FFF) + lsb) & iVec(static_cast<int32_t>(0xFFFF0000u));
+  return fVec::blendv(at::vec::cast<float>(rounded), v, v.isnan());
 }
 
 // Round every lane to T and back: "y.to(T)" inside an fp32 computation.
 template <typename T>
-inline fVec round_to(const fVec& v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return v;
-  } else {
-    auto both = at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v));
-    return std::get<0>(both);
+inline void round2(fVec& a, fVec& b) {
+  if constexpr (std::is_same_v<T, BFloat16>) {
+    a = round_bf16(a);
+    b = round_bf16(b);
+  } else if constexpr (!std::is_same_v<T, float>) {
+    std::tie(a, b) = at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(a, b));
   }
 }
 
@@ -124,16 +138,18 @@ inline int64_t grain_for(int64_t cols) {
 // ----------------------------------------------------------------------------
 // Shared row pieces.
 
-// Sum of squares of the first n fp32 values of row (any T).
+// Sum of squares of the first n values of row, in fp32 (any T).
 template <typename T>
 inline float sum_squares(const T* row, int64_t n) {
-  fVec acc(0.0f);
+  fVec acc_a(0.0f), acc_b(0.0f), a, b;
   int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    fVec v = load_f32(row + j);
-    acc = at::vec::fmadd(v, v, acc);
+  for (; j + kStep <= n; j += kStep) {
+    load2(row + j, a, b);
+    acc_a = at::vec::fmadd(a, a, acc_a);
+    acc_b = at::vec::fmadd(b, b, acc_b);
   }
-  float s = at::vec::vec_reduce_all<float>([](fVec& a, fVec& b) { return a + b; }, acc);
+  float s = at::vec::vec_reduce_all<float>(
+      [](fVec& x, fVec& y) { return x + y; }, acc_a + acc_b);
   for (; j < n; ++j) {
     float v = static_cast<float>(row[j]);
     s += v * v;
@@ -142,19 +158,28 @@ inline float sum_squares(const T* row, int64_t n) {
 }
 
 // out[j] = ((y[j] * inv).to(W) * w[j]).to(T), or (y[j] * inv).to(T) without weight.
-// Y is the type of the unnormalised values (x's dtype, or float for scratch).
+// Y is the type of the unnormalised values (x's dtype, or float for scratch);
+// w holds the weight's values as fp32 (exact for any W), W its real dtype.
 template <typename T, typename W, typename Y>
-inline void scale_row(const Y* y, float inv, const W* w, T* out, int64_t n) {
+inline void scale_row(const Y* y, float inv, const float* w, T* out, int64_t n) {
   const fVec vinv(inv);
+  fVec a, b, wa, wb;
   int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    fVec v = load_f32(y + j) * vinv;
-    if (w != nullptr) v = round_to<W>(v) * load_f32(w + j);
-    store_from_f32(out + j, v);
+  for (; j + kStep <= n; j += kStep) {
+    load2(y + j, a, b);
+    a = a * vinv;
+    b = b * vinv;
+    if (w != nullptr) {
+      round2<W>(a, b);
+      load2(w + j, wa, wb);
+      a = a * wa;
+      b = b * wb;
+    }
+    store2(out + j, a, b);
   }
   for (; j < n; ++j) {
     float v = static_cast<float>(y[j]) * inv;
-    if (w != nullptr) v = round_to<W>(v) * static_cast<float>(w[j]);
+    if (w != nullptr) v = round_to<W>(v) * w[j];
     out[j] = static_cast<T>(v);
   }
 }
@@ -204,16 +229,17 @@ void dispatch_types(const at::Tensor& x, const std::optional<at::Tensor>& weight
   }
 }
 
-// The weight is only H elements: a strided one is made contiguous (a copy of
-// H values) rather than complicating every inner loop.
-std::optional<at::Tensor> contiguous_weight(const std::optional<at::Tensor>& weight) {
+// The weight is only H values: it is converted once per call to contiguous
+// fp32 (exact for bf16/fp16), so the row loops never convert or stride it.
+// The kernels still round through the weight's real dtype W where the
+// contract multiplies in W.
+std::optional<at::Tensor> fp32_weight(const std::optional<at::Tensor>& weight) {
   if (!weight.has_value()) return weight;
-  return weight->contiguous();
+  return weight->to(at::kFloat).contiguous();
 }
 
-template <typename W>
-const W* weight_ptr(const std::optional<at::Tensor>& weight) {
-  return weight.has_value() ? weight->data_ptr<W>() : nullptr;
+inline const float* weight_ptr(const std::optional<at::Tensor>& weight) {
+  return weight.has_value() ? weight->data_ptr<float>() : nullptr;
 }
 
 // ----------------------------------------------------------------------------
@@ -222,16 +248,16 @@ const W* weight_ptr(const std::optional<at::Tensor>& weight) {
 at::Tensor rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight_in,
                     double epsilon, std::optional<int64_t> variance_size) {
   check_common(x, weight_in, variance_size, "opir_cpu::rms_norm");
-  const auto weight = contiguous_weight(weight_in);
+  const auto weight = fp32_weight(weight_in);
   auto out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   const Rows rows(x);
   const int64_t cols = rows.cols;
   const int64_t vs = variance_size.value_or(cols);
   const float eps = static_cast<float>(epsilon);
-  dispatch_types(x, weight, [&]<typename T, typename W>() {
+  dispatch_types(x, weight_in, [&]<typename T, typename W>() {
     const T* xp = x.data_ptr<T>();
     T* op = out.data_ptr<T>();
-    const W* wp = weight_ptr<W>(weight);
+    const float* wp = weight_ptr(weight);
     at::parallel_for(0, rows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const T* xr = xp + rows.offset(r);
@@ -252,7 +278,7 @@ void fused_add_rms_norm_(at::Tensor& x, at::Tensor& residual,
                          std::optional<int64_t> variance_size) {
   const char* op = "opir_cpu::fused_add_rms_norm_";
   check_common(x, weight_in, variance_size, op);
-  const auto weight = contiguous_weight(weight_in);
+  const auto weight = fp32_weight(weight_in);
   TORCH_CHECK(residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type(), op,
               ": residual must match x's shape and dtype, got ", residual.sizes(), " ",
               residual.scalar_type(), " vs ", x.sizes(), " ", x.scalar_type());
@@ -266,20 +292,24 @@ void fused_add_rms_norm_(at::Tensor& x, at::Tensor& residual,
   const int64_t cols = xrows.cols;
   const int64_t vs = variance_size.value_or(cols);
   const float eps = static_cast<float>(epsilon);
-  dispatch_types(x, weight, [&]<typename T, typename W>() {
+  dispatch_types(x, weight_in, [&]<typename T, typename W>() {
     T* xp = x.data_ptr<T>();
     T* rp = residual.data_ptr<T>();
-    const W* wp = weight_ptr<W>(weight);
+    const float* wp = weight_ptr(weight);
     at::parallel_for(0, xrows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
       std::vector<float> sum(cols);  // the unrounded fp32 sum of one row
       for (int64_t r = begin; r < end; ++r) {
         T* xr = xp + xrows.offset(r);
         T* rr = rp + rrows.offset(r);
+        fVec xa, xb, ra, rb;
         int64_t j = 0;
-        for (; j + kLanes <= cols; j += kLanes) {
-          fVec s = load_f32(xr + j) + load_f32(rr + j);
-          s.store(sum.data() + j);
-          store_from_f32(rr + j, s);
+        for (; j + kStep <= cols; j += kStep) {
+          load2(xr + j, xa, xb);
+          load2(rr + j, ra, rb);
+          xa = xa + ra;
+          xb = xb + rb;
+          store2(sum.data() + j, xa, xb);
+          store2(rr + j, xa, xb);
         }
         for (; j < cols; ++j) {
           float s = static_cast<float>(xr[j]) + static_cast<float>(rr[j]);
@@ -304,7 +334,7 @@ at::Tensor rms_norm_gated(const at::Tensor& x, const at::Tensor& gate,
                           std::optional<int64_t> group_size, bool norm_before_gate) {
   const char* op = "opir_cpu::rms_norm_gated";
   check_common(x, weight_in, std::nullopt, op);
-  const auto weight = contiguous_weight(weight_in);
+  const auto weight = fp32_weight(weight_in);
   TORCH_CHECK(gate.sizes() == x.sizes() && gate.scalar_type() == x.scalar_type(), op,
               ": gate must match x's shape and dtype");
   TORCH_CHECK(gate.device().is_cpu(), op, ": gate must be on the CPU");
@@ -317,11 +347,11 @@ at::Tensor rms_norm_gated(const at::Tensor& x, const at::Tensor& gate,
   auto out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   const Rows xrows(x), grows(gate);
   const float eps = static_cast<float>(epsilon);
-  dispatch_types(x, weight, [&]<typename T, typename W>() {
+  dispatch_types(x, weight_in, [&]<typename T, typename W>() {
     const T* xp = x.data_ptr<T>();
     const T* gp = gate.data_ptr<T>();
     T* op_ = out.data_ptr<T>();
-    const W* wp = weight_ptr<W>(weight);
+    const float* wp = weight_ptr(weight);
     at::parallel_for(0, xrows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
       std::vector<float> y(cols);
       for (int64_t r = begin; r < end; ++r) {
@@ -329,9 +359,12 @@ at::Tensor rms_norm_gated(const at::Tensor& x, const at::Tensor& gate,
         const T* gr = gp + grows.offset(r);
         T* orow = op_ + r * cols;
         if (!norm_before_gate) {
+          fVec xa, xb, ga, gb;
           int64_t j = 0;
-          for (; j + kLanes <= cols; j += kLanes) {
-            (load_f32(xr + j) * silu(load_f32(gr + j))).store(y.data() + j);
+          for (; j + kStep <= cols; j += kStep) {
+            load2(xr + j, xa, xb);
+            load2(gr + j, ga, gb);
+            store2(y.data() + j, xa * silu(ga), xb * silu(gb));
           }
           for (; j < cols; ++j) y[j] = static_cast<float>(xr[j]) * silu(static_cast<float>(gr[j]));
           for (int64_t g0 = 0; g0 < cols; g0 += group) {
@@ -345,11 +378,13 @@ at::Tensor rms_norm_gated(const at::Tensor& x, const at::Tensor& gate,
             scale_row<float, W>(xr + g0, inv, wp ? wp + g0 : nullptr, y.data() + g0, group);
           }
           // "(n.to(W) * w)" is a W tensor: round the product to W, then gate in fp32.
+          fVec va, vb, ga, gb;
           int64_t j = 0;
-          for (; j + kLanes <= cols; j += kLanes) {
-            fVec v = load_f32(y.data() + j);
-            if (wp != nullptr) v = round_to<W>(v);
-            store_from_f32(orow + j, v * silu(load_f32(gr + j)));
+          for (; j + kStep <= cols; j += kStep) {
+            load2(y.data() + j, va, vb);
+            if (wp != nullptr) round2<W>(va, vb);
+            load2(gr + j, ga, gb);
+            store2(orow + j, va * silu(ga), vb * silu(gb));
           }
           for (; j < cols; ++j) {
             float v = wp != nullptr ? round_to<W>(y[j]) : y[j];
