@@ -5,7 +5,8 @@ providers, then third-party plugins, then ``OPIR_PRIORITY`` (which may name
 any of them).
 """
 
-from opir import ops, providers
+from opir import layers, ops, providers
+from opir.compiler import DonationError, backend, compile
 from opir.core.chain import Chain, set_platform_defaults
 from opir.core.errors import DispatchError, OpirError, PriorityError, RegistrationError
 from opir.core.impl import Impl
@@ -25,6 +26,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Chain",
+    "DonationError",
+    "backend",
+    "compile",
     "DispatchError",
     "DispatchRecord",
     "Impl",
@@ -36,6 +40,7 @@ __all__ = [
     "Tolerance",
     "Trace",
     "get_priority",
+    "layers",
     "load_priority",
     "ops",
     "platform",

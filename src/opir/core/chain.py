@@ -25,15 +25,23 @@ if TYPE_CHECKING:
     from opir.core.op import Op
 
 Entry = tuple[Callable[..., bool] | None, Callable[..., Any]]
+Mode = str  # "eager" or "compile"
 
-_platform_defaults: dict[str, tuple[str, ...]] = {}
+_platform_defaults: dict[Mode, dict[str, tuple[str, ...]]] = {"eager": {}, "compile": {}}
 _warned_native_append: set[str] = set()
+_epoch = [0]  # bumped whenever any op's process-wide chain changes
+
+
+def epoch() -> int:
+    """A counter that changes whenever a process-wide priority or impl changes."""
+    return _epoch[0]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Chain:
     """The filtered priority of one op."""
 
+    user: tuple[str, ...]  # what the user listed (before platform defaults)
     requested: tuple[str, ...]  # user entries + platform defaults, deduplicated
     impls: tuple[Impl, ...]  # what dispatch walks, in order
     dropped: tuple[tuple[str, str], ...]  # (provider, why) removed at set time
@@ -49,22 +57,27 @@ class Chain:
         return self.requested[0]
 
 
-def set_platform_defaults(defaults: Mapping[str, Sequence[str]]) -> None:
+def set_platform_defaults(defaults: Mapping[str, Sequence[str]], *, mode: Mode = "eager") -> None:
     """Declare this process's measured default order per op (providers call this).
 
+    ``mode="compile"`` sets the order the lowering pass of ``opir.compile``
+    uses (where Inductor may fuse the native decomposition with neighbours).
     Names of providers that are not registered are skipped when chains are
     built, so a table may mention optional providers.
     """
     from opir.core.op import registry
 
     for op_name, providers in defaults.items():
-        _platform_defaults[op_name] = tuple(providers)
+        _platform_defaults[mode][op_name] = tuple(providers)
         if op_name in registry:
             registry[op_name]._rebuild()
 
 
-def platform_defaults(op_name: str) -> tuple[str, ...]:
-    return _platform_defaults.get(op_name, ("native",))
+def platform_defaults(op_name: str, mode: Mode = "eager") -> tuple[str, ...]:
+    table = _platform_defaults[mode]
+    if mode == "compile" and op_name not in table:
+        table = _platform_defaults["eager"]
+    return table.get(op_name, ("native",))
 
 
 def validate_providers(op: Op, providers: Sequence[str]) -> tuple[str, ...]:
@@ -83,10 +96,10 @@ def validate_providers(op: Op, providers: Sequence[str]) -> tuple[str, ...]:
     return tuple(providers)
 
 
-def build_chain(op: Op, user: Sequence[str]) -> Chain:
+def build_chain(op: Op, user: Sequence[str], mode: Mode = "eager") -> Chain:
     """Filter ``user + platform defaults`` for ``op`` into a Chain."""
     requested: list[str] = []
-    for name in (*user, *platform_defaults(op.name)):
+    for name in (*user, *platform_defaults(op.name, mode)):
         if name in op.impls and name not in requested:
             requested.append(name)
 
@@ -112,6 +125,7 @@ def build_chain(op: Op, user: Sequence[str]) -> Chain:
         kept.append(op.impls["native"])
 
     return Chain(
+        user=tuple(user),
         requested=tuple(requested) or ("native",),
         impls=tuple(kept),
         dropped=tuple(dropped),

@@ -29,6 +29,7 @@ from torch.library import Library, infer_schema
 
 from opir.core import scope as _scope
 from opir.core.chain import Chain, build_chain, validate_providers
+from opir.core.chain import _epoch as _chain_epoch
 from opir.core.errors import DispatchError, RegistrationError
 from opir.core.hotpath import make_call, specialize
 from opir.core.impl import Impl
@@ -361,7 +362,13 @@ class Op(_Overload):
         scope = _scope_get()
         return self._chain if scope is None else scope.chains.get(self, self._chain)
 
+    def compile_chain(self) -> Chain:
+        """The chain the compile-time lowering uses: the user's entries in the
+        current scope, then the platform defaults measured for compiled graphs."""
+        return build_chain(self, self.chain().user, mode="compile")
+
     def _rebuild(self) -> None:
+        _chain_epoch[0] += 1
         chain = build_chain(self, self._user_priority)
         self._chain = chain
         self._entries = chain.functional
@@ -369,10 +376,16 @@ class Op(_Overload):
             self.maybe_inplace._entries = chain.donating
 
     # --------------------------------------------------------------- dispatch
-    def dispatch(self, *args: Any, **kwargs: Any) -> Impl:
-        """The impl a call with these (real or fake) arguments would run."""
+    def dispatch(self, *args: Any, chain: Chain | None = None, **kwargs: Any) -> Impl:
+        """The impl a call with these (real or fake) arguments would run.
+
+        ``chain`` overrides the chain in effect (the lowering pass passes
+        :meth:`compile_chain`).
+        """
         args = self._complete_args(args, kwargs)
-        return self._select(self.chain(), args, _scope_get(), path="dispatch", overload="default")
+        return self._select(
+            chain or self.chain(), args, _scope_get(), path="dispatch", overload="default"
+        )
 
     def _select(self, chain: Chain, args: tuple, scope: Any, path: str, overload: str) -> Impl:
         if scope is None or (scope.tracer is None and not scope.strict):

@@ -26,6 +26,11 @@ class Scope:
     tracer: Trace | None = None
     strict: bool = False
 
+    @property
+    def priority_key(self) -> tuple:
+        """What the scoped priorities are, by value (for compile-cache staleness)."""
+        return tuple(sorted((op.name, chain.user) for op, chain in self.chains.items()))
+
 
 current: ContextVar[Scope | None] = ContextVar("opir_scope", default=None)
 

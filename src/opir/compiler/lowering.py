@@ -1,0 +1,125 @@
+"""Lowering: each opir node becomes the traced graph of the impl chosen for it.
+
+The impl is picked by ``op.dispatch`` on the node's fake arguments with the
+*compile* chain (the user's priority, then the platform defaults measured for
+compiled graphs), so eager and compiled code agree whenever the user set a
+priority. The impl is traced with ``make_fx`` on those fake values, inside the
+graph's fake mode, and its nodes are copied in place of the opir node. An
+in-place impl is traced behind clones of the activations, so the graph stays
+functional; clone elimination removes the clones that are not needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any
+
+import torch
+from torch import fx
+from torch._guards import detect_fake_mode
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from opir.compiler.graph_utils import getitem_users, opir_nodes, val
+from opir.core.impl import Impl
+from opir.core.op import Op
+
+CLONE_META = "opir_donation_clone"  # marks the clones made for in-place impls
+
+
+@dataclasses.dataclass(frozen=True)
+class Lowered:
+    node: str
+    op: str
+    provider: str
+    rejected: tuple[str, ...]  # providers skipped before it (not supported / predicate false)
+
+
+def _functional(op: Op, impl: Impl):
+    """A traceable function with the op's functional semantics for ``impl``."""
+    if not impl.inplace:
+        return impl.fn
+    positions = op.activation_positions
+
+    def on_clones(*args: Any) -> Any:
+        args = list(args)
+        for i in positions:
+            args[i] = torch.ops.aten.clone.default(args[i])
+        return impl.fn(*args)
+
+    return on_clones
+
+
+def _trace(op: Op, impl: Impl, args: tuple) -> tuple[fx.GraphModule, list[int]]:
+    """Trace ``impl`` with the fake values of the node's Node arguments."""
+    node_positions = [i for i, a in enumerate(args) if isinstance(a, fx.Node)]
+    fn = _functional(op, impl)
+
+    def with_constants(*traced: Any) -> Any:
+        full = list(args)
+        for i, value in zip(node_positions, traced, strict=True):
+            full[i] = value
+        return fn(*full)
+
+    fakes = [val(args[i]) for i in node_positions]
+    fake_mode = detect_fake_mode(fakes)
+    context = fake_mode if fake_mode is not None else torch._C._DisableTorchDispatch()
+    with context:
+        gm = make_fx(with_constants, tracing_mode="real")(*fakes)
+    return gm, node_positions
+
+
+def _splice(graph: fx.Graph, node: fx.Node, gm: fx.GraphModule, inputs: list[fx.Node]) -> None:
+    env: dict[fx.Node, Any] = {}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    env.update(zip(placeholders, inputs, strict=True))
+    result: Any = None
+    with graph.inserting_before(node):
+        for inner in gm.graph.nodes:
+            if inner.op == "placeholder":
+                continue
+            if inner.op == "output":
+                result = fx.map_arg(inner.args[0], lambda n: env[n])
+                break
+            copied = graph.node_copy(inner, lambda n: env[n])
+            if inner.op == "call_function" and inner.target is torch.ops.aten.clone.default:
+                copied.meta[CLONE_META] = True
+            env[inner] = copied
+    if isinstance(result, (tuple, list)):
+        for index, users in getitem_users(node).items():
+            for user in users:
+                user.replace_all_uses_with(result[index])
+                graph.erase_node(user)
+    else:
+        node.replace_all_uses_with(result)
+    graph.erase_node(node)
+
+
+def lower(graph: fx.Graph) -> list[Lowered]:
+    """Replace every opir node by its chosen impl; return what was chosen.
+
+    Warns (RuntimeWarning) naming any opir node that is still in the graph.
+    """
+    chosen: list[Lowered] = []
+    for node, op, overload in opir_nodes(graph):
+        if overload != "default":
+            continue  # maybe_inplace nodes are rewritten by the pre-grad pass
+        chain = op.compile_chain()
+        fake_args = tuple(val(a) for a in node.args)
+        fake_args = op._complete_args(fake_args, {k: val(v) for k, v in node.kwargs.items()})
+        impl = op.dispatch(*fake_args, chain=chain)
+        rejected = tuple(p for p in chain.providers[: chain.providers.index(impl.provider)])
+        args = op._complete_args(tuple(node.args), dict(node.kwargs))
+        gm, node_positions = _trace(op, impl, args)
+        _splice(graph, node, gm, [args[i] for i in node_positions])
+        chosen.append(Lowered(node.name, op.name, impl.provider, rejected))
+    left = [f"{n.name} ({op.name}.{o})" for n, op, o in opir_nodes(graph)]
+    if left:
+        warnings.warn(
+            f"opir lowering left {len(left)} opir node(s) in the graph: {left}. They will run "
+            "through the torch dispatcher (slow path) instead of a chosen kernel.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    graph.lint()
+    return chosen

@@ -1,0 +1,173 @@
+"""opir.compile: equal to eager, fusion, lowering, donation, clones, caching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from models import Decoder
+
+import opir
+from opir.compiler import DonationError
+from opir.ops import fused_add_rms_norm, rms_norm
+
+pytestmark = pytest.mark.slow
+
+
+def _inputs(tokens=5, hidden=64, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(tokens, hidden, generator=g).to(dtype),
+        torch.randn(tokens, hidden, generator=g).to(dtype),
+    )
+
+
+def _eager(model, x, residual):
+    with torch.no_grad():
+        return model(x.clone(), residual.clone())
+
+
+@pytest.fixture(scope="module")
+def fp32_model():
+    torch.manual_seed(0)
+    return Decoder().eval()
+
+
+@pytest.fixture(scope="module")
+def compiled_no_inductor(fp32_model):
+    torch._dynamo.reset()
+    return opir.compile(fp32_model, options={"inductor": False}, dynamic=True)
+
+
+@pytest.fixture(scope="module")
+def compiled_inductor(fp32_model):
+    return opir.compile(fp32_model, dynamic=True)
+
+
+@pytest.mark.parametrize("path", ["compiled_no_inductor", "compiled_inductor"])
+def test_matches_eager_and_reports(path, fp32_model, request):
+    compiled = request.getfixturevalue(path)
+    x, residual = _inputs()
+    with torch.no_grad():
+        got = compiled(x.clone(), residual.clone())
+    torch.testing.assert_close(got, _eager(fp32_model, x, residual), atol=2e-5, rtol=2e-5)
+    report = compiled.opir_report.last
+    assert report.fusions == {"add_rms_norm": 2}
+    assert report.opir_nodes_left == 0
+    # 2 fused add+norm + 2 maybe_inplace (now default) calls, all fused_add_rms_norm
+    assert [e.op for e in report.lowered] == ["fused_add_rms_norm"] * 4
+    assert {e.provider for e in report.lowered} == {"cpu"}
+    assert "fused_add_rms_norm" in str(compiled.opir_report)
+
+
+def test_dynamic_tokens_compile_once(compiled_no_inductor, fp32_model):
+    graphs_before = len(compiled_no_inductor.opir_report.graphs)
+    for tokens in (3, 7, 19):
+        x, residual = _inputs(tokens)
+        with torch.no_grad():
+            got = compiled_no_inductor(x.clone(), residual.clone())
+        torch.testing.assert_close(got, _eager(fp32_model, x, residual), atol=2e-5, rtol=2e-5)
+    assert len(compiled_no_inductor.opir_report.graphs) == max(graphs_before, 1)
+
+
+def test_clone_counts(compiled_no_inductor):
+    report = compiled_no_inductor.opir_report.graphs[0]
+    # First fused node reads graph inputs x and residual (not donated): 2 clones
+    # stay. Every later in-place kernel writes into buffers the graph owns.
+    assert (report.clones_removed, report.clones_kept) == (6, 2)
+
+
+def test_lowering_agrees_with_eager_dispatch_and_follows_priority(fp32_model):
+    x, residual = _inputs()
+    for priority in (["native"], ["cpu", "native"]):
+        torch._dynamo.reset()
+        with opir.priority({"fused_add_rms_norm": priority, "rms_norm": priority}):
+            compiled = opir.compile(fp32_model, options={"inductor": False})
+            with torch.no_grad():
+                compiled(x.clone(), residual.clone())
+            eager_choice = fused_add_rms_norm.dispatch(x, residual, None, 1e-6).provider
+        assert {p for _, p in compiled.opir_report.providers()} == {eager_choice}
+        assert eager_choice == priority[0]
+
+
+def test_priority_change_recompiles_instead_of_reusing(fp32_model):
+    torch._dynamo.reset()
+    compiled = opir.compile(fp32_model, options={"inductor": False})
+    x, residual = _inputs()
+    with torch.no_grad():
+        compiled(x.clone(), residual.clone())
+        assert {p for _, p in compiled.opir_report.providers()} == {"cpu"}
+        fused_add_rms_norm.set_default(["native"])
+        try:
+            got = compiled(x.clone(), residual.clone())
+            assert {p for _, p in compiled.opir_report.providers()} == {"native"}
+            assert len(compiled.opir_report.graphs) == 2
+        finally:
+            fused_add_rms_norm.set_default([])
+    torch.testing.assert_close(got, _eager(fp32_model, x, residual), atol=2e-5, rtol=2e-5)
+
+
+def test_new_impl_recompiles(make_op):
+    op = make_op(rms_norm.native, name="test_compile_scale_norm")
+    torch._dynamo.reset()
+    compiled = opir.compile(lambda x, w: op(x, w, 1e-6) * 2, options={"inductor": False})
+    x, w = torch.randn(4, 8), torch.ones(8)
+    compiled(x, w)
+    assert compiled.opir_report.providers() == [(op.name, "native")]
+
+    @op.register_impl("spy")
+    def spy(
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        epsilon: float,
+        variance_size: int | None = None,
+    ) -> torch.Tensor:
+        return rms_norm.native(x, weight, epsilon, variance_size)
+
+    op.set_default(["spy"])
+    compiled(x, w)
+    assert compiled.opir_report.providers() == [(op.name, "spy")]
+
+
+def test_donated_tensor_used_afterwards_is_a_compile_error():
+    norm = opir.layers.RMSNorm(16)
+
+    def misuse(x, residual):
+        out, _ = norm(x, residual)  # donates x
+        return out + x  # reads the donated x
+
+    torch._dynamo.reset()
+    compiled = opir.compile(misuse, options={"inductor": False})
+    with pytest.raises(Exception, match=r"donated to fused_add_rms_norm\.maybe_inplace") as info:
+        compiled(torch.randn(2, 16), torch.randn(2, 16))
+    text = str(info.value)
+    assert "'x' is donated" in text and "used afterwards" in text
+    assert "Clone it before the call" in text
+    assert isinstance(getattr(info.value, "inner_exception", info.value), DonationError)
+
+
+def test_donated_graph_inputs_are_recorded_and_reused():
+    norm = opir.layers.RMSNorm(16)
+    torch._dynamo.reset()
+    compiled = opir.compile(lambda x, r: norm(x, r), options={"inductor": False})
+    x, r = torch.randn(3, 16), torch.randn(3, 16)
+    expected = fused_add_rms_norm.native(x, r, norm.weight, 1e-6)
+    with torch.no_grad():
+        out, res = compiled(x, r)
+    report = compiled.opir_report.last
+    assert len(report.donated_inputs) == 2  # x and r are graph inputs the user donated
+    assert report.clones_removed == 2 and report.clones_kept == 0
+    torch.testing.assert_close((out, res), expected)
+
+
+def test_bf16_compiled_within_tolerance():
+    torch.manual_seed(1)
+    model = Decoder(dtype=torch.bfloat16).eval()
+    x, residual = _inputs(dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    compiled = opir.compile(model, options={"inductor": False})
+    with torch.no_grad():
+        got = compiled(x.clone(), residual.clone())
+    expected = _eager(model, x, residual)
+    # the fused add+norm normalises the unrounded fp32 sum: bf16 rounding only
+    tol = rms_norm.tolerance(torch.bfloat16)
+    torch.testing.assert_close(got, expected, atol=4 * tol.atol + 2e-2, rtol=tol.rtol)
