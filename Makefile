@@ -26,6 +26,7 @@ run: $(STAMP)
 	$(VENV)/bin/opir build
 	$(VENV)/bin/opir bench dispatch
 	$(VENV)/bin/opir bench kernels --short
+	$(VENV)/bin/opir bench compile --short
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

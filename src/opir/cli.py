@@ -126,6 +126,35 @@ def _bench_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_compile(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from opir.bench import compile as bench
+
+    kwargs = {"tokens": (16,), "layers": 2} if args.short else {}
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("compiling and timing", total=None)
+        results = bench.run(
+            rounds=args.rounds,
+            on_step=lambda what: progress.update(task, description=what),
+            **kwargs,
+        )
+    names = list(results[0].median_ms)
+    table = Table(
+        title="decoder stack (hidden 1024, bf16): median ms per forward, ratio to torch.compile"
+    )
+    table.add_column("tokens", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    for r in results:
+        table.add_row(
+            str(r.tokens),
+            *(f"{r.median_ms[n]:.3f} ms ({r.ratio_to_plain[n]:.2f}x)" for n in names),
+        )
+    console.print(table)
+    return 0
+
+
 def _build(_: argparse.Namespace) -> int:
     from opir.providers import cpu
 
@@ -155,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--plot", metavar="FILE.png", help="draw GB/s per provider per shape")
     k.set_defaults(run=_bench_kernels)
+    c = benches.add_parser("compile", help="eager vs opir.compile vs plain torch.compile")
+    c.add_argument("--short", action="store_true", help="16 tokens, 2 layers (for `make run`)")
+    c.add_argument("--rounds", type=int, default=15, help="interleaved rounds per token count")
+    c.set_defaults(run=_bench_compile)
     commands.add_parser(
         "build", help="build the cpu provider's C++ kernels now instead of at first use"
     ).set_defaults(run=_build)

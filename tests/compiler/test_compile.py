@@ -32,6 +32,9 @@ def fp32_model():
     return Decoder().eval()
 
 
+CPU_KERNELS = {"rms_norm": ["cpu"], "fused_add_rms_norm": ["cpu"]}
+
+
 @pytest.fixture(scope="module")
 def compiled_no_inductor(fp32_model):
     torch._dynamo.reset()
@@ -40,7 +43,7 @@ def compiled_no_inductor(fp32_model):
 
 @pytest.fixture(scope="module")
 def compiled_inductor(fp32_model):
-    return opir.compile(fp32_model, dynamic=True)
+    return opir.compile(fp32_model, options={"priority": CPU_KERNELS}, dynamic=True)
 
 
 @pytest.mark.parametrize("path", ["compiled_no_inductor", "compiled_inductor"])
@@ -55,22 +58,42 @@ def test_matches_eager_and_reports(path, fp32_model, request):
     assert report.opir_nodes_left == 0
     # 2 fused add+norm + 2 maybe_inplace (now default) calls, all fused_add_rms_norm
     assert [e.op for e in report.lowered] == ["fused_add_rms_norm"] * 4
-    assert {e.provider for e in report.lowered} == {"cpu"}
+    expected = "cpu" if path == "compiled_inductor" else "native"  # fixed vs compile default
+    assert {e.provider for e in report.lowered} == {expected}
     assert "fused_add_rms_norm" in str(compiled.opir_report)
 
 
-def test_dynamic_tokens_compile_once(compiled_no_inductor, fp32_model):
-    graphs_before = len(compiled_no_inductor.opir_report.graphs)
+def test_inductor_with_norms_lowered_to_native(fp32_model):
+    """Native impls are traced into decomposed ATen that Inductor fuses; a fixed
+    per-model priority wins over the priority in effect."""
+    x, residual = _inputs()
+    torch._dynamo.reset()
+    fixed = {"fused_add_rms_norm": ["native"], "rms_norm": ["native"]}
+    compiled = opir.compile(fp32_model, options={"priority": fixed})
+    with torch.no_grad(), opir.priority({"fused_add_rms_norm": ["cpu"]}):
+        got = compiled(x.clone(), residual.clone())
+    assert {p for _, p in compiled.opir_report.providers()} == {"native"}
+    torch.testing.assert_close(got, _eager(fp32_model, x, residual), atol=2e-5, rtol=2e-5)
+
+
+def test_dynamic_tokens_compile_once(fp32_model):
+    torch._dynamo.reset()
+    compiled = opir.compile(fp32_model, options={"inductor": False}, dynamic=True)
     for tokens in (3, 7, 19):
         x, residual = _inputs(tokens)
         with torch.no_grad():
-            got = compiled_no_inductor(x.clone(), residual.clone())
+            got = compiled(x.clone(), residual.clone())
         torch.testing.assert_close(got, _eager(fp32_model, x, residual), atol=2e-5, rtol=2e-5)
-    assert len(compiled_no_inductor.opir_report.graphs) == max(graphs_before, 1)
+    assert len(compiled.opir_report.graphs) == 1
 
 
-def test_clone_counts(compiled_no_inductor):
-    report = compiled_no_inductor.opir_report.graphs[0]
+def test_clone_counts(fp32_model):
+    torch._dynamo.reset()
+    compiled = opir.compile(fp32_model, options={"inductor": False, "priority": CPU_KERNELS})
+    x, residual = _inputs()
+    with torch.no_grad():
+        compiled(x.clone(), residual.clone())
+    report = compiled.opir_report.last
     # First fused node reads graph inputs x and residual (not donated): 2 clones
     # stay. Every later in-place kernel writes into buffers the graph owns.
     assert (report.clones_removed, report.clones_kept) == (6, 2)
@@ -95,11 +118,11 @@ def test_priority_change_recompiles_instead_of_reusing(fp32_model):
     x, residual = _inputs()
     with torch.no_grad():
         compiled(x.clone(), residual.clone())
-        assert {p for _, p in compiled.opir_report.providers()} == {"cpu"}
-        fused_add_rms_norm.set_default(["native"])
+        assert {p for _, p in compiled.opir_report.providers()} == {"native"}  # compile default
+        fused_add_rms_norm.set_default(["cpu"])
         try:
             got = compiled(x.clone(), residual.clone())
-            assert {p for _, p in compiled.opir_report.providers()} == {"native"}
+            assert {p for _, p in compiled.opir_report.providers()} == {"cpu"}
             assert len(compiled.opir_report.graphs) == 2
         finally:
             fused_add_rms_norm.set_default([])
@@ -148,7 +171,8 @@ def test_donated_tensor_used_afterwards_is_a_compile_error():
 def test_donated_graph_inputs_are_recorded_and_reused():
     norm = opir.layers.RMSNorm(16)
     torch._dynamo.reset()
-    compiled = opir.compile(lambda x, r: norm(x, r), options={"inductor": False})
+    options = {"inductor": False, "priority": CPU_KERNELS}
+    compiled = opir.compile(lambda x, r: norm(x, r), options=options)
     x, r = torch.randn(3, 16), torch.randn(3, 16)
     expected = fused_add_rms_norm.native(x, r, norm.weight, 1e-6)
     with torch.no_grad():
@@ -171,3 +195,17 @@ def test_bf16_compiled_within_tolerance():
     # the fused add+norm normalises the unrounded fp32 sum: bf16 rounding only
     tol = rms_norm.tolerance(torch.bfloat16)
     torch.testing.assert_close(got, expected, atol=4 * tol.atol + 2e-2, rtol=tol.rtol)
+
+
+def test_bad_backend_options_are_clear_errors():
+    with pytest.raises(TypeError, match=r"unknown opir.backend option\(s\) \['inductr'\]"):
+        opir.backend(inductr=False)
+    with pytest.raises(opir.PriorityError, match="unknown provider"):
+        opir.backend(priority={"rms_norm": ["cuda"]})
+
+
+def test_compile_mode_defaults_differ_from_eager_as_measured():
+    assert fused_add_rms_norm.get_priority() == ["cpu", "native"]
+    assert fused_add_rms_norm.compile_chain().providers == ["native"]
+    with opir.priority({"fused_add_rms_norm": ["cpu"]}):  # a user priority applies to both
+        assert fused_add_rms_norm.compile_chain().providers == ["cpu", "native"]

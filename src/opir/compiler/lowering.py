@@ -11,16 +11,20 @@ functional; clone elimination removes the clones that are not needed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from typing import Any
 
 import torch
 from torch import fx
+from torch._dispatch.python import enable_python_dispatcher
 from torch._guards import detect_fake_mode
+from torch._inductor.decomposition import select_decomp_table
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from opir.compiler.graph_utils import getitem_users, opir_nodes, val
+from opir.core.chain import build_chain
 from opir.core.impl import Impl
 from opir.core.op import Op
 
@@ -63,9 +67,10 @@ def _trace(op: Op, impl: Impl, args: tuple) -> tuple[fx.GraphModule, list[int]]:
 
     fakes = [val(args[i]) for i in node_positions]
     fake_mode = detect_fake_mode(fakes)
-    context = fake_mode if fake_mode is not None else torch._C._DisableTorchDispatch()
-    with context:
-        gm = make_fx(with_constants, tracing_mode="real")(*fakes)
+    # Post-grad graphs hold decomposed ATen: trace with the table Inductor
+    # uses, or Inductor finds ops it expects to have been decomposed.
+    with fake_mode or contextlib.nullcontext(), enable_python_dispatcher():
+        gm = make_fx(with_constants, select_decomp_table(), tracing_mode="real")(*fakes)
     return gm, node_positions
 
 
@@ -95,16 +100,18 @@ def _splice(graph: fx.Graph, node: fx.Node, gm: fx.GraphModule, inputs: list[fx.
     graph.erase_node(node)
 
 
-def lower(graph: fx.Graph) -> list[Lowered]:
+def lower(graph: fx.Graph, fixed: dict[Op, tuple[str, ...]] | None = None) -> list[Lowered]:
     """Replace every opir node by its chosen impl; return what was chosen.
 
+    ``fixed`` gives some ops a priority that replaces the one in effect.
     Warns (RuntimeWarning) naming any opir node that is still in the graph.
     """
+    fixed = fixed or {}
     chosen: list[Lowered] = []
     for node, op, overload in opir_nodes(graph):
         if overload != "default":
             continue  # maybe_inplace nodes are rewritten by the pre-grad pass
-        chain = op.compile_chain()
+        chain = build_chain(op, fixed[op], mode="compile") if op in fixed else op.compile_chain()
         fake_args = tuple(val(a) for a in node.args)
         fake_args = op._complete_args(fake_args, {k: val(v) for k, v in node.kwargs.items()})
         impl = op.dispatch(*fake_args, chain=chain)

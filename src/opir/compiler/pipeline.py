@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import inspect
 import io
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ from opir.compiler.lowering import Lowered, lower
 from opir.core import scope as _scope
 from opir.core.chain import epoch
 from opir.core.op import registry
+from opir.core.platform import cache_root
+from opir.core.priority import _resolve
 
 _PASS_SOURCES = sorted(Path(__file__).parent.glob("*.py"))
 
@@ -54,6 +57,22 @@ class GraphReport:
     clones_kept: int = 0
     donated_inputs: list[int] = dataclasses.field(default_factory=list)
     opir_nodes_left: int = 0
+    from_cache: bool = False  # Inductor reused a cached graph; this report was saved with it
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def load(cls, path: Path) -> GraphReport | None:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        data["lowered"] = [
+            Lowered(**{**e, "rejected": tuple(e["rejected"])}) for e in data["lowered"]
+        ]
+        return cls(**{**data, "from_cache": True})
 
 
 class CompileReport:
@@ -117,6 +136,18 @@ def _impl_sources_digest() -> str:
     return digest.hexdigest()
 
 
+def _report_path(
+    gm: fx.GraphModule, example_inputs: Sequence[Any], post_grad: PostGradPass
+) -> Path:
+    """Where the report of this graph, lowered under this pass uuid, is kept."""
+    digest = hashlib.sha256(gm.code.encode())
+    for value in example_inputs:
+        meta = (value.dtype, tuple(value.shape)) if isinstance(value, torch.Tensor) else value
+        digest.update(repr(meta).encode())
+    digest.update(post_grad.uuid().encode())
+    return cache_root() / "compile-reports" / f"{digest.hexdigest()[:32]}.json"
+
+
 def priority_state() -> tuple:
     """What decides lowering: process-wide epoch and the scoped priorities."""
     scope = _scope.current.get()
@@ -124,17 +155,30 @@ def priority_state() -> tuple:
 
 
 class PostGradPass(CustomGraphPass):
-    """Fusion, lowering and clone elimination on the post-grad (ATen) graph."""
+    """Fusion, lowering and clone elimination on the post-grad (ATen) graph.
 
-    def __init__(self, options: Options, report: GraphReport) -> None:
+    Its report joins the backend's only when the pass runs: Dynamo sometimes
+    hands a backend a graph it then discards (e.g. when it first tries a float
+    attribute as a dynamic input under ``dynamic=True``).
+    """
+
+    def __init__(
+        self, options: Options, report: GraphReport, reports: CompileReport, saved: Path | None
+    ) -> None:
         self.options = options
         self.report = report
+        self.reports = reports
+        self.saved = saved  # where the report is kept for Inductor cache hits
+        self.ran = False
 
     def __call__(self, graph: fx.Graph) -> None:
+        self.ran = True
+        self.reports.graphs.append(self.report)
         if self.options.fuse:
             self.report.fusions = fuse(graph).fired
             graph.eliminate_dead_code()
-        self.report.lowered = lower(graph)
+        fixed = {registry[name]: providers for name, providers in self.options.priority}
+        self.report.lowered = lower(graph, fixed)
         self.report.opir_nodes_left = sum(1 for _ in opir_nodes(graph))
         if self.options.eliminate_clones:
             removed, kept = eliminate_clones(graph, self.report.donated_inputs)
@@ -142,6 +186,8 @@ class PostGradPass(CustomGraphPass):
             removed, kept = 0, count_clones(graph)
         self.report.clones_removed, self.report.clones_kept = removed, kept
         graph.eliminate_dead_code()
+        if self.saved is not None:
+            self.report.save(self.saved)
 
     def uuid(self) -> str:
         digest = hashlib.sha256()
@@ -158,6 +204,10 @@ class Options:
     inductor: bool = True  # False: run the post-grad graph without code generation
     fuse: bool = True
     eliminate_clones: bool = True
+    # Lowering priority for this model only, ((op, (providers...)), ...): it
+    # replaces the ambient priority of those ops when lowering, so a model can
+    # be compiled with fixed kernels whatever priority its callers set.
+    priority: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 class Backend:
@@ -170,6 +220,9 @@ class Backend:
                 f"unknown opir.backend option(s) {sorted(unknown)}; valid: "
                 f"{[f.name for f in dataclasses.fields(Options)]}"
             )
+        if "priority" in options:
+            fixed = _resolve(options["priority"], "opir.backend(priority=...)")
+            options["priority"] = tuple(sorted((op.name, p) for op, p in fixed.items()))
         self.options = Options(**options)
         self.report = CompileReport()
 
@@ -197,14 +250,20 @@ class Backend:
         self, gm: fx.GraphModule, example_inputs: Sequence[Any], donation: DonationInfo
     ) -> Callable[..., Any]:
         report = GraphReport(donated_inputs=list(donation.donated_inputs))
-        self.report.graphs.append(report)
-        post_grad = PostGradPass(self.options, report)
         if self.options.inductor:
             from torch._inductor.compile_fx import compile_fx
 
-            return compile_fx(
+            saved = _report_path(
+                gm, example_inputs, PostGradPass(self.options, report, self.report, None)
+            )
+            post_grad = PostGradPass(self.options, report, self.report, saved)
+            compiled = compile_fx(
                 gm, list(example_inputs), config_patches={"post_grad_custom_post_pass": post_grad}
             )
+            if not post_grad.ran:  # Inductor's cache served the graph: our passes did not run
+                self.report.graphs.append(GraphReport.load(saved) or GraphReport(from_cache=True))
+            return compiled
+        post_grad = PostGradPass(self.options, report, self.report, None)
         from functorch.compile import make_boxed_func
         from torch._functorch.aot_autograd import aot_module_simplified
 
@@ -221,7 +280,9 @@ def backend(**options: Any) -> Backend:
 
     Options: ``inductor`` (default True; False runs the passes and executes
     the graph without Inductor code generation — fast to compile, for tests
-    and debugging), ``fuse`` and ``eliminate_clones`` (default True).
+    and debugging), ``fuse`` and ``eliminate_clones`` (default True), and
+    ``priority`` ({op: [providers]}, the lowering priority of this model's
+    ops regardless of the priority in effect when it runs).
     """
     return Backend(**options)
 

@@ -13,6 +13,7 @@ import os
 import platform as _py_platform
 import shutil
 import subprocess
+from pathlib import Path
 
 import torch
 
@@ -66,6 +67,11 @@ def _package_version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return "unknown version"
+
+
+def cache_root() -> Path:
+    """Where opir keeps what it builds or records: ``$OPIR_CACHE_DIR`` or ~/.cache/opir."""
+    return Path(os.environ.get("OPIR_CACHE_DIR") or Path.home() / ".cache" / "opir")
 
 
 @functools.cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ class Scope:
     tracer: Trace | None = None
     strict: bool = False
 
-    @property
+    @functools.cached_property
     def priority_key(self) -> tuple:
         """What the scoped priorities are, by value (for compile-cache staleness)."""
         return tuple(sorted((op.name, chain.user) for op, chain in self.chains.items()))

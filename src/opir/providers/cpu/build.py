@@ -10,7 +10,6 @@ change to any of them builds afresh and nothing stale is reused.
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import sys
 import threading
@@ -20,6 +19,7 @@ from types import ModuleType
 import torch
 
 from opir.core.errors import OpirError
+from opir.core.platform import cache_root
 
 SOURCE = Path(__file__).with_name("norms.cpp")
 _lock = threading.Lock()
@@ -28,10 +28,6 @@ _module: ModuleType | None = None
 
 class ProviderBuildError(OpirError, RuntimeError):
     """The C++ provider failed to compile; the message holds the compiler output."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("OPIR_CACHE_DIR") or Path.home() / ".cache" / "opir")
 
 
 def isa_flags() -> list[str]:

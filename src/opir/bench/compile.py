@@ -1,0 +1,84 @@
+"""``opir bench compile``: eager opir vs opir.compile vs plain torch.compile.
+
+The same decoder stack (``bench/models.py``), timed interleaved per token
+count: eager with opir ops (default eager priority), ``opir.compile`` with
+the norms lowered to the ``cpu`` kernels and with them lowered to ``native``
+(which Inductor then fuses with the neighbouring adds), and ``torch.compile``
+(Inductor) of the twin model written in plain PyTorch. All compiled variants
+use ``dynamic=True``, so one compile serves every token count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import torch
+
+import opir
+from opir.bench.models import twin_models
+from opir.bench.timing import interleave
+
+EAGER = "eager (opir ops)"
+PLAIN = "torch.compile (plain PyTorch model)"
+NORM_OPS = ("rms_norm", "fused_add_rms_norm")
+
+
+def lowered_to(provider: str) -> str:
+    return f"opir.compile, norms lowered to {provider}"
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileResult:
+    tokens: int
+    median_ms: dict[str, float]
+    ratio_to_plain: dict[str, float]  # median per-round ratio to torch.compile
+
+
+def run(
+    *,
+    tokens: Sequence[int] = (1, 16, 256),
+    hidden: int = 1024,
+    layers: int = 4,
+    dtype: torch.dtype = torch.bfloat16,
+    providers: Sequence[str] = ("cpu", "native"),
+    rounds: int = 15,
+    on_step: Callable[[str], None] | None = None,
+) -> list[CompileResult]:
+    with_opir, plain = twin_models(hidden, layers, dtype)
+    torch._dynamo.reset()
+    compiled_plain = torch.compile(plain, dynamic=True)
+    variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {EAGER: with_opir}
+    for provider in providers:
+        fixed = {name: [provider] for name in NORM_OPS}
+        variants[lowered_to(provider)] = opir.compile(
+            with_opir, options={"priority": fixed}, dynamic=True
+        )
+    variants[PLAIN] = compiled_plain
+
+    results = []
+    with torch.inference_mode():
+        for count in tokens:
+            x = torch.randn(count, hidden, dtype=dtype)
+            reference = with_opir(x)
+            for name, fn in variants.items():
+                if on_step is not None:
+                    on_step(f"{name}, {count} tokens (first call compiles)")
+                got = fn(x)
+                tol = opir.ops.rms_norm.tolerance(dtype)
+                # sanity: every variant computes the same model
+                torch.testing.assert_close(got, reference, atol=50 * tol.atol, rtol=10 * tol.rtol)
+            samples = interleave(
+                {name: (lambda fn=fn, x=x: fn(x)) for name, fn in variants.items()},
+                rounds=rounds,
+                number=max(1, 20 // max(1, count // 16)),
+                warmup=3,
+            )
+            results.append(
+                CompileResult(
+                    count,
+                    {name: samples.median(name) * 1e3 for name in variants},
+                    {name: samples.paired_ratio(name, PLAIN) for name in variants},
+                )
+            )
+    return results
