@@ -5,7 +5,7 @@ providers, then third-party plugins, then ``OPIR_PRIORITY`` (which may name
 any of them).
 """
 
-from opir import layers, ops, providers
+from opir import distributed, layers, ops, providers
 from opir.compiler import DonationError, backend, compile
 from opir.core.chain import Chain, set_platform_defaults
 from opir.core.errors import DispatchError, OpirError, PriorityError, RegistrationError
@@ -29,6 +29,7 @@ __all__ = [
     "DonationError",
     "backend",
     "compile",
+    "distributed",
     "DispatchError",
     "DispatchRecord",
     "Impl",

@@ -67,6 +67,15 @@ def test_gemma_effective_weight_follows_in_place_updates():
     assert torch.equal(layer.effective_weight(), torch.full((4,), 3.0))
 
 
+def test_gemma_built_under_inference_mode():
+    with torch.inference_mode():
+        layer = GemmaRMSNorm(4)
+        layer.weight.fill_(1.0)  # inference tensors have no version counter
+        assert torch.equal(layer.effective_weight(), torch.full((4,), 2.0))
+        layer.weight.fill_(3.0)
+        assert torch.equal(layer.effective_weight(), torch.full((4,), 4.0))
+
+
 def test_gemma_with_residual():
     layer = GemmaRMSNorm(16).to(torch.bfloat16)
     x, residual = torch.randn(2, 16, dtype=torch.bfloat16), torch.randn(2, 16, dtype=torch.bfloat16)

@@ -16,6 +16,13 @@ normalises the unrounded fp32 sum: within the op's tolerance. The rule does
 not fire unless ``x``, ``residual`` and ``h`` have one dtype and one shape
 (no type promotion, no broadcast) and the add is a plain ``x + residual``
 (``aten.add.Tensor`` with alpha 1).
+
+All-reduce rules (tensor parallelism): ``all_reduce -> rms_norm``,
+``all_reduce -> add -> rms_norm`` and ``all_reduce -> fused_add_rms_norm``
+become ``all_reduce_rms_norm``. The Gemma form, a weight computed as
+``w.float() + 1.0``, becomes the raw ``w`` with ``weight_bias=1.0``. Any other
+weight must have x's dtype (the dtype guard: fused all-reduce kernels take a
+weight of the activation dtype), otherwise the rule does not fire.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import torch
 from torch import fx
 
 from opir.compiler.graph_utils import opir_op, val
-from opir.ops import fused_add_rms_norm, rms_norm
+from opir.ops import all_reduce_rms_norm, fused_add_rms_norm, rms_norm
 
 aten = torch.ops.aten
 
@@ -89,8 +96,140 @@ def add_rms_norm(graph: fx.Graph, node: fx.Node) -> bool:
     return True
 
 
-# Supersets first (later issues add e.g. all_reduce + add + rms_norm above this).
-RULES: list[tuple[str, Rule]] = [("add_rms_norm", add_rms_norm)]
+_ALL_REDUCE = torch.ops.opir_dist.all_reduce.default
+_TO_FP32 = (torch.ops.prims.convert_element_type.default, aten._to_copy.default)
+
+
+def _all_reduce_input(node: object, single_use: bool) -> fx.Node | None:
+    """x if node is ``all_reduce(x)`` (used only by the norm when single_use)."""
+    if not isinstance(node, fx.Node) or node.target is not _ALL_REDUCE:
+        return None
+    if single_use and len(node.users) != 1:
+        return None
+    return node.args[0]
+
+
+def _weight_and_bias(weight: object, x_dtype: torch.dtype) -> tuple[object, float] | None:
+    """(raw weight, weight_bias) for the fused op, or None if the guard blocks it."""
+    if weight is None:
+        return None, 0.0
+    if (
+        isinstance(weight, fx.Node)
+        and weight.target is aten.add.Tensor
+        and len(weight.args) == 2
+        and weight.args[1] == 1
+        and weight.kwargs.get("alpha", 1) == 1
+        and isinstance(weight.args[0], fx.Node)
+        and weight.args[0].target in _TO_FP32
+        and val(weight.args[0]).dtype == torch.float32
+    ):
+        raw = weight.args[0].args[0]
+        if val(raw).dtype == x_dtype:
+            return raw, 1.0  # Gemma: (w.float() + 1.0)
+    if val(weight).dtype != x_dtype:
+        return None  # dtype guard
+    return weight, 0.0
+
+
+def _replace_with_all_reduce_norm(
+    graph: fx.Graph, anchor: fx.Node, x: fx.Node, residual, weight, epsilon, variance_size
+) -> tuple[fx.Node, fx.Node] | None:
+    resolved = _weight_and_bias(weight, val(x).dtype)
+    if resolved is None:
+        return None
+    raw_weight, bias = resolved
+    with graph.inserting_before(anchor):
+        fused = graph.call_function(
+            all_reduce_rms_norm.torch_op, (x, residual, raw_weight, epsilon, bias, variance_size)
+        )
+        out = graph.call_function(operator.getitem, (fused, 0))
+        residual_out = graph.call_function(operator.getitem, (fused, 1))
+    out.meta["val"] = val(anchor) if not isinstance(val(anchor), tuple) else val(anchor)[0]
+    residual_out.meta["val"] = val(x)
+    fused.meta["val"] = (out.meta["val"], residual_out.meta["val"])
+    return out, residual_out
+
+
+def all_reduce_add_rms_norm(graph: fx.Graph, node: fx.Node) -> bool:
+    """``rms_norm(all_reduce(x) + residual)`` (a superset of add_rms_norm)."""
+    found = opir_op(node)
+    if found is None or found[0] is not rms_norm or found[1] != "default":
+        return False
+    h, weight, epsilon, *rest = node.args
+    operands = _plain_residual_add(h)
+    if operands is None:
+        return False
+    reduced, residual = operands
+    x = _all_reduce_input(reduced, single_use=True)
+    if x is None:
+        return False
+    made = _replace_with_all_reduce_norm(
+        graph, node, x, residual, weight, epsilon, rest[0] if rest else None
+    )
+    if made is None:
+        return False
+    out, residual_out = made
+    node.replace_all_uses_with(out)
+    h.replace_all_uses_with(residual_out)
+    graph.erase_node(node)
+    graph.erase_node(h)
+    graph.erase_node(reduced)
+    return True
+
+
+def all_reduce_fused_add_rms_norm(graph: fx.Graph, node: fx.Node) -> bool:
+    """``fused_add_rms_norm(all_reduce(x), residual)``."""
+    found = opir_op(node)
+    if found is None or found[0] is not fused_add_rms_norm or found[1] != "default":
+        return False
+    reduced, residual, weight, epsilon, *rest = node.args
+    x = _all_reduce_input(reduced, single_use=True)
+    if x is None:
+        return False
+    made = _replace_with_all_reduce_norm(
+        graph, node, x, residual, weight, epsilon, rest[0] if rest else None
+    )
+    if made is None:
+        return False
+    out, residual_out = made
+    for user in list(node.users):
+        user.replace_all_uses_with(out if user.args[1] == 0 else residual_out)
+        graph.erase_node(user)
+    graph.erase_node(node)
+    graph.erase_node(reduced)
+    return True
+
+
+def all_reduce_rms_norm_rule(graph: fx.Graph, node: fx.Node) -> bool:
+    """``rms_norm(all_reduce(x))``; other uses of the sum read residual_out."""
+    found = opir_op(node)
+    if found is None or found[0] is not rms_norm or found[1] != "default":
+        return False
+    reduced, weight, epsilon, *rest = node.args
+    x = _all_reduce_input(reduced, single_use=False)
+    if x is None:
+        return False
+    made = _replace_with_all_reduce_norm(
+        graph, node, x, None, weight, epsilon, rest[0] if rest else None
+    )
+    if made is None:
+        return False
+    out, residual_out = made
+    node.replace_all_uses_with(out)
+    reduced.replace_all_uses_with(residual_out)
+    graph.erase_node(node)
+    graph.erase_node(reduced)
+    return True
+
+
+# Supersets first: a rule's pattern must not contain a later rule's pattern's anchor
+# in a way that the later rule would consume first.
+RULES: list[tuple[str, Rule]] = [
+    ("all_reduce_add_rms_norm", all_reduce_add_rms_norm),
+    ("all_reduce_fused_add_rms_norm", all_reduce_fused_add_rms_norm),
+    ("add_rms_norm", add_rms_norm),
+    ("all_reduce_rms_norm", all_reduce_rms_norm_rule),
+]
 
 
 def fuse(graph: fx.Graph, rules: list[tuple[str, Rule]] | None = None) -> FusionStats:

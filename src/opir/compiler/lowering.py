@@ -37,6 +37,7 @@ class Lowered:
     op: str
     provider: str
     rejected: tuple[str, ...]  # providers skipped before it (not supported / predicate false)
+    constants: tuple = ()  # the node's non-tensor arguments (epsilon, weight_bias, ...)
 
 
 def _functional(op: Op, impl: Impl):
@@ -119,7 +120,8 @@ def lower(graph: fx.Graph, fixed: dict[Op, tuple[str, ...]] | None = None) -> li
         args = op._complete_args(tuple(node.args), dict(node.kwargs))
         gm, node_positions = _trace(op, impl, args)
         _splice(graph, node, gm, [args[i] for i in node_positions])
-        chosen.append(Lowered(node.name, op.name, impl.provider, rejected))
+        constants = tuple(a for a in args if not isinstance(a, fx.Node))
+        chosen.append(Lowered(node.name, op.name, impl.provider, rejected, constants))
     left = [f"{n.name} ({op.name}.{o})" for n, op, o in opir_nodes(graph)]
     if left:
         warnings.warn(

@@ -73,6 +73,8 @@ class GemmaRMSNorm(RMSNorm):
         if torch.compiler.is_compiling():  # keep `w.float() + 1.0` visible to graph passes
             return self.weight.float() + 1.0
         w = self.weight
+        if w.is_inference():  # no version counter: in-place updates are invisible, so no cache
+            return w.float() + 1.0
         key = (w.data_ptr(), w._version)  # in-place updates (load_state_dict) bump _version
         if self._cached is None or self._cached[0] != key:
             self._cached = (key, w.float() + 1.0)
@@ -105,17 +107,20 @@ class RMSNormGated(nn.Module):
 
 
 class Mixer2RMSNormGated(nn.Module):
-    """Mamba2's gated norm ("gate then norm") over ``full_n_groups`` groups.
+    """Mamba2's gated norm ("gate then norm") over ``full_n_groups`` groups,
+    with the hidden dim split over ``tp_size`` ranks (rank r holds the
+    contiguous slice r of the hidden dim and of the weight).
 
-    The hidden dim may be split over tensor-parallel ranks; which of DESIGN §6's
-    cases applies is decided once, here. Single-device cases:
+    Which case of DESIGN §6 applies is decided once, here:
 
-    * case 2 (one group): the gated op over the whole row;
-    * case 4 (several groups): the gated op with ``group_size = H / n_groups``.
+    1. one group, ``tp > 1``: all-reduce the fp32 sum of squares, divide by the
+       full hidden size, normalise locally;
+    2. one group, ``tp == 1``: the gated op over the whole row;
+    3. several groups that do not divide over the ranks: all-gather the fp32
+       gated values, normalise the full row per group, keep this rank's slice;
+    4. several groups, ``n_groups % tp == 0``: the gated op over the local groups.
 
-    The tensor-parallel cases (1: all-reduce the sum of squares; 3: all-gather
-    when groups do not divide the ranks) need ``opir.distributed`` and arrive
-    with it; ``_case`` is where they slot in.
+    ``tp_size``/``tp_rank`` default to the initialised TP group (1/0 without one).
     """
 
     def __init__(
@@ -124,24 +129,67 @@ class Mixer2RMSNormGated(nn.Module):
         full_n_groups: int,
         use_rms_norm: bool = True,
         eps: float = 1e-6,
+        tp_size: int | None = None,
+        tp_rank: int | None = None,
     ) -> None:
         super().__init__()
+        from opir.distributed import tp_rank as current_rank
+        from opir.distributed import tp_world_size
+
+        tp_size = tp_world_size() if tp_size is None else tp_size
+        tp_rank = current_rank() if tp_rank is None else tp_rank
         if full_n_groups < 1 or full_hidden_size % full_n_groups:
             raise ValueError(
                 f"full_n_groups ({full_n_groups}) must divide full_hidden_size ({full_hidden_size})"
+            )
+        if full_hidden_size % tp_size:
+            raise ValueError(
+                f"full_hidden_size ({full_hidden_size}) is not divisible by the tensor-parallel "
+                f"world size ({tp_size}); choose a hidden size that is a multiple of it"
             )
         self.full_hidden_size = full_hidden_size
         self.full_n_groups = full_n_groups
         self.use_rms_norm = use_rms_norm
         self.variance_epsilon = eps
-        self.tp_size, self.tp_rank = 1, 0
-        self.hidden_size = full_hidden_size // self.tp_size
+        self.tp_size, self.tp_rank = tp_size, tp_rank
+        self.hidden_size = full_hidden_size // tp_size
         self.group_size = full_hidden_size // full_n_groups
-        self._case = 2 if full_n_groups == 1 else 4
+        if full_n_groups == 1:
+            self._case = 1 if tp_size > 1 else 2
+        else:
+            self._case = 4 if full_n_groups % tp_size == 0 else 3
         self.weight = _weight(torch.ones(self.hidden_size))
+
+    def load_full_weight(self, full_weight: torch.Tensor) -> None:
+        """Copy this rank's slice of the full (unsharded) weight into ``self.weight``."""
+        from opir.distributed import shard
+
+        if full_weight.shape != (self.full_hidden_size,):
+            raise ValueError(
+                f"full weight must have shape [{self.full_hidden_size}], "
+                f"got {list(full_weight.shape)}"
+            )
+        with torch.no_grad():
+            self.weight.copy_(shard(full_weight, self.tp_rank, self.tp_size))
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         if not self.use_rms_norm:
             return (x.float() * torch.nn.functional.silu(gate.float())).to(x.dtype)
-        group_size = None if self._case == 2 else self.group_size
-        return rms_norm_gated(x, gate, self.weight, self.variance_epsilon, group_size, False)
+        if self._case in (2, 4):
+            group_size = None if self._case == 2 else self.group_size
+            return rms_norm_gated(x, gate, self.weight, self.variance_epsilon, group_size, False)
+        from opir.distributed import all_gather, all_reduce
+
+        y = x.float() * torch.nn.functional.silu(gate.float())
+        if self._case == 1:
+            total = all_reduce(y.pow(2).sum(dim=-1, keepdim=True))
+            y = y * torch.rsqrt(total / self.full_hidden_size + self.variance_epsilon)
+        else:  # case 3
+            full = all_gather(y, -1)
+            groups = full.unflatten(-1, (self.full_n_groups, self.group_size))
+            normed = groups * torch.rsqrt(
+                groups.pow(2).mean(dim=-1, keepdim=True) + self.variance_epsilon
+            )
+            start = self.tp_rank * self.hidden_size
+            y = normed.flatten(-2)[..., start : start + self.hidden_size]
+        return (y.to(self.weight.dtype) * self.weight).to(x.dtype)

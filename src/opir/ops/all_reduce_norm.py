@@ -1,0 +1,62 @@
+"""All-reduce + optional residual add + RMSNorm, for TP row-parallel outputs.
+
+The native function is the unfused sequence (DESIGN §3), so it is exactly
+``norm(all_reduce(x), residual)`` of the unfused layer and is what faster
+providers (e.g. a fused GPU kernel) must match.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from opir.core.op import register_op
+from opir.distributed.collectives import all_reduce
+from opir.ops.norms import _check, _check_like_x, _check_range, _normalize
+
+
+@register_op
+def all_reduce_rms_norm(
+    x: torch.Tensor,
+    x_residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    epsilon: float,
+    weight_bias: float = 0.0,
+    variance_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``s = all_reduce(x)``; with a residual ``s = f32(s) + f32(residual)``;
+    returns ``(rms_norm(s) with weight + weight_bias, s.to(x.dtype))``.
+
+    ``weight_bias`` is added to the weight in fp32 (1.0 for Gemma, whose raw
+    weight is an offset); with 0.0 the weight multiplies in its own dtype.
+    """
+    _check(x, weight, "all_reduce_rms_norm")
+    if x_residual is not None:
+        _check_like_x(x, x_residual, "x_residual", "all_reduce_rms_norm")
+    _check_range(variance_size, x.shape[-1], "variance_size", "all_reduce_rms_norm")
+    reduced = all_reduce(x)
+    if x_residual is None:
+        s, residual_out = reduced.float(), reduced
+    else:
+        s = reduced.float() + x_residual.float()
+        residual_out = s.to(x.dtype)
+    if weight is not None and weight_bias != 0.0:
+        weight = weight.float() + weight_bias
+    return _normalize(s, weight, epsilon, variance_size, x.dtype), residual_out
+
+
+@all_reduce_rms_norm.register_input_generator
+def _inputs(
+    *,
+    dtype: torch.dtype,
+    device,
+    generator: torch.Generator,
+    num_tokens: int = 4,
+    hidden_size: int = 64,
+    residual: bool = True,
+    weight_bias: float = 0.0,
+    epsilon: float = 1e-6,
+):
+    x = torch.randn(num_tokens, hidden_size, generator=generator, device=device).to(dtype)
+    r = torch.randn(num_tokens, hidden_size, generator=generator, device=device).to(dtype)
+    w = (0.1 * torch.randn(hidden_size, generator=generator, device=device)).to(dtype)
+    return x, r if residual else None, w, epsilon, weight_bias, None
