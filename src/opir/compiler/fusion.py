@@ -70,16 +70,30 @@ def _plain_residual_add(node: object) -> tuple[fx.Node, fx.Node] | None:
     return x, residual
 
 
+def _anchor_args(node: fx.Node, op) -> tuple | None:
+    """The node's arguments (variance_size filled) if it calls ``op``'s default overload."""
+    if opir_op(node) != (op, "default"):
+        return None
+    return op._complete_args(tuple(node.args), dict(node.kwargs))
+
+
+def _finish(graph: fx.Graph, replaced: dict[fx.Node, fx.Node], erase: list[fx.Node]) -> bool:
+    """Point every use of each old node at its new node, then erase the dead ones."""
+    for old, new in replaced.items():
+        old.replace_all_uses_with(new)
+    for node in erase:
+        if not node.users:
+            graph.erase_node(node)
+    return True
+
+
 def add_rms_norm(graph: fx.Graph, node: fx.Node) -> bool:
-    found = opir_op(node)
-    if found is None or found[0] is not rms_norm or found[1] != "default":
-        return False
-    h, weight, epsilon, *rest = node.args
-    operands = _plain_residual_add(h)
+    args = _anchor_args(node, rms_norm)
+    operands = None if args is None else _plain_residual_add(args[0])
     if operands is None:
         return False
+    h, weight, epsilon, variance_size = args
     x, residual = operands
-    variance_size = rest[0] if rest else None
     with graph.inserting_before(node):
         fused = graph.call_function(
             fused_add_rms_norm.torch_op, (x, residual, weight, epsilon, variance_size)
@@ -88,12 +102,7 @@ def add_rms_norm(graph: fx.Graph, node: fx.Node) -> bool:
         residual_out = graph.call_function(operator.getitem, (fused, 1))
     fused.meta["val"] = (val(node), val(h))
     out.meta["val"], residual_out.meta["val"] = val(node), val(h)
-    node.replace_all_uses_with(out)
-    h.replace_all_uses_with(residual_out, delete_user_cb=lambda user: user is not fused)
-    graph.erase_node(node)
-    if not h.users:
-        graph.erase_node(h)
-    return True
+    return _finish(graph, {node: out, h: residual_out}, [node, h])
 
 
 _ALL_REDUCE = torch.ops.opir_dist.all_reduce.default
@@ -152,74 +161,45 @@ def _replace_with_all_reduce_norm(
 
 def all_reduce_add_rms_norm(graph: fx.Graph, node: fx.Node) -> bool:
     """``rms_norm(all_reduce(x) + residual)`` (a superset of add_rms_norm)."""
-    found = opir_op(node)
-    if found is None or found[0] is not rms_norm or found[1] != "default":
-        return False
-    h, weight, epsilon, *rest = node.args
-    operands = _plain_residual_add(h)
-    if operands is None:
-        return False
-    reduced, residual = operands
-    x = _all_reduce_input(reduced, single_use=True)
+    args = _anchor_args(node, rms_norm)
+    operands = None if args is None else _plain_residual_add(args[0])
+    x = None if operands is None else _all_reduce_input(operands[0], single_use=True)
     if x is None:
         return False
+    h, weight, epsilon, variance_size = args
     made = _replace_with_all_reduce_norm(
-        graph, node, x, residual, weight, epsilon, rest[0] if rest else None
+        graph, node, x, operands[1], weight, epsilon, variance_size
     )
     if made is None:
         return False
-    out, residual_out = made
-    node.replace_all_uses_with(out)
-    h.replace_all_uses_with(residual_out)
-    graph.erase_node(node)
-    graph.erase_node(h)
-    graph.erase_node(reduced)
-    return True
+    return _finish(graph, {node: made[0], h: made[1]}, [node, h, operands[0]])
 
 
 def all_reduce_fused_add_rms_norm(graph: fx.Graph, node: fx.Node) -> bool:
     """``fused_add_rms_norm(all_reduce(x), residual)``."""
-    found = opir_op(node)
-    if found is None or found[0] is not fused_add_rms_norm or found[1] != "default":
-        return False
-    reduced, residual, weight, epsilon, *rest = node.args
-    x = _all_reduce_input(reduced, single_use=True)
+    args = _anchor_args(node, fused_add_rms_norm)
+    x = None if args is None else _all_reduce_input(args[0], single_use=True)
     if x is None:
         return False
-    made = _replace_with_all_reduce_norm(
-        graph, node, x, residual, weight, epsilon, rest[0] if rest else None
-    )
+    reduced, residual, weight, epsilon, variance_size = args
+    made = _replace_with_all_reduce_norm(graph, node, x, residual, weight, epsilon, variance_size)
     if made is None:
         return False
-    out, residual_out = made
-    for user in list(node.users):
-        user.replace_all_uses_with(out if user.args[1] == 0 else residual_out)
-        graph.erase_node(user)
-    graph.erase_node(node)
-    graph.erase_node(reduced)
-    return True
+    getitems = {user: made[user.args[1]] for user in node.users}
+    return _finish(graph, getitems, [*getitems, node, reduced])
 
 
 def all_reduce_rms_norm_rule(graph: fx.Graph, node: fx.Node) -> bool:
     """``rms_norm(all_reduce(x))``; other uses of the sum read residual_out."""
-    found = opir_op(node)
-    if found is None or found[0] is not rms_norm or found[1] != "default":
-        return False
-    reduced, weight, epsilon, *rest = node.args
-    x = _all_reduce_input(reduced, single_use=False)
+    args = _anchor_args(node, rms_norm)
+    x = None if args is None else _all_reduce_input(args[0], single_use=False)
     if x is None:
         return False
-    made = _replace_with_all_reduce_norm(
-        graph, node, x, None, weight, epsilon, rest[0] if rest else None
-    )
+    reduced, weight, epsilon, variance_size = args
+    made = _replace_with_all_reduce_norm(graph, node, x, None, weight, epsilon, variance_size)
     if made is None:
         return False
-    out, residual_out = made
-    node.replace_all_uses_with(out)
-    reduced.replace_all_uses_with(residual_out)
-    graph.erase_node(node)
-    graph.erase_node(reduced)
-    return True
+    return _finish(graph, {node: made[0], reduced: made[1]}, [node, reduced])
 
 
 # Supersets first: a rule's pattern must not contain a later rule's pattern's anchor
