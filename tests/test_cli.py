@@ -23,6 +23,7 @@ def test_bench_dispatch_prints_every_candidate(capsys):
     out = capsys.readouterr().out
     for expected in ("inference_mode", "grad on", "op(...)", "op.torch_op(...)", "rejects"):
         assert expected in out
+    assert "impl returns its input" in " ".join(out.split())
     assert "bench_dispatch_twin" not in opir.registry  # the transient op is gone
 
 
@@ -55,3 +56,11 @@ def test_bench_kernels_short_prints_tables_targets_and_plot(capsys, tmp_path):
         assert expected in out
     assert "cpu >= 3x faster than native on every shape" in out
     assert plot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_bench_tp_spawns_two_ranks_and_reports(capsys):
+    assert cli.main(["bench", "tp", "--rounds", "2", "--tokens", "4"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for expected in ("shape check on", "shape check off", "all_reduce_rms_norm op"):
+        assert expected in out

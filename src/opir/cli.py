@@ -52,6 +52,7 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
         results = dispatch.run(
             rounds=args.rounds, number=args.number, on_round=lambda: progress.advance(task)
         )
+        results.append(dispatch.run_trivial(rounds=args.rounds))
     for result in results:
         table = Table(
             title=f"dispatch cost, rms_norm 1x64 fp32, {result.mode}, selected provider "
@@ -60,7 +61,7 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
         table.add_column("call")
         table.add_column("median µs/call", justify="right")
         table.add_column("overhead vs direct, µs", justify="right")
-        for name in dispatch.CANDIDATES:
+        for name in result.median_us:
             table.add_row(name, f"{result.median_us[name]:.2f}", f"{result.overhead_us[name]:+.3f}")
         console.print(table)
     return 0
@@ -155,6 +156,20 @@ def _bench_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_tp(args: argparse.Namespace) -> int:
+    from opir.bench import tp
+
+    with console.status("spawning 2 gloo ranks and timing collectives"):
+        medians = tp.run(tokens=args.tokens, rounds=args.rounds)
+    table = Table(title=f"2 gloo ranks, bf16 [{args.tokens}, 1024], median µs per call (rank 0)")
+    table.add_column("call")
+    table.add_column("µs", justify="right")
+    for name, value in medians.items():
+        table.add_row(name, f"{value:.0f}")
+    console.print(table)
+    return 0
+
+
 def _build(_: argparse.Namespace) -> int:
     from opir.providers import cpu
 
@@ -188,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--short", action="store_true", help="16 tokens, 2 layers (for `make run`)")
     c.add_argument("--rounds", type=int, default=15, help="interleaved rounds per token count")
     c.set_defaults(run=_bench_compile)
+    t = benches.add_parser("tp", help="collectives and all_reduce_rms_norm on 2 local ranks")
+    t.add_argument("--tokens", type=int, default=16)
+    t.add_argument("--rounds", type=int, default=15)
+    t.set_defaults(run=_bench_tp)
     commands.add_parser(
         "build", help="build the cpu provider's C++ kernels now instead of at first use"
     ).set_defaults(run=_build)

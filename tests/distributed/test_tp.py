@@ -6,10 +6,10 @@ import time
 
 import pytest
 import torch
-from harness import run_ranks
 from rank_checks import HIDDEN, dies_before_all_reduce, everything
 
 from opir.distributed import shard, tp_rank, tp_world_size
+from opir.distributed.launch import run_on_ranks as run_ranks
 from opir.layers import Mixer2RMSNormGated
 
 pytestmark = pytest.mark.slow

@@ -66,6 +66,32 @@ def _twin_with_rejecting_first(selected: Impl) -> Iterator[Op]:
         twin._drop()
 
 
+def _identity(x: torch.Tensor, weight: torch.Tensor | None, epsilon: float) -> torch.Tensor:
+    return x
+
+
+def run_trivial(rounds: int = 101, number: int = 2000) -> DispatchResult:
+    """opir's own dispatch cost: an op whose only impl returns its input."""
+    op = register_op(name="bench_dispatch_identity")(_identity)
+    try:
+        x, weight = torch.ones(1, 64), torch.ones(64)
+        fns = {
+            DIRECT: lambda: _identity(x, weight, 1e-6),
+            CONTROL: lambda: _identity(x, weight, 1e-6),
+            "op(...)": lambda: op(x, weight, 1e-6),
+        }
+        with torch.inference_mode():
+            samples = interleave(fns, rounds=rounds, number=number)
+    finally:
+        op._drop()
+    return DispatchResult(
+        "inference_mode, impl returns its input",
+        "native",
+        {name: samples.median(name) * 1e6 for name in fns},
+        {name: samples.paired_difference(name, DIRECT) * 1e6 for name in fns},
+    )
+
+
 def run(
     rounds: int = 101, number: int = 500, on_round: Callable[[], None] | None = None
 ) -> list[DispatchResult]:

@@ -5,8 +5,8 @@ that moves the same number of bytes as the op (read + write) and allocates
 what the op allocates, and each provider's impl function called directly (no
 dispatch; ``fused_add_rms_norm`` uses the in-place kernels the layers use, on
 donated buffers). The copy is ``clone()`` for ops that return new tensors —
-on this machine the kernel page-faults a fresh multi-MiB output on every call
-(13 ms for 32 MiB, against 0.8 ms to write memory already mapped), a cost no
+such an op writes a freshly allocated output on every call, and the page
+faults of a fresh multi-MiB block cost more than the kernel here, a cost no
 kernel can avoid — and ``copy_()`` into existing memory for in-place kernels.
 Reported: median µs, GB/s (bytes the op must move / time), the fraction of
 copy bandwidth, and the speed-up over ``native``.

@@ -1,8 +1,10 @@
-"""Run a function on N spawned gloo ranks and collect what each returns.
+"""Run a function on N spawned local ranks and collect what each returns.
 
-Rendezvous goes through a FileStore in a fresh temporary directory, so no TCP
-port is picked by the tests at all (gloo's own connections use ports the OS
-assigns). Every run has a deadline; stragglers are killed.
+For tests and benchmarks on one machine (``torchrun`` is the launcher for
+real jobs). Rendezvous goes through a FileStore in a fresh temporary
+directory, so no TCP port has to be picked (gloo's own connections use ports
+the OS assigns). Every run has a deadline; stragglers are killed. ``fn`` must
+be importable by the spawned processes (a module-level function).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _entry(rank, world_size, store, fn, args, results, tp_timeout):
         destroy_tp()
 
 
-def run_ranks(
+def run_on_ranks(
     world_size: int,
     fn: Callable[..., Any],
     *args: Any,
