@@ -22,11 +22,14 @@ def _info(_: argparse.Namespace) -> int:
 
     ops = sorted(opir.registry.values(), key=lambda op: op.name)
     providers = sorted({p for op in ops for p in op.impls}, key=lambda p: (p != "native", p))
-    table = Table(title="ops x providers (effective priority in the last column)")
+    table = Table(
+        title="ops x providers, with the effective priority in eager mode and under opir.compile"
+    )
     table.add_column("op")
     for provider in providers:
         table.add_column(provider)
-    table.add_column("priority")
+    table.add_column("eager priority")
+    table.add_column("compile priority")
     for op in ops:
         cells = []
         for provider in providers:
@@ -37,7 +40,9 @@ def _info(_: argparse.Namespace) -> int:
                 cells.append("[green]yes[/green]" + (" (inplace)" if impl.inplace else ""))
             else:
                 cells.append(f"[red]no[/red]: {impl.reason or 'unsupported'}")
-        table.add_row(op.name, *cells, " > ".join(op.get_priority()))
+        table.add_row(
+            op.name, *cells, " > ".join(op.get_priority()), " > ".join(op.compile_chain().providers)
+        )
     console.print(table)
     return 0
 

@@ -83,7 +83,6 @@ class _Overload:
     op: Op
     torch_op: torch._ops.OpOverload
     _entries: tuple[tuple[Callable[..., bool] | None, Callable[..., Any]], ...]
-    _tensor_positions: tuple[int, ...]
     _n_params: int
     _donating: bool
 
@@ -116,9 +115,10 @@ class _Overload:
         """The torch op's kernel: same selection as the eager path."""
         if kwargs or len(args) != self._n_params:
             args = self.op._complete_args(args, kwargs)
-        scope = _scope_get()
-        chain = self.op._chain if scope is None else scope.chains.get(self.op, self.op._chain)
-        impl = self.op._select(chain, args, scope, path="torch_op", overload=self._overload_name)
+        chain = self.op.chain()
+        impl = self.op._select(
+            chain, args, _scope_get(), path="torch_op", overload=self._overload_name
+        )
         return self._fn_of(chain, impl)(*args)
 
 
@@ -134,7 +134,6 @@ class MaybeInplace(_Overload):
     def __init__(self, op: Op, torch_op: torch._ops.OpOverload) -> None:
         self.op = op
         self.torch_op = torch_op
-        self._tensor_positions = op._tensor_positions
         self._n_params = op._n_params
         self._entries = ()
 
