@@ -25,7 +25,7 @@ def _info(_: argparse.Namespace) -> int:
     table = Table(
         title="ops x providers, with the effective priority in eager mode and under opir.compile"
     )
-    table.add_column("op")
+    table.add_column("op", no_wrap=True, min_width=max(len(op.name) for op in ops))
     for provider in providers:
         table.add_column(provider)
     table.add_column("eager priority")
