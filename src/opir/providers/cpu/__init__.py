@@ -45,33 +45,37 @@ SUPPORTED, REASON = _availability()
 _F32 = torch.float32
 
 
-def _rows_ok(x: torch.Tensor) -> bool:
-    return x.dtype in _DTYPES and x.is_cpu and (x.is_contiguous() or x.stride(-1) == 1)
-
-
-def _weight_ok(x: torch.Tensor, weight: torch.Tensor | None) -> bool:
-    if weight is None:
-        return True
-    dtype = weight.dtype
-    return dtype is x.dtype or dtype is _F32
-
-
-def _like_x(x: torch.Tensor, other: torch.Tensor) -> bool:
-    return other.dtype is x.dtype and (other.is_contiguous() or other.stride(-1) == 1)
+# The checks are written out in each predicate rather than shared through
+# helper functions: a Python call costs ~80 ns here, a quarter of the predicate.
 
 
 def supports_rms_norm(x, weight, epsilon, variance_size=None) -> bool:
-    return _rows_ok(x) and _weight_ok(x, weight)
+    dtype = x.dtype
+    if dtype not in _DTYPES or not x.is_cpu or not (x.is_contiguous() or x.stride(-1) == 1):
+        return False
+    return weight is None or (wd := weight.dtype) is dtype or wd is _F32
 
 
 def supports_fused_add_rms_norm(x, x_residual, weight, epsilon, variance_size=None) -> bool:
-    return _rows_ok(x) and _weight_ok(x, weight) and _like_x(x, x_residual)
+    dtype = x.dtype
+    if dtype not in _DTYPES or not x.is_cpu or not (x.is_contiguous() or x.stride(-1) == 1):
+        return False
+    if x_residual.dtype is not dtype or not (
+        x_residual.is_contiguous() or x_residual.stride(-1) == 1
+    ):
+        return False
+    return weight is None or (wd := weight.dtype) is dtype or wd is _F32
 
 
 def supports_rms_norm_gated(
     x, gate, weight, epsilon, group_size=None, norm_before_gate=False
 ) -> bool:
-    return _rows_ok(x) and _weight_ok(x, weight) and _like_x(x, gate)
+    dtype = x.dtype
+    if dtype not in _DTYPES or not x.is_cpu or not (x.is_contiguous() or x.stride(-1) == 1):
+        return False
+    if gate.dtype is not dtype or not (gate.is_contiguous() or gate.stride(-1) == 1):
+        return False
+    return weight is None or (wd := weight.dtype) is dtype or wd is _F32
 
 
 _extension = None
