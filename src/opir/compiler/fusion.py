@@ -202,8 +202,8 @@ def all_reduce_rms_norm_rule(graph: fx.Graph, node: fx.Node) -> bool:
     return _finish(graph, {node: made[0], reduced: made[1]}, [node, reduced])
 
 
-# Supersets first: a rule's pattern must not contain a later rule's pattern's anchor
-# in a way that the later rule would consume first.
+# The order is the priority: a rule whose pattern contains another rule's pattern
+# (a superset) comes first, so the smaller fusion cannot pre-empt the larger one.
 RULES: list[tuple[str, Rule]] = [
     ("all_reduce_add_rms_norm", all_reduce_add_rms_norm),
     ("all_reduce_fused_add_rms_norm", all_reduce_fused_add_rms_norm),

@@ -86,7 +86,7 @@ class _Overload:
     _n_params: int
     _donating: bool
 
-    # __call__ is generated per op by opir.core.hotpath (see specialize below).
+    # __call__ is generated per op by opir.core.hotpath, installed at the end of Op.__init__.
 
     def _call_slow(self, args: tuple) -> Any:
         scope = _scope_get()
@@ -505,7 +505,7 @@ def _fmt_params(params: list[tuple[str, Any]]) -> str:
 
 
 def _tensor_kind(annotation: Any, fn: Callable) -> str | None:
-    """ "tensor", "optional" (Tensor | None) or None for a parameter annotation."""
+    """'tensor', 'optional' (Tensor | None) or None, for one parameter's annotation."""
     if isinstance(annotation, str):  # postponed annotations: resolve like torch does
         annotation = eval(annotation, fn.__globals__)
     if annotation is torch.Tensor:
