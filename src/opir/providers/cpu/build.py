@@ -35,7 +35,9 @@ def isa_flags() -> list[str]:
     capability = torch.backends.cpu.get_cpu_capability()
     if platform.machine() in ("x86_64", "AMD64"):
         if capability.startswith("AVX512"):
+            bf16 = ["-mavx512bf16"] if _cpu_flag("avx512_bf16") else []
             return [
+                *bf16,
                 "-DCPU_CAPABILITY=AVX512",
                 "-DCPU_CAPABILITY_AVX512",
                 "-mavx512f",
@@ -48,6 +50,15 @@ def isa_flags() -> list[str]:
         if capability.startswith("AVX2"):
             return ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"]
     return ["-DCPU_CAPABILITY=DEFAULT"]  # arm64 gets NEON from ATen's headers anyway
+
+
+def _cpu_flag(flag: str) -> bool:
+    """Whether /proc/cpuinfo lists ``flag`` (False where there is no such file)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return any(flag in line.split() for line in cpuinfo if line.startswith("flags"))
+    except OSError:
+        return False
 
 
 def cflags() -> list[str]:

@@ -51,6 +51,11 @@ inline void store2(T* p, const fVec& a, const fVec& b) {
   if constexpr (std::is_same_v<T, float>) {
     a.store(p);
     b.store(p + kLanes);
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+  } else if constexpr (std::is_same_v<T, BFloat16>) {
+    // One instruction rounds 32 lanes to bf16 (nearest even, NaN kept).
+    _mm512_storeu_si512(p, (__m512i)_mm512_cvtne2ps_pbh(__m512(b), __m512(a)));
+#endif
   } else {
     at::vec::convert_from_float<T>(a, b).store(p);
   }
