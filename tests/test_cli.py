@@ -64,3 +64,10 @@ def test_bench_tp_spawns_two_ranks_and_reports(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for expected in ("shape check on", "shape check off", "all_reduce_rms_norm op"):
         assert expected in out
+
+
+def test_importing_opir_does_not_load_inductor():
+    code = "import sys, opir; print('torch._inductor' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"  # the compile pipeline loads on first use
