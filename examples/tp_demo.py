@@ -9,6 +9,9 @@ process holding the full weights computes.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import torch
 
 import opir
@@ -67,7 +70,11 @@ def main() -> None:
         print("per-rank agreement with a single process holding the full weights:")
         print("\n".join(line for rank_lines, _ in every_rank for line in rank_lines))
     opir.distributed.destroy_tp()
-    raise SystemExit(1 if any(f for _, f in every_rank) else 0)
+    # Skip interpreter finalization: under load, gloo's worker threads can
+    # still be releasing tensors then and abort the process (SIGABRT,
+    # "terminate called without an active exception"; pytorch/pytorch#179291).
+    sys.stdout.flush()
+    os._exit(1 if any(f for _, f in every_rank) else 0)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ or never joins makes the others fail with :class:`TPError` in bounded time.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 
@@ -83,8 +84,16 @@ def init_tp(
 
 
 def destroy_tp() -> None:
-    """Leave the TP group (no-op if none was initialised by init_tp)."""
+    """Leave the TP group (no-op if none was initialised by init_tp).
+
+    All ranks meet at a barrier first: a rank that tore its group down while a
+    peer was still finishing the last collective made gloo abort the peer
+    ("terminate called without an active exception"). A barrier that fails
+    because a peer is already gone is ignored; leaving must still succeed.
+    """
     if dist.is_initialized() and _state["owned"]:
+        with contextlib.suppress(Exception):  # a dead or departed peer: nothing to wait for
+            dist.barrier()
         dist.destroy_process_group()
     _state["owned"] = False
 
