@@ -92,11 +92,12 @@ def add_rms_norm(graph: fx.Graph, node: fx.Node) -> bool:
     operands = None if args is None else _plain_residual_add(args[0])
     if operands is None:
         return False
-    h, weight, epsilon, variance_size = args
+    h, weight, epsilon, variance_size, weight_bias = args
     x, residual = operands
     with graph.inserting_before(node):
         fused = graph.call_function(
-            fused_add_rms_norm.torch_op, (x, residual, weight, epsilon, variance_size)
+            fused_add_rms_norm.torch_op,
+            (x, residual, weight, epsilon, variance_size, weight_bias),
         )
         out = graph.call_function(operator.getitem, (fused, 0))
         residual_out = graph.call_function(operator.getitem, (fused, 1))
@@ -118,10 +119,14 @@ def _all_reduce_input(node: object, single_use: bool) -> fx.Node | None:
     return node.args[0]
 
 
-def _weight_and_bias(weight: object, x_dtype: torch.dtype) -> tuple[object, float] | None:
+def _weight_and_bias(
+    weight: object, x_dtype: torch.dtype, weight_bias: float = 0.0
+) -> tuple[object, float] | None:
     """(raw weight, weight_bias) for the fused op, or None if the guard blocks it."""
     if weight is None:
         return None, 0.0
+    if weight_bias != 0.0:  # the norm already takes the raw weight plus a bias (GemmaRMSNorm)
+        return (weight, weight_bias) if val(weight).dtype == x_dtype else None
     if (
         isinstance(weight, fx.Node)
         and weight.target is aten.add.Tensor
@@ -141,9 +146,9 @@ def _weight_and_bias(weight: object, x_dtype: torch.dtype) -> tuple[object, floa
 
 
 def _replace_with_all_reduce_norm(
-    graph: fx.Graph, anchor: fx.Node, x: fx.Node, residual, weight, epsilon, variance_size
+    graph: fx.Graph, anchor: fx.Node, x: fx.Node, residual, weight, epsilon, variance_size, bias
 ) -> tuple[fx.Node, fx.Node] | None:
-    resolved = _weight_and_bias(weight, val(x).dtype)
+    resolved = _weight_and_bias(weight, val(x).dtype, bias)
     if resolved is None:
         return None
     raw_weight, bias = resolved
@@ -166,9 +171,9 @@ def all_reduce_add_rms_norm(graph: fx.Graph, node: fx.Node) -> bool:
     x = None if operands is None else _all_reduce_input(operands[0], single_use=True)
     if x is None:
         return False
-    h, weight, epsilon, variance_size = args
+    h, weight, epsilon, variance_size, bias = args
     made = _replace_with_all_reduce_norm(
-        graph, node, x, operands[1], weight, epsilon, variance_size
+        graph, node, x, operands[1], weight, epsilon, variance_size, bias
     )
     if made is None:
         return False
@@ -181,8 +186,10 @@ def all_reduce_fused_add_rms_norm(graph: fx.Graph, node: fx.Node) -> bool:
     x = None if args is None else _all_reduce_input(args[0], single_use=True)
     if x is None:
         return False
-    reduced, residual, weight, epsilon, variance_size = args
-    made = _replace_with_all_reduce_norm(graph, node, x, residual, weight, epsilon, variance_size)
+    reduced, residual, weight, epsilon, variance_size, bias = args
+    made = _replace_with_all_reduce_norm(
+        graph, node, x, residual, weight, epsilon, variance_size, bias
+    )
     if made is None:
         return False
     getitems = {user: made[user.args[1]] for user in node.users}
@@ -195,8 +202,10 @@ def all_reduce_rms_norm_rule(graph: fx.Graph, node: fx.Node) -> bool:
     x = None if args is None else _all_reduce_input(args[0], single_use=False)
     if x is None:
         return False
-    reduced, weight, epsilon, variance_size = args
-    made = _replace_with_all_reduce_norm(graph, node, x, None, weight, epsilon, variance_size)
+    reduced, weight, epsilon, variance_size, bias = args
+    made = _replace_with_all_reduce_norm(
+        graph, node, x, None, weight, epsilon, variance_size, bias
+    )
     if made is None:
         return False
     return _finish(graph, {node: made[0], reduced: made[1]}, [node, reduced])

@@ -32,7 +32,7 @@ def fused_allreduce_rms_norm(hidden_states: torch.Tensor, residual: torch.Tensor
     unfused native sequence otherwise. Returns what the norm returns: ``out``,
     or ``(out, residual)`` when a residual is given.
     """
-    from opir.layers import GemmaRMSNorm, RMSNorm
+    from opir.layers import RMSNorm
     from opir.ops import all_reduce_rms_norm
 
     if not isinstance(norm, RMSNorm):
@@ -41,8 +41,12 @@ def fused_allreduce_rms_norm(hidden_states: torch.Tensor, residual: torch.Tensor
         )
     if tp_world_size() == 1:
         return norm(hidden_states) if residual is None else norm(hidden_states, residual)
-    bias = 1.0 if isinstance(norm, GemmaRMSNorm) else 0.0
     out, residual_out = all_reduce_rms_norm(
-        hidden_states, residual, norm.weight, norm.variance_epsilon, bias, norm.variance_size
+        hidden_states,
+        residual,
+        norm.weight,
+        norm.variance_epsilon,
+        norm.weight_bias,
+        norm.variance_size,
     )
     return out if residual is None else (out, residual_out)

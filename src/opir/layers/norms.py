@@ -42,18 +42,22 @@ class RMSNorm(nn.Module):
         self.variance_size = None if var_hidden_size in (None, hidden_size) else var_hidden_size
         self.weight = _weight(torch.ones(hidden_size, dtype=dtype)) if has_weight else None
 
+    weight_bias = 0.0
+    """Added to the stored weight (in fp32) by the ops; GemmaRMSNorm stores an offset."""
+
     def effective_weight(self) -> torch.Tensor | None:
-        return self.weight
+        """The weight the norm multiplies by (computed afresh: for inspection only)."""
+        if self.weight is None or self.weight_bias == 0.0:
+            return self.weight
+        return self.weight.float() + self.weight_bias
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        weight = self.effective_weight()
+        eps, size, bias = self.variance_epsilon, self.variance_size, self.weight_bias
         if residual is None:
-            return rms_norm(x, weight, self.variance_epsilon, self.variance_size)
-        return fused_add_rms_norm.maybe_inplace(
-            x, residual, weight, self.variance_epsilon, self.variance_size
-        )
+            return rms_norm(x, self.weight, eps, size, bias)
+        return fused_add_rms_norm.maybe_inplace(x, residual, self.weight, eps, size, bias)
 
     def extra_repr(self) -> str:
         return f"{self.hidden_size}, eps={self.variance_epsilon}"
@@ -62,23 +66,15 @@ class RMSNorm(nn.Module):
 class GemmaRMSNorm(RMSNorm):
     """Gemma's RMSNorm: the stored weight is an offset; the effective weight is
     ``weight.float() + 1.0`` in fp32 (bf16 ``15.8125 + 1`` would round to 16.75,
-    fp32 gives 16.8125), passed as an fp32 weight to the ops (mixed dtype)."""
+    fp32 gives 16.8125). The ops receive the raw parameter and ``weight_bias=1.0``
+    and add it per call, so nothing derived from the weight is cached: writes
+    through ``weight.data`` (how weight loaders fill parameters) are always seen."""
+
+    weight_bias = 1.0
 
     def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
         super().__init__(hidden_size, eps)
         nn.init.zeros_(self.weight)
-        self._cached: tuple[tuple[int, int], torch.Tensor] | None = None
-
-    def effective_weight(self) -> torch.Tensor:
-        if torch.compiler.is_compiling():  # keep `w.float() + 1.0` visible to graph passes
-            return self.weight.float() + 1.0
-        w = self.weight
-        if w.is_inference():  # no version counter: in-place updates are invisible, so no cache
-            return w.float() + 1.0
-        key = (w.data_ptr(), w._version)  # in-place updates (load_state_dict) bump _version
-        if self._cached is None or self._cached[0] != key:
-            self._cached = (key, w.float() + 1.0)
-        return self._cached[1]
 
 
 class RMSNormGated(nn.Module):

@@ -39,9 +39,7 @@ def all_reduce_rms_norm(
     else:
         s = reduced.float() + x_residual.float()
         residual_out = s.to(x.dtype)
-    if weight is not None and weight_bias != 0.0:
-        weight = weight.float() + weight_bias
-    return _normalize(s, weight, epsilon, variance_size, x.dtype), residual_out
+    return _normalize(s, weight, epsilon, variance_size, x.dtype, weight_bias), residual_out
 
 
 @all_reduce_rms_norm.register_input_generator

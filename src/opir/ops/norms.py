@@ -1,9 +1,17 @@
 """RMSNorm family: the native functions are the numerics contract (DESIGN §3).
 
 ``f32(t)`` is ``t.float()``; reductions run over the last dim in fp32 with eps
-inside the rsqrt; the weight multiply happens in the weight's dtype, so a
-same-dtype weight gives Llama's "normalise in fp32, round, multiply" and an
-fp32 weight gives Gemma's single rounding.
+inside the rsqrt. The weight multiply happens in ``promote_types(x.dtype,
+weight.dtype)``: a same-dtype weight gives Llama's "normalise in fp32, round,
+multiply"; an fp32 weight with a bf16/fp16 ``x`` gives Gemma's single rounding;
+a bf16 weight with an fp32 ``x`` (Hugging Face Mamba2's fp32 residual stream)
+multiplies in fp32, as PyTorch's type promotion does in the models' own code.
+The result always has ``x``'s dtype.
+
+``weight_bias`` (default 0.0) makes the effective weight ``f32(weight) +
+weight_bias``, computed in fp32 per call: Gemma-style layers store an offset
+and pass ``weight_bias=1.0`` with the raw parameter, so no derived weight is
+ever cached (a cache goes stale when loaders write through ``param.data``).
 """
 
 from __future__ import annotations
@@ -50,19 +58,34 @@ def _check_range(value: int | None, hidden: int, name: str, op: str, divides: bo
         )
 
 
+def effective_weight(weight: torch.Tensor | None, weight_bias: float) -> torch.Tensor | None:
+    """``weight`` itself, or ``f32(weight) + weight_bias`` when the bias is non-zero."""
+    if weight is None or weight_bias == 0.0:
+        return weight
+    return weight.float() + weight_bias
+
+
+def apply_weight(
+    y: torch.Tensor, weight: torch.Tensor | None, out_dtype: torch.dtype
+) -> torch.Tensor:
+    """``y`` (fp32) times the weight in ``promote_types(out_dtype, weight.dtype)``."""
+    if weight is not None:
+        y = y.to(torch.promote_types(out_dtype, weight.dtype)) * weight
+    return y
+
+
 def _normalize(
     s: torch.Tensor,
     weight: torch.Tensor | None,
     epsilon: float,
     variance_size: int | None,
     out_dtype: torch.dtype,
+    weight_bias: float = 0.0,
 ) -> torch.Tensor:
     """RMS-normalise the fp32 rows of ``s``, apply the weight, cast to ``out_dtype``."""
     sv = s if variance_size is None else s[..., :variance_size]
     y = s * torch.rsqrt(sv.pow(2).mean(dim=-1, keepdim=True) + epsilon)
-    if weight is not None:
-        y = y.to(weight.dtype) * weight
-    return y.to(out_dtype)
+    return apply_weight(y, effective_weight(weight, weight_bias), out_dtype).to(out_dtype)
 
 
 @register_op
@@ -71,11 +94,15 @@ def rms_norm(
     weight: torch.Tensor | None,
     epsilon: float,
     variance_size: int | None = None,
+    weight_bias: float = 0.0,
 ) -> torch.Tensor:
-    """``x / rms(x) * weight`` over the last dim; rms over the first ``variance_size`` columns."""
+    """``x / rms(x) * (weight + weight_bias)`` over the last dim.
+
+    The rms is taken over the first ``variance_size`` columns (all when None).
+    """
     _check(x, weight, "rms_norm")
     _check_range(variance_size, x.shape[-1], "variance_size", "rms_norm")
-    return _normalize(x.float(), weight, epsilon, variance_size, x.dtype)
+    return _normalize(x.float(), weight, epsilon, variance_size, x.dtype, weight_bias)
 
 
 @register_op(allow_inplace=True)
@@ -85,19 +112,21 @@ def fused_add_rms_norm(
     weight: torch.Tensor | None,
     epsilon: float,
     variance_size: int | None = None,
+    weight_bias: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``s = x + residual`` in fp32; returns (rms_norm of unrounded s, s rounded to x's dtype)."""
     _check(x, weight, "fused_add_rms_norm")
     _check_like_x(x, x_residual, "x_residual", "fused_add_rms_norm")
     _check_range(variance_size, x.shape[-1], "variance_size", "fused_add_rms_norm")
     s = x.float() + x_residual.float()
-    return _normalize(s, weight, epsilon, variance_size, x.dtype), s.to(x.dtype)
+    out = _normalize(s, weight, epsilon, variance_size, x.dtype, weight_bias)
+    return out, s.to(x.dtype)
 
 
 @register_op
 def rms_norm_gated(
     x: torch.Tensor,
-    gate: torch.Tensor,
+    gate: torch.Tensor | None,
     weight: torch.Tensor | None,
     epsilon: float,
     group_size: int | None = None,
@@ -106,25 +135,35 @@ def rms_norm_gated(
     """Gated RMSNorm, per group of ``group_size`` columns (whole row when None).
 
     Gate then norm (Mamba2 ``Mixer2RMSNormGated``): ``y = f32(x) * silu(f32(gate))``,
-    normalise ``y``, multiply by the weight in its dtype, cast to x's dtype.
-    ``norm_before_gate`` (Qwen3-Next / FLA): normalise ``f32(x)``, multiply by the
-    weight in its dtype, then by ``silu(f32(gate))`` in fp32, cast once.
+    normalise ``y``, multiply by the weight in ``promote_types(x.dtype, weight.dtype)``,
+    cast to x's dtype. ``norm_before_gate`` (Qwen3-Next / FLA): normalise ``f32(x)``,
+    multiply by the weight likewise, then by ``silu(f32(gate))`` in fp32, cast once.
+    ``gate`` has x's shape and device and any floating dtype (Hugging Face Mamba2 in
+    bf16 passes an fp32 ``x`` with a bf16 gate); ``gate=None`` is the plain grouped norm.
     """
     _check(x, weight, "rms_norm_gated")
-    _check_like_x(x, gate, "gate", "rms_norm_gated")
+    if gate is not None:
+        _check_gate(x, gate)
     _check_range(group_size, x.shape[-1], "group_size", "rms_norm_gated", divides=True)
     hidden = x.shape[-1]
     group = hidden if group_size is None else group_size
-    gated = torch.nn.functional.silu(gate.float())
-    y = x.float() if norm_before_gate else x.float() * gated
+    gated = None if gate is None else torch.nn.functional.silu(gate.float())
+    y = x.float() if norm_before_gate or gated is None else x.float() * gated
     grouped = y.unflatten(-1, (hidden // group, group)) if hidden else y.unsqueeze(-1)
     normed = grouped * torch.rsqrt(grouped.pow(2).mean(dim=-1, keepdim=True) + epsilon)
     normed = normed.flatten(-2) if hidden else normed.squeeze(-1)
-    if weight is not None:
-        normed = normed.to(weight.dtype) * weight
-    if norm_before_gate:
+    normed = apply_weight(normed, weight, x.dtype)
+    if norm_before_gate and gated is not None:
         normed = normed.float() * gated
     return normed.to(x.dtype)
+
+
+def _check_gate(x: torch.Tensor, gate: torch.Tensor) -> None:
+    if gate.shape != x.shape or gate.device != x.device or not gate.dtype.is_floating_point:
+        raise ValueError(
+            "rms_norm_gated: gate must be a floating-point tensor of x's shape and device; got "
+            f"{list(gate.shape)} {gate.dtype} {gate.device} vs {list(x.shape)} {x.device}"
+        )
 
 
 def _norm_inputs(

@@ -49,14 +49,20 @@ _F32 = torch.float32
 # helper functions: a Python call costs ~80 ns here, a quarter of the predicate.
 
 
-def supports_rms_norm(x, weight, epsilon, variance_size=None) -> bool:
+def supports_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0) -> bool:
+    if weight_bias != 0.0:
+        return False
     dtype = x.dtype
     if dtype not in _DTYPES or not x.is_cpu or not (x.is_contiguous() or x.stride(-1) == 1):
         return False
     return weight is None or (wd := weight.dtype) is dtype or wd is _F32
 
 
-def supports_fused_add_rms_norm(x, x_residual, weight, epsilon, variance_size=None) -> bool:
+def supports_fused_add_rms_norm(
+    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0
+) -> bool:
+    if weight_bias != 0.0:
+        return False
     dtype = x.dtype
     if dtype not in _DTYPES or not x.is_cpu or not (x.is_contiguous() or x.stride(-1) == 1):
         return False
@@ -73,7 +79,9 @@ def supports_rms_norm_gated(
     dtype = x.dtype
     if dtype not in _DTYPES or not x.is_cpu or not (x.is_contiguous() or x.stride(-1) == 1):
         return False
-    if gate.dtype is not dtype or not (gate.is_contiguous() or gate.stride(-1) == 1):
+    if gate is None or gate.dtype is not dtype or not (
+        gate.is_contiguous() or gate.stride(-1) == 1
+    ):
         return False
     return weight is None or (wd := weight.dtype) is dtype or wd is _F32
 
@@ -124,6 +132,7 @@ def cpu_rms_norm(
     weight: torch.Tensor | None,
     epsilon: float,
     variance_size: int | None = None,
+    weight_bias: float = 0.0,
 ) -> torch.Tensor:
     if _dispatch_mode_depth():
         return kernels().rms_norm.default(x, weight, epsilon, variance_size)
@@ -143,6 +152,7 @@ def cpu_fused_add_rms_norm(
     weight: torch.Tensor | None,
     epsilon: float,
     variance_size: int | None = None,
+    weight_bias: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if _dispatch_mode_depth():
         kernels().fused_add_rms_norm_.default(x, x_residual, weight, epsilon, variance_size)
@@ -158,7 +168,7 @@ def cpu_fused_add_rms_norm(
 )
 def cpu_rms_norm_gated(
     x: torch.Tensor,
-    gate: torch.Tensor,
+    gate: torch.Tensor | None,
     weight: torch.Tensor | None,
     epsilon: float,
     group_size: int | None = None,
