@@ -17,6 +17,7 @@ through the torch op instead, whose kernel runs the very same selection.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import re
 import types
@@ -330,6 +331,21 @@ class Op(_Overload):
 
     def _param_list(self) -> str:
         return _fmt_params([(p.name, p.default) for p in self.signature.parameters.values()])
+
+    def withdraw_impl(self, provider: str, reason: str) -> None:
+        """Mark ``provider``'s impl unsupported from now on (e.g. its build failed).
+
+        Priorities are rebuilt, so later calls skip it as if it had been
+        registered with ``supported=False, reason=reason``.
+        """
+        impl = self._impls[provider]
+        self._impls[provider] = dataclasses.replace(impl, supported=False, reason=reason)
+        self._rebuild()
+
+    def explicitly_requested(self, provider: str) -> bool:
+        """True if the user listed ``provider`` for this op (process default or scope),
+        as opposed to reaching it through the platform defaults."""
+        return provider in self.chain().user
 
     def _unregister_impl(self, provider: str) -> None:
         """Remove an impl (tests and benchmarks use transient providers)."""
