@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import opir
-from opir.core import chain as _chain
+from opir.core import registry as _registry
 
 _counter = itertools.count()
 
@@ -17,14 +17,12 @@ _counter = itertools.count()
 def _restore_priorities():
     """Tests may set process defaults or platform defaults; undo both."""
     saved_user = {name: op._user_priority for name, op in opir.registry.items()}
-    saved_platform = dict(_chain._platform_defaults)
+    saved_platform = _registry.snapshot_platform_defaults()
     yield
-    _chain._platform_defaults.clear()
-    _chain._platform_defaults.update(saved_platform)
     for name, op in list(opir.registry.items()):
         if name in saved_user:
             op._user_priority = saved_user[name]
-            op._rebuild()
+    _registry.restore_platform_defaults(saved_platform)
 
 
 @pytest.fixture
@@ -40,7 +38,7 @@ def make_op():
 
     yield make
     for op in made:
-        op._drop()
+        op.drop()
 
 
 def scale(x: torch.Tensor, weight: torch.Tensor | None, alpha: float = 2.0) -> torch.Tensor:

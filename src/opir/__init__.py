@@ -7,15 +7,19 @@ any of them).
 
 from opir import distributed, layers, ops, providers
 from opir.compiler import DonationError, backend, compile
-from opir.core.chain import Chain, set_platform_defaults
+from opir.core.config import apply_env as _apply_env
+from opir.core.config import get_priority, load_priority, priority, set_priority
 from opir.core.errors import DispatchError, OpirError, PriorityError, RegistrationError
 from opir.core.impl import Impl
-from opir.core.op import Op, register_op, registry
+from opir.core.op import Op, register_op
 from opir.core.platform import Platform
 from opir.core.platform import detect as platform
 from opir.core.plugins import load_plugins as _load_plugins
-from opir.core.priority import apply_env as _apply_env
-from opir.core.priority import get_priority, load_priority, priority, set_priority
+from opir.core.priority import Priority
+from opir.core.registry import ops as registry
+from opir.core.registry import set_platform_defaults
+from opir.core.scope import Scope
+from opir.core.selection import Selection
 from opir.core.tolerances import Tolerance
 from opir.core.trace import DispatchRecord, Trace, strict, trace
 
@@ -25,7 +29,6 @@ _apply_env()
 __version__ = "0.1.0"
 
 __all__ = [
-    "Chain",
     "DonationError",
     "backend",
     "compile",
@@ -36,8 +39,11 @@ __all__ = [
     "Op",
     "OpirError",
     "Platform",
+    "Priority",
     "PriorityError",
     "RegistrationError",
+    "Scope",
+    "Selection",
     "Tolerance",
     "Trace",
     "get_priority",

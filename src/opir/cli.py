@@ -40,9 +40,8 @@ def _info(_: argparse.Namespace) -> int:
                 cells.append("[green]yes[/green]" + (" (inplace)" if impl.inplace else ""))
             else:
                 cells.append(f"[red]no[/red]: {impl.reason or 'unsupported'}")
-        table.add_row(
-            op.name, *cells, " > ".join(op.get_priority()), " > ".join(op.compile_chain().providers)
-        )
+        eager, compiled = op.get_priority(), op.compile_priority().providers
+        table.add_row(op.name, *cells, " > ".join(eager), " > ".join(compiled))
     console.print(table)
     return 0
 

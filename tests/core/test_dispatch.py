@@ -107,11 +107,26 @@ def test_grad_mode_forward_works_backward_raises(op):
     x = torch.randn(2, 8)
     with opir.trace() as t:
         y = op(x, w)
-    assert t.records[0].path == "torch_op"  # autograd-visible path
+    # Grad mode stays on the eager path (no dispatcher cost); the output still
+    # carries a grad_fn, whose backward raises instead of dropping gradients.
+    assert t.records[0].path == "eager"
     assert y.requires_grad
     torch.testing.assert_close(y, scale(x, w).detach())
     with pytest.raises(RuntimeError, match="inference op and has no backward"):
         y.sum().backward()
+    y = op(x, w)  # the untraced fast path behaves the same
+    assert y.requires_grad
+    with pytest.raises(RuntimeError, match="inference op and has no backward"):
+        (y * 2).sum().backward()
+
+
+def test_grad_mode_refuses_backward_for_every_output(add_scale_op):
+    x = torch.randn(3, requires_grad=True)
+    s, scaled = add_scale_op(x, torch.randn(3))
+    assert s.requires_grad and scaled.requires_grad
+    for out in (s, scaled):
+        with pytest.raises(RuntimeError, match="inference op and has no backward"):
+            out.sum().backward(retain_graph=True)
 
 
 def test_no_grad_and_inference_mode_stay_on_the_fast_path(op):

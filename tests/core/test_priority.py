@@ -15,7 +15,7 @@ import torch
 import opir
 from conftest import scale
 from opir import PriorityError
-from opir.core import priority as config
+from opir.core import config
 
 
 def _register(op, provider, *, supported=True, accepts=None, reason=""):
@@ -44,8 +44,8 @@ def test_default_is_native(scale_op):
 def test_filtering_drops_unsupported_and_cuts_after_unconditional(op):
     op.set_default(["gpu_only", "fp32_only", "anything", "native"])
     assert op.get_priority() == ["fp32_only", "anything"]
-    assert op.chain().dropped == (("gpu_only", "not supported here: needs CUDA"),)
-    assert op.chain().requested == ("gpu_only", "fp32_only", "anything", "native")
+    assert op.current_priority().dropped == (("gpu_only", "not supported here: needs CUDA"),)
+    assert op.current_priority().requested == ("gpu_only", "fp32_only", "anything", "native")
 
 
 def test_platform_defaults_follow_user_entries(op):

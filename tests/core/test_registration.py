@@ -181,7 +181,7 @@ def test_wrong_arity_and_unknown_keywords_raise_clear_type_errors(scale_op):
 def test_drop_unregisters_completely(make_op):
     op = make_op(scale)
     name = op.name
-    op._drop()
+    op.drop()
     assert name not in opir.registry and not _opir_has(name)
     again = opir.register_op(name=name)(scale)  # the name is free again
-    again._drop()
+    again.drop()

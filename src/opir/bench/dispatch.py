@@ -7,7 +7,12 @@ directly; that impl's ``supports_args`` alone (part of any dispatch to it);
 ``op(...)`` on a twin op (same native function) whose priority lists a
 provider whose predicate rejects, then the selected impl. Done once under
 ``torch.inference_mode()`` (how inference engines call ops) and once with
-autograd on (no input requires grad).
+autograd on, where ``op(...)`` is also timed with an ``x`` that requires grad
+(Hugging Face models called without ``no_grad``).
+
+``run_trivial`` isolates opir's own cost with an op whose impl returns its
+input, and times ``op(...)`` with the process-default priority next to the
+same call inside a scoped priority for that op and for another op.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ CANDIDATES = (
     "op.torch_op(...)",
     "op(...), first provider rejects",
 )
+GRAD_INPUT = "op(...), x requires grad"
+SCOPED = "op(...) in a scope for this op"
+SCOPED_OTHER = "op(...) in a scope for another op"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +62,7 @@ def _twin_with_rejecting_first(selected: Impl) -> Iterator[Op]:
     """rms_norm's twin with priority [rejects, <selected impl>]; unregistered afterwards."""
     twin = register_op(name="bench_dispatch_twin")(rms_norm.native)
 
-    def rejects(x, weight, epsilon, variance_size=None):
+    def rejects(x, weight, epsilon, variance_size=None, weight_bias=0.0):
         return False
 
     twin.register_impl("bench_rejects", supports_args=rejects)(rms_norm.native)
@@ -63,7 +71,7 @@ def _twin_with_rejecting_first(selected: Impl) -> Iterator[Op]:
         twin.set_default(["bench_rejects", "bench_selected", "native"])
         yield twin
     finally:
-        twin._drop()
+        twin.drop()
 
 
 def _identity(x: torch.Tensor, weight: torch.Tensor | None, epsilon: float) -> torch.Tensor:
@@ -75,15 +83,22 @@ def run_trivial(rounds: int = 101, number: int = 2000) -> DispatchResult:
     op = register_op(name="bench_dispatch_identity")(_identity)
     try:
         x, weight = torch.ones(1, 64), torch.ones(64)
+        call = lambda: op(x, weight, 1e-6)  # noqa: E731
         fns = {
             DIRECT: lambda: _identity(x, weight, 1e-6),
             CONTROL: lambda: _identity(x, weight, 1e-6),
-            "op(...)": lambda: op(x, weight, 1e-6),
+            "op(...)": call,
+            SCOPED: call,
+            SCOPED_OTHER: call,
+        }
+        contexts = {
+            SCOPED: lambda: op.set_priority(["native"]),
+            SCOPED_OTHER: lambda: rms_norm.set_priority(["native"]),
         }
         with torch.inference_mode():
-            samples = interleave(fns, rounds=rounds, number=number)
+            samples = interleave(fns, rounds=rounds, number=number, contexts=contexts)
     finally:
-        op._drop()
+        op.drop()
     return DispatchResult(
         "inference_mode, impl returns its input",
         "native",
@@ -101,30 +116,34 @@ def run(
     direct = selected.fn
     predicate = selected.supports_args or (lambda *a: True)
     torch_op = rms_norm.torch_op
+    grad_args = (args[0].clone().requires_grad_(), *args[1:])
     results = []
     with _twin_with_rejecting_first(selected) as twin:
         for mode, ctx in (("inference_mode", torch.inference_mode), ("grad on", torch.enable_grad)):
             with ctx():
-                fns = (
-                    lambda: direct(*args),
-                    lambda: direct(*args),
-                    lambda: predicate(*args),
-                    lambda: rms_norm(*args),
-                    lambda: torch_op(*args),
-                    lambda: twin(*args),
+                fns = dict(
+                    zip(
+                        CANDIDATES,
+                        (
+                            lambda: direct(*args),
+                            lambda: direct(*args),
+                            lambda: predicate(*args),
+                            lambda: rms_norm(*args),
+                            lambda: torch_op(*args),
+                            lambda: twin(*args),
+                        ),
+                        strict=True,
+                    )
                 )
-                samples = interleave(
-                    dict(zip(CANDIDATES, fns, strict=True)),
-                    rounds=rounds,
-                    number=number,
-                    on_round=on_round,
-                )
+                if mode == "grad on":
+                    fns[GRAD_INPUT] = lambda: rms_norm(*grad_args)
+                samples = interleave(fns, rounds=rounds, number=number, on_round=on_round)
             results.append(
                 DispatchResult(
                     mode,
                     selected.provider,
-                    {name: samples.median(name) * 1e6 for name in CANDIDATES},
-                    {name: samples.paired_difference(name, DIRECT) * 1e6 for name in CANDIDATES},
+                    {name: samples.median(name) * 1e6 for name in fns},
+                    {name: samples.paired_difference(name, DIRECT) * 1e6 for name in fns},
                 )
             )
     return results

@@ -8,9 +8,11 @@ stable than the difference of two medians.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager as ContextManager
 
 
 class Samples:
@@ -40,12 +42,20 @@ def interleave(
     number: int = 1000,
     warmup: int = 100,
     on_round: Callable[[], None] | None = None,
+    contexts: Mapping[str, Callable[[], ContextManager]] | None = None,
 ) -> Samples:
-    """Time each candidate ``number`` calls per round for ``rounds`` rounds."""
+    """Time each candidate ``number`` calls per round for ``rounds`` rounds.
+
+    ``contexts`` maps a candidate to a context manager factory entered around
+    its timed loop (entering it is not timed), e.g. a scoped priority.
+    """
     names = list(candidates)
-    for fn in candidates.values():
-        for _ in range(warmup):
-            fn()
+    contexts = contexts or {}
+    no_context = contextlib.nullcontext
+    for name, fn in candidates.items():
+        with contexts.get(name, no_context)():
+            for _ in range(warmup):
+                fn()
     per_round: dict[str, list[float]] = {name: [] for name in names}
     clock = time.perf_counter
     loop = range(number)
@@ -53,10 +63,12 @@ def interleave(
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             fn = candidates[name]
-            start = clock()
-            for _ in loop:
-                fn()
-            per_round[name].append((clock() - start) / number)
+            with contexts.get(name, no_context)():
+                start = clock()
+                for _ in loop:
+                    fn()
+                elapsed = clock() - start
+            per_round[name].append(elapsed / number)
         if on_round is not None:
             on_round()
     return Samples(per_round)

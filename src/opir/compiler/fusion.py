@@ -74,7 +74,7 @@ def _anchor_args(node: fx.Node, op) -> tuple | None:
     """The node's arguments (variance_size filled) if it calls ``op``'s default overload."""
     if opir_op(node) != (op, "default"):
         return None
-    return op._complete_args(tuple(node.args), dict(node.kwargs))
+    return op.complete_args(tuple(node.args), dict(node.kwargs))
 
 
 def _finish(graph: fx.Graph, replaced: dict[fx.Node, fx.Node], erase: list[fx.Node]) -> bool:

@@ -9,7 +9,9 @@ from typing import Any
 import torch
 from torch import fx
 
-from opir.core.op import NAMESPACE, Op, registry
+from opir.core.op import Op
+from opir.core.registry import NAMESPACE
+from opir.core.registry import ops as registry
 
 
 def opir_op(node: fx.Node) -> tuple[Op, str] | None:

@@ -24,8 +24,7 @@ from torch._inductor.decomposition import select_decomp_table
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from opir.compiler.graph_utils import getitem_users, opir_nodes, val
-from opir.core.chain import build_chain
-from opir.core.impl import Impl
+from opir.core.impl import Impl, on_clones
 from opir.core.op import Op
 
 CLONE_META = "opir_donation_clone"  # marks the clones made for in-place impls
@@ -42,17 +41,7 @@ class Lowered:
 
 def _functional(op: Op, impl: Impl):
     """A traceable function with the op's functional semantics for ``impl``."""
-    if not impl.inplace:
-        return impl.fn
-    positions = op.activation_positions
-
-    def on_clones(*args: Any) -> Any:
-        args = list(args)
-        for i in positions:
-            args[i] = torch.ops.aten.clone.default(args[i])
-        return impl.fn(*args)
-
-    return on_clones
+    return on_clones(impl.fn, op.activation_positions) if impl.inplace else impl.fn
 
 
 def _trace(op: Op, impl: Impl, args: tuple) -> tuple[fx.GraphModule, list[int]]:
@@ -112,12 +101,12 @@ def lower(graph: fx.Graph, fixed: dict[Op, tuple[str, ...]] | None = None) -> li
     for node, op, overload in opir_nodes(graph):
         if overload != "default":
             continue  # maybe_inplace nodes are rewritten by the pre-grad pass
-        chain = build_chain(op, fixed[op], mode="compile") if op in fixed else op.compile_chain()
+        priority = op.compile_priority(fixed.get(op))
         fake_args = tuple(val(a) for a in node.args)
-        fake_args = op._complete_args(fake_args, {k: val(v) for k, v in node.kwargs.items()})
-        impl = op.dispatch(*fake_args, chain=chain)
-        rejected = tuple(p for p in chain.providers[: chain.providers.index(impl.provider)])
-        args = op._complete_args(tuple(node.args), dict(node.kwargs))
+        fake_args = op.complete_args(fake_args, {k: val(v) for k, v in node.kwargs.items()})
+        impl = op.dispatch(*fake_args, priority=priority)
+        rejected = tuple(p for p in priority.providers[: priority.providers.index(impl.provider)])
+        args = op.complete_args(tuple(node.args), dict(node.kwargs))
         gm, node_positions = _trace(op, impl, args)
         _splice(graph, node, gm, [args[i] for i in node_positions])
         constants = tuple(a for a in args if not isinstance(a, fx.Node))

@@ -39,10 +39,10 @@ from opir.compiler.fusion import fuse
 from opir.compiler.graph_utils import opir_nodes
 from opir.compiler.lowering import Lowered, lower
 from opir.core import scope as _scope
-from opir.core.chain import epoch
-from opir.core.op import registry
+from opir.core.config import resolve_config
 from opir.core.platform import cache_root
-from opir.core.priority import _resolve
+from opir.core.registry import epoch
+from opir.core.registry import ops as registry
 
 _PASS_SOURCES = sorted(Path(__file__).parent.glob("*.py"))
 
@@ -124,7 +124,7 @@ def _impl_sources_digest() -> str:
     digest = hashlib.sha256()
     for name in sorted(registry):
         op = registry[name]
-        digest.update(f"{name}:{op.compile_chain().providers}".encode())
+        digest.update(f"{name}:{op.compile_priority().providers}".encode())
         for impl in op.impls.values():
             module = inspect.getmodule(impl.fn)
             try:
@@ -221,7 +221,7 @@ class Backend:
                 f"{[f.name for f in dataclasses.fields(Options)]}"
             )
         if "priority" in options:
-            fixed = _resolve(options["priority"], "opir.backend(priority=...)")
+            fixed = resolve_config(options["priority"], "opir.backend(priority=...)")
             options["priority"] = tuple(sorted((op.name, p) for op, p in fixed.items()))
         self.options = Options(**options)
         self.report = CompileReport()

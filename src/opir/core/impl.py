@@ -1,9 +1,10 @@
-"""One provider's implementation of one op."""
+"""One provider's implementation of one op, and the clone wrapper in-place impls need."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -31,3 +32,22 @@ class Impl:
     def __repr__(self) -> str:
         flags = "" if self.supported else f", unsupported: {self.reason}"
         return f"Impl({self.op_name}/{self.provider}{', inplace' if self.inplace else ''}{flags})"
+
+
+def on_clones(fn: Callable[..., Any], positions: Sequence[int]) -> Callable[..., Any]:
+    """``fn`` run on clones of the arguments at ``positions``.
+
+    This is how an in-place impl serves a functional call: the eager default
+    overload uses it, and the compile-time lowering traces it (the clones
+    appear as ``aten.clone`` nodes, which clone elimination may drop).
+    """
+    positions = tuple(positions)
+
+    def cloning(*args: Any) -> Any:
+        args = list(args)
+        for i in positions:
+            args[i] = args[i].clone()
+        return fn(*args)
+
+    cloning.__name__ = f"{getattr(fn, '__name__', 'impl')}_on_clones"
+    return cloning

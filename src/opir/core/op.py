@@ -1,4 +1,4 @@
-"""Ops: one native definition, many impls, and the eager hot path.
+"""Ops: one native definition, many impls, and the eager call path.
 
 ``register_op`` turns a plain, type-annotated PyTorch function into an
 :class:`Op`. The function is the op's specification, its fallback (provider
@@ -6,121 +6,90 @@
 ``torch.ops.opir.<name>`` (functional schema, ``CompositeExplicitAutograd``) so
 that tracers see one opaque node.
 
-Calling ``op(*args)`` picks the first impl in the op's priority chain whose
-predicate accepts the arguments. In plain eager mode that happens right here
-in Python, at a cost of a few hundred nanoseconds; whenever something could be
-watching (Dynamo, export, make_fx, FakeTensor, functionalization, any dispatch
-mode, a functorch transform, a tensor subclass, or autograd) the call goes
-through the torch op instead, whose kernel runs the very same selection.
+Calling ``op(*args)`` picks the first impl in the op's priority whose
+predicate accepts the arguments. In plain eager mode that happens in the
+generated fast path (``hotpath.py``); whenever something could be watching
+(Dynamo, export, make_fx, FakeTensor, functionalization, any dispatch mode, a
+functorch transform, a tensor subclass) the call goes through the torch op
+instead, whose kernel runs the very same selection.
+
+Ops are inference-only. Called with inputs that require grad (grad mode on),
+the chosen kernel still runs eagerly, and its outputs carry a grad_fn whose
+backward raises a clear error instead of silently dropping gradients.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
-import re
-import types
-import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, overload
 
 import torch
-from torch.library import Library, infer_schema
 
+from opir.core import registry as _registry
 from opir.core import scope as _scope
-from opir.core.chain import Chain, build_chain, validate_providers
-from opir.core.chain import _epoch as _chain_epoch
-from opir.core.errors import DispatchError, RegistrationError
+from opir.core import signature as _signature
+from opir.core import torch_library as _torch_library
+from opir.core.errors import RegistrationError
 from opir.core.hotpath import make_call, specialize
 from opir.core.impl import Impl
+from opir.core.priority import Entry, Priority, build_priority, validate_providers
+from opir.core.selection import Selection, explain, select_in_scope
 from opir.core.tolerances import Tolerance, default_tolerance
 
-NAMESPACE = "opir"
 RESERVED_PROVIDERS = frozenset({"native"})
-_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 
-registry: dict[str, Op] = {}
-"""Every registered op by name, in registration order."""
-
-# Bound once: the hot path reads these as globals.
 _Tensor = torch.Tensor
-_Parameter = torch.nn.Parameter
-_dynamo_compiling = torch.compiler.is_dynamo_compiling
-_dispatch_mode_depth = torch._C._len_torch_dispatch_stack
-_functorch_active = torch._C._are_functorch_transforms_active
 _grad_enabled = torch.is_grad_enabled
 _scope_get = _scope.current.get
-
-
-def _check_name(kind: str, name: object) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise RegistrationError(
-            f"invalid {kind} name {name!r}: use lowercase letters, digits and '_', "
-            "not starting with a digit (regex ^[a-z_][a-z0-9_]*$)"
-        )
-    return name
-
-
-def _infer_schema(fn: Callable, what: str, mutates: Sequence[str] = ()) -> str:
-    try:
-        return infer_schema(fn, mutates_args=tuple(mutates))
-    except Exception as e:  # torch raises ValueError/TypeError/RuntimeError here
-        raise RegistrationError(
-            f"cannot infer a torch schema for {what}: {e}. Annotate every parameter and "
-            "the return type with torch types (Tensor, Tensor | None, float, int, ...)."
-        ) from e
+_DelayedError = torch._C._functions.DelayedError
 
 
 class _Overload:
-    """A callable overload of an op.
+    """What the default overload (the op itself) and ``maybe_inplace`` share.
 
-    ``Op`` itself is the default (functional) overload; ``op.maybe_inplace``
-    is the donating one. They differ only in which chain entries they walk and
-    which torch op they fall back to. The eager fast path (``__call__``) is
-    generated per op; this class holds everything that is not on it.
+    The eager fast path, ``__call__``, is generated per op and installed on a
+    per-op subclass; everything off that path lives here.
     """
 
     op: Op
     torch_op: torch._ops.OpOverload
-    _entries: tuple[tuple[Callable[..., bool] | None, Callable[..., Any]], ...]
-    _n_params: int
+    _entries: tuple[Entry, ...]
     _donating: bool
+    _overload_name: str
 
-    # __call__ is generated per op by opir.core.hotpath, installed at the end of Op.__init__.
+    def _entries_of(self, priority: Priority, impl: Impl) -> Callable[..., Any]:
+        return priority.entries(self._donating)[priority.impls.index(impl)][1]
 
-    def _call_slow(self, args: tuple) -> Any:
-        scope = _scope_get()
-        eager_ok = (
-            scope is not None
-            and not _dynamo_compiling()
-            and not _dispatch_mode_depth()
-            and not _functorch_active()
-            and not self.op._needs_torch_op(args)
-        )
-        if not eager_ok:
-            return self.torch_op(*args)
-        chain = scope.chains.get(self.op, self.op._chain)
-        impl = self.op._select(chain, args, scope, path="eager", overload=self._overload_name)
-        return self._fn_of(chain, impl)(*args)
+    def _call_selecting(self, args: tuple) -> Any:
+        """Eager call inside a tracing or strict scope: the full selection."""
+        op, scope = self.op, _scope_get()
+        priority = op.current_priority()
+        impl = select_in_scope(op.name, self._overload_name, priority, args, scope, "eager")
+        fn = self._entries_of(priority, impl)
+        if _grad_enabled() and any(
+            isinstance(a, _Tensor) and a.requires_grad for a in args
+        ):
+            return self._call_refusing_backward(((None, fn),), args)
+        return fn(*args)
 
-    @property
-    def _overload_name(self) -> str:
-        return "maybe_inplace" if self._donating else "default"
-
-    def _fn_of(self, chain: Chain, impl: Impl) -> Callable[..., Any]:
-        entries = chain.donating if self._donating else chain.functional
-        return entries[chain.impls.index(impl)][1]
+    def _call_refusing_backward(self, entries: tuple[Entry, ...], args: tuple) -> Any:
+        """Inputs require grad: run the kernel eagerly, make backward raise."""
+        for pred, fn in entries:
+            if pred is None or pred(*args):
+                return _refuse_backward(fn(*args), self.op.backward_error)
+        raise AssertionError("a priority always ends with an unconditional impl")
 
     def _kernel(self, *args: Any, **kwargs: Any) -> Any:
-        """The torch op's kernel: same selection as the eager path."""
-        if kwargs or len(args) != self._n_params:
-            args = self.op._complete_args(args, kwargs)
-        chain = self.op.chain()
-        impl = self.op._select(
-            chain, args, _scope_get(), path="torch_op", overload=self._overload_name
+        """The torch op's kernel: the same selection as the eager path."""
+        op = self.op
+        args = op.complete_args(args, kwargs)
+        priority = op.current_priority()
+        impl = select_in_scope(
+            op.name, self._overload_name, priority, args, _scope_get(), "torch_op"
         )
-        return self._fn_of(chain, impl)(*args)
+        return self._entries_of(priority, impl)(*args)
 
 
 class MaybeInplace(_Overload):
@@ -128,122 +97,74 @@ class MaybeInplace(_Overload):
 
     After the call the donated inputs may hold anything; use the outputs.
     Under torch.compile a use of a donated input after the call is an error.
+    Inputs that require grad are refused (a donated buffer cannot be part of
+    an autograd graph).
+
+    Example::
+
+        out, residual = opir.ops.fused_add_rms_norm.maybe_inplace(x, residual, w, 1e-6)
     """
 
     _donating = True
+    _overload_name = "maybe_inplace"
 
-    def __init__(self, op: Op, torch_op: torch._ops.OpOverload) -> None:
+    def __init__(self, op: Op) -> None:
         self.op = op
-        self.torch_op = torch_op
-        self._n_params = op._n_params
-        self._entries = ()
+        self._entries = ()  # set by op.refresh_priority(); torch_op once defined
+
+    def _call_refusing_backward(self, entries: tuple[Entry, ...], args: tuple) -> Any:
+        return self.torch_op(*args)  # its Autograd kernel raises the clear error
 
     def __repr__(self) -> str:
         return f"<opir op {self.op.name}.maybe_inplace>"
 
 
 class Op(_Overload):
-    """An opir operator. Create with :func:`register_op`; call like a function."""
+    """An opir operator. Create with :func:`register_op`; call like a function.
+
+    Example::
+
+        @opir.register_op
+        def scale(x: torch.Tensor, alpha: float) -> torch.Tensor:
+            return x * alpha
+
+        @scale.register_impl("mine", supports_args=lambda x, alpha: x.is_contiguous())
+        def scale_mine(x: torch.Tensor, alpha: float) -> torch.Tensor: ...
+
+        scale(torch.ones(3), 2.0)
+    """
 
     _donating = False
+    _overload_name = "default"
 
-    def __init__(
-        self,
-        fn: Callable,
-        name: str,
-        activations: Sequence[str] | None,
-        allow_inplace: bool,
-    ) -> None:
-        # --- validate everything before registering anything --------------
-        _check_name("op", name)
-        if name in registry or hasattr(getattr(torch.ops, NAMESPACE), name):
-            raise RegistrationError(f"op '{name}' is already registered (torch.ops.opir.{name})")
-        if not callable(fn):
-            raise RegistrationError(f"register_op needs a function, got {fn!r}")
-        signature = inspect.signature(fn)
-        params = list(signature.parameters.values())
-        bad = [p.name for p in params if p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD]
-        if bad:
-            raise RegistrationError(
-                f"op '{name}': parameters {bad} are keyword-only or variadic; opir ops take "
-                "plain positional-or-keyword parameters so every impl can be called "
-                "positionally (move them before any '*' and drop *args/**kwargs)"
-            )
-        schema = _infer_schema(fn, f"op '{name}'")
-        kinds = [_tensor_kind(p.annotation, fn) for p in params]
-        tensor_positions = tuple(i for i, k in enumerate(kinds) if k)
-        names = [p.name for p in params]
-        if activations is None:
-            activations = [n for n in names if n.startswith("x")]
-        unknown = [a for a in activations if a not in names]
-        if unknown:
-            raise RegistrationError(
-                f"op '{name}': activations {unknown} are not parameters; parameters are {names}"
-            )
-        activation_positions = tuple(names.index(a) for a in activations)
-        not_tensor = [names[i] for i in activation_positions if i not in tensor_positions]
-        if not_tensor:
-            raise RegistrationError(f"op '{name}': activations {not_tensor} must be Tensors")
-        inplace_schema = None
-        if allow_inplace:
-            if not activation_positions:
-                raise RegistrationError(
-                    f"op '{name}': allow_inplace=True needs at least one activation to donate "
-                    "(name it x... or pass activations=[...])"
-                )
-            inplace_schema = _infer_schema(fn, f"op '{name}'", mutates=activations)
-
-        # --- register with torch; roll back on any failure -----------------
-        self.op = self  # the shared _Overload code reaches the op through .op
+    def __init__(self, fn: Callable, name: str, sig: _signature.OpSignature) -> None:
         self.name = name
         self.native = fn
-        self.schema = schema
-        self.signature = signature
-        self.activations = tuple(activations)
-        self.activation_positions = activation_positions
-        self.allow_inplace = allow_inplace
-        self._tensor_positions = tensor_positions
-        self._n_params = len(params)
+        self.sig = sig
+        self.schema = sig.schema
+        self.signature = sig.signature
+        self.activations = sig.activations
+        self.activation_positions = sig.activation_positions
+        self.allow_inplace = sig.inplace_schema is not None
         self._impls: dict[str, Impl] = {"native": Impl(name, "native", fn)}
         self._fake_fn: Callable = fn
         self._user_priority: tuple[str, ...] = ()
+        self._priority: Priority | None = None
+        self._entries = ()
         self._tolerances: dict[torch.dtype, Tolerance] = {}
         self._input_generator: Callable[..., tuple] | None = None
         self.maybe_inplace: MaybeInplace | None = None
-        self._lib = Library(NAMESPACE, "FRAGMENT")
-        try:
-            self._define(schema, inplace_schema)
-        except Exception:
-            self._lib._destroy()
-            raise
-        self._rebuild()
-        registry[name] = self
-        self.__doc__ = fn.__doc__
-        # Swap in the per-op fast path (a subclass that only adds __call__).
-        tensor_names = [names[i] for i in tensor_positions]
-        optional = [names[i] for i in tensor_positions if kinds[i] == "optional"]
-        self.__class__ = specialize(Op, name, make_call(name, signature, tensor_names, optional))
-        if self.maybe_inplace is not None:
-            call = make_call(f"{name}_maybe_inplace", signature, tensor_names, optional)
-            self.maybe_inplace.__class__ = specialize(MaybeInplace, name, call)
-
-    def _define(self, schema: str, inplace_schema: str | None) -> None:
-        qualname = f"{NAMESPACE}::{self.name}"
-        self._lib.define(self.name + schema)
-        self._lib.impl(self.name, self._kernel, "CompositeExplicitAutograd")
-        torch.library.register_fake(qualname, self._fake, lib=self._lib)
-        torch.library.register_autograd(
-            qualname, self._no_backward, setup_context=_no_setup_context, lib=self._lib
+        self.backward_error = (
+            f"opir op '{name}' is an inference op and has no backward. Run it under "
+            "torch.inference_mode() / torch.no_grad(), or differentiate the spec instead: "
+            f"opir.ops.{name}.native(...)"
         )
-        self.torch_op = getattr(getattr(torch.ops, NAMESPACE), self.name).default
-        if inplace_schema is not None:
-            self._lib.define(f"{self.name}.maybe_inplace{inplace_schema}")
-            overload_name = f"{self.name}.maybe_inplace"
-            donating_torch_op = getattr(getattr(torch.ops, NAMESPACE), self.name).maybe_inplace
-            self.maybe_inplace = MaybeInplace(self, donating_torch_op)
-            self._lib.impl(overload_name, self.maybe_inplace._kernel, "CompositeExplicitAutograd")
-            self._lib.impl(overload_name, self._no_grad_donation, "Autograd")
-            torch.library.register_fake(f"{qualname}.maybe_inplace", self._fake, lib=self._lib)
+        self.__doc__ = fn.__doc__
+
+    @property
+    def op(self) -> Op:
+        """An op is its own default overload (``maybe_inplace`` is the other)."""
+        return self
 
     # ------------------------------------------------------------------ impls
     @property
@@ -269,14 +190,18 @@ class Op(_Overload):
         inside these predicates. ``inplace=True`` (only for ``allow_inplace``
         ops) lets the kernel write into the activations and return them.
         Returns ``fn`` unchanged.
+
+        Example::
+
+            @opir.ops.rms_norm.register_impl("mine", supports_args=my_check)
+            def my_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0): ...
         """
-        _check_name("provider", provider)
+        _signature.check_name("provider", provider)
         if provider in RESERVED_PROVIDERS:
             raise RegistrationError(
                 f"provider name '{provider}' is reserved for the op's own function"
             )
-        if provider in self._impls:
-            raise RegistrationError(f"op '{self.name}' already has a '{provider}' impl")
+        self._check_new_provider(provider)
         if not isinstance(supported, bool):
             raise RegistrationError(
                 f"supported must be a bool (platform availability), got {supported!r}"
@@ -287,50 +212,29 @@ class Op(_Overload):
                 f"'{provider}' cannot register an inplace impl"
             )
         if supports_args is not None:
-            self._check_predicate(provider, supports_args)
+            what = f"provider '{provider}' for op '{self.name}'"
+            _signature.check_predicate(what, self.sig, supports_args)
 
         def decorator(fn: Callable) -> Callable:
-            self._check_same_schema(fn, f"impl '{provider}' of op '{self.name}'")
-            if provider in self._impls:
-                raise RegistrationError(f"op '{self.name}' already has a '{provider}' impl")
-            self._impls[provider] = Impl(
-                self.name, provider, fn, supported, supports_args, inplace, reason
-            )
-            self._rebuild()
+            what = f"impl '{provider}' of op '{self.name}'"
+            _signature.check_same_schema(fn, self.schema, what)
+            self._check_new_provider(provider)
+            impl = Impl(self.name, provider, fn, supported, supports_args, inplace, reason)
+            self._impls[provider] = impl
+            self.refresh_priority()
             return fn
 
         return decorator
 
+    def _check_new_provider(self, provider: str) -> None:
+        if provider in self._impls:
+            raise RegistrationError(f"op '{self.name}' already has a '{provider}' impl")
+
     def register_fake(self, fn: Callable) -> Callable:
         """Replace the fake (meta) implementation; default is the native function."""
-        self._check_same_schema(fn, f"fake of op '{self.name}'")
+        _signature.check_same_schema(fn, self.schema, f"fake of op '{self.name}'")
         self._fake_fn = fn
         return fn
-
-    def _check_same_schema(self, fn: Callable, what: str) -> None:
-        schema = _infer_schema(fn, what)
-        if schema != self.schema:
-            raise RegistrationError(
-                f"{what} has schema {schema} but the op's is {self.schema}; "
-                "parameter names, types, defaults and return type must match exactly"
-            )
-
-    def _check_predicate(self, provider: str, pred: Callable) -> None:
-        if not callable(pred):
-            raise RegistrationError(f"supports_args of '{provider}' must be callable")
-        want = [(p.name, p.default) for p in self.signature.parameters.values()]
-        got_params = list(inspect.signature(pred).parameters.values())
-        got = [(p.name, p.default) for p in got_params]
-        kinds_ok = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in got_params)
-        if got != want or not kinds_ok:
-            raise RegistrationError(
-                f"supports_args of provider '{provider}' for op '{self.name}' must take the "
-                f"op's parameters with the same names and defaults {self._param_list()}, "
-                f"got {_fmt_params(got)}"
-            )
-
-    def _param_list(self) -> str:
-        return _fmt_params([(p.name, p.default) for p in self.signature.parameters.values()])
 
     def withdraw_impl(self, provider: str, reason: str) -> None:
         """Mark ``provider``'s impl unsupported from now on (e.g. its build failed).
@@ -340,129 +244,103 @@ class Op(_Overload):
         """
         impl = self._impls[provider]
         self._impls[provider] = dataclasses.replace(impl, supported=False, reason=reason)
-        self._rebuild()
+        self.refresh_priority()
 
     def explicitly_requested(self, provider: str) -> bool:
         """True if the user listed ``provider`` for this op (process default or scope),
         as opposed to reaching it through the platform defaults."""
-        return provider in self.chain().user
+        return provider in self.current_priority().user
 
-    def _unregister_impl(self, provider: str) -> None:
+    def unregister_impl(self, provider: str) -> None:
         """Remove an impl (tests and benchmarks use transient providers)."""
         if provider == "native":
             raise RegistrationError("the native impl cannot be removed")
         del self._impls[provider]
         self._user_priority = tuple(p for p in self._user_priority if p != provider)
-        self._rebuild()
+        self.refresh_priority()
 
     # --------------------------------------------------------------- priority
     def set_default(self, providers: Sequence[str]) -> None:
-        """Set this op's process-wide priority (platform defaults follow it)."""
+        """Set this op's process-wide priority (platform defaults follow it).
+
+        Example: ``opir.ops.rms_norm.set_default(["cpu", "native"])``
+        """
         self._user_priority = validate_providers(self, providers)
-        self._rebuild()
+        self.refresh_priority()
 
     @contextlib.contextmanager
     def set_priority(self, providers: Sequence[str]) -> Iterator[None]:
-        """Scoped priority for this op: this thread / asyncio task only, nestable."""
-        chain = build_chain(self, validate_providers(self, providers))
-        with _scope.overriding({self: chain}):
+        """Scoped priority for this op: this thread / asyncio task only, nestable.
+
+        Example::
+
+            with opir.ops.rms_norm.set_priority(["native"]):
+                y = opir.ops.rms_norm(x, w, 1e-6)
+        """
+        priority = build_priority(self, validate_providers(self, providers))
+        with _scope.overriding({self: priority}):
             yield
 
     def get_priority(self) -> list[str]:
-        """The effective, filtered priority in the current scope."""
-        return self.chain().providers
+        """The effective, filtered priority in the current scope, as provider names."""
+        return self.current_priority().providers
 
-    def chain(self) -> Chain:
-        """The filtered chain in effect in the current scope."""
+    def current_priority(self) -> Priority:
+        """The :class:`Priority` in effect in the current scope."""
         scope = _scope_get()
-        return self._chain if scope is None else scope.chains.get(self, self._chain)
+        if scope is not None and self in scope.priorities:
+            return scope.priorities[self]
+        return self._priority
 
-    def compile_chain(self) -> Chain:
-        """The chain the compile-time lowering uses: the user's entries in the
-        current scope, then the platform defaults measured for compiled graphs."""
-        return build_chain(self, self.chain().user, mode="compile")
+    def compile_priority(self, fixed: Sequence[str] | None = None) -> Priority:
+        """The priority lowering uses: ``fixed`` (or the user's entries in effect), then
+        the platform defaults measured for compiled graphs."""
+        user = self.current_priority().user if fixed is None else fixed
+        return build_priority(self, user, mode="compile")
 
-    def _rebuild(self) -> None:
-        _chain_epoch[0] += 1
-        chain = build_chain(self, self._user_priority)
-        self._chain = chain
-        self._entries = chain.functional
+    def refresh_priority(self) -> None:
+        """Rebuild the process-wide priority (after impls or platform defaults change)."""
+        _registry.bump_epoch()
+        priority = build_priority(self, self._user_priority)
+        self._priority = priority
+        self._entries = priority.functional
         if self.maybe_inplace is not None:
-            self.maybe_inplace._entries = chain.donating
+            self.maybe_inplace._entries = priority.donating
 
     # --------------------------------------------------------------- dispatch
-    def dispatch(self, *args: Any, chain: Chain | None = None, **kwargs: Any) -> Impl:
-        """The impl a call with these (real or fake) arguments would run.
-
-        ``chain`` overrides the chain in effect (the lowering pass passes
-        :meth:`compile_chain`).
-        """
-        args = self._complete_args(args, kwargs)
-        return self._select(
-            chain or self.chain(), args, _scope_get(), path="dispatch", overload="default"
-        )
-
-    def _select(self, chain: Chain, args: tuple, scope: Any, path: str, overload: str) -> Impl:
-        if scope is None or (scope.tracer is None and not scope.strict):
-            for impl in chain.impls:
-                if impl.supports_args is None or impl.supports_args(*args):
-                    return impl
-            raise AssertionError(f"chain of {self.name} ends with a conditional impl")
-        rejected = list(chain.dropped) if chain.dropped else []
-        chosen = None
-        for impl in chain.impls:
-            if impl.supports_args is None or impl.supports_args(*args):
-                chosen = impl
-                break
-            rejected.append((impl.provider, "supports_args returned False"))
-        assert chosen is not None
-        if scope.tracer is not None and path != "dispatch":
-            scope.tracer._record(self.name, overload, chosen.provider, path, rejected, args)
-        if scope.strict and chosen.provider != chain.preferred:
-            why = "; ".join(f"{p}: {r}" for p, r in rejected) or "not in the filtered list"
-            raise DispatchError(
-                f"strict mode: op '{self.name}' would fall back from preferred provider "
-                f"'{chain.preferred}' to '{chosen.provider}' ({why}). Fix the inputs, change "
-                "the priority, or leave strict mode."
-            )
-        return chosen
-
-    def _needs_torch_op(self, args: tuple) -> bool:
-        """True if any tensor arg is a subclass or needs autograd."""
-        grad = _grad_enabled()
-        for i in self._tensor_positions:
-            a = args[i]
-            if a is None:
-                continue
-            if type(a) is not _Tensor and type(a) is not _Parameter:
-                return True
-            if grad and a.requires_grad:
-                return True
-        return False
-
-    def _complete_args(self, args: tuple, kwargs: Mapping[str, Any]) -> tuple:
+    def complete_args(self, args: tuple, kwargs: Mapping[str, Any] | None = None) -> tuple:
         """All parameters positionally, defaults filled: what impls always receive."""
+        if not kwargs and len(args) == len(self.sig.names):
+            return tuple(args)
         try:
-            bound = self.signature.bind(*args, **kwargs)
+            bound = self.signature.bind(*args, **(kwargs or {}))
         except TypeError as e:
             raise TypeError(
-                f"opir op '{self.name}': {e}. Signature: {self.name}{self._param_list()}"
+                f"opir op '{self.name}': {e}. Signature: {self.name}{self.sig.param_list()}"
             ) from None
         bound.apply_defaults()
         return bound.args
+
+    def select(self, args: tuple, priority: Priority | None = None) -> Selection:
+        """The impl these complete (real or fake) arguments would run, and why the
+        providers before it were passed over."""
+        return explain(priority or self.current_priority(), args)
+
+    def dispatch(self, *args: Any, priority: Priority | None = None, **kwargs: Any) -> Impl:
+        """The impl a call with these (real or fake) arguments would run.
+
+        Example: ``opir.ops.rms_norm.dispatch(x, w, 1e-6).provider`` -> ``'cpu'``
+        """
+        return self.select(self.complete_args(args, kwargs), priority).impl
 
     # ----------------------------------------------------------- torch hooks
     def _fake(self, *args: Any) -> Any:
         return self._fake_fn(*args)
 
-    def _no_backward(self, ctx: Any, *grads: Any) -> Any:
-        raise RuntimeError(
-            f"opir op '{self.name}' is an inference op and has no backward. Run it under "
-            "torch.inference_mode() / torch.no_grad(), or differentiate the spec instead: "
-            f"opir.ops.{self.name}.native(...)"
-        )
+    def _refuse_backward(self, ctx: Any, *grads: Any) -> Any:
+        raise RuntimeError(self.backward_error)
 
-    def _no_grad_donation(self, *args: Any) -> Any:
+    def _refuse_grad_donation(self, *args: Any) -> Any:
         if _grad_enabled() and any(isinstance(a, _Tensor) and a.requires_grad for a in args):
             raise RuntimeError(
                 f"{self.name}.maybe_inplace donates its inputs and cannot be used with tensors "
@@ -478,6 +356,7 @@ class Op(_Overload):
         return self._tolerances.get(dtype) or default_tolerance(dtype)
 
     def override_tolerance(self, dtype: torch.dtype, *, atol: float, rtol: float) -> None:
+        """Set this op's tolerance for ``dtype`` (e.g. when the contract rounds twice)."""
         self._tolerances[dtype] = Tolerance(atol, rtol)
 
     def register_input_generator(self, fn: Callable[..., tuple]) -> Callable[..., tuple]:
@@ -493,7 +372,10 @@ class Op(_Overload):
         seed: int = 0,
         **shape: Any,
     ) -> tuple:
-        """Arguments for one call, made by the op's input generator."""
+        """Arguments for one call, made by the op's input generator.
+
+        Example: ``opir.ops.rms_norm.sample_inputs(dtype=torch.bfloat16, num_tokens=8)``
+        """
         if self._input_generator is None:
             raise NotImplementedError(
                 f"op '{self.name}' has no input generator; add one with "
@@ -505,34 +387,23 @@ class Op(_Overload):
     def __repr__(self) -> str:
         return f"<opir op {self.name}{self.schema}>"
 
-    def _drop(self) -> None:
+    def drop(self) -> None:
         """Unregister the op completely (tests only)."""
-        registry.pop(self.name, None)
-        self._lib._destroy()
+        _registry.remove(self.name)
+        self._torch.library._destroy()
 
 
-def _no_setup_context(ctx: Any, inputs: Any, output: Any) -> None:
-    return None
+def _refuse_backward(out: Any, message: str) -> Any:
+    """``out`` with a grad_fn whose backward raises ``message``."""
+    if type(out) is _Tensor:
+        if not out.requires_grad:
+            out.requires_grad_()
+        return _DelayedError(message, 1)(out)
+    outs = [t.requires_grad_() if not t.requires_grad else t for t in out]
+    return tuple(_DelayedError(message, len(outs))(*outs))
 
 
-def _fmt_params(params: list[tuple[str, Any]]) -> str:
-    empty = inspect.Parameter.empty
-    return "(" + ", ".join(n if d is empty else f"{n}={d!r}" for n, d in params) + ")"
-
-
-def _tensor_kind(annotation: Any, fn: Callable) -> str | None:
-    """'tensor', 'optional' (Tensor | None) or None, for one parameter's annotation."""
-    if isinstance(annotation, str):  # postponed annotations: resolve like torch does
-        annotation = eval(annotation, fn.__globals__)
-    if annotation is torch.Tensor:
-        return "tensor"
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = typing.get_args(annotation)
-        if torch.Tensor in args:
-            return "optional" if type(None) in args else "tensor"
-    return None
-
-
+# ---------------------------------------------------------------- registration
 @overload
 def register_op(fn: Callable) -> Op: ...
 @overload
@@ -556,11 +427,55 @@ def register_op(
     Parameters whose name starts with ``x`` are the activations unless
     ``activations`` says otherwise. ``allow_inplace`` adds
     ``op.maybe_inplace`` whose activations are donated to in-place impls.
+
+    Example::
+
+        @opir.register_op(allow_inplace=True)
+        def add_norm(x: Tensor, x_residual: Tensor) -> tuple[Tensor, Tensor]:
+            s = x + x_residual
+            return s / s.norm(), s
     """
 
     def decorator(f: Callable) -> Op:
-        return Op(
-            f, getattr(f, "__name__", "") if name is None else name, activations, allow_inplace
-        )
+        op_name = getattr(f, "__name__", "") if name is None else name
+        return _register(f, op_name, activations, allow_inplace)
 
     return decorator if fn is None else decorator(fn)
+
+
+def _register(
+    fn: Callable, name: str, activations: Sequence[str] | None, allow_inplace: bool
+) -> Op:
+    """Registration as one-purpose steps; nothing is registered until all checks pass."""
+    # 1. validate: the name, then the whole signature
+    _signature.check_name("op", name)
+    if name in _registry.ops or _torch_library.is_defined(name):
+        raise RegistrationError(f"op '{name}' is already registered (torch.ops.opir.{name})")
+    sig = _signature.analyze(fn, name, activations, allow_inplace)
+    # 2. generate the eager fast paths (may still fail; nothing registered yet)
+    tensors, optional = sig.tensor_names, sig.optional_tensor_names
+    op_class = specialize(Op, name, make_call(name, sig.signature, tensors, optional))
+    inplace_class = None
+    if allow_inplace:
+        call = make_call(f"{name}_maybe_inplace", sig.signature, tensors, optional)
+        inplace_class = specialize(MaybeInplace, name, call)
+    # 3. build the Python objects
+    op = op_class(fn, name, sig)
+    if inplace_class is not None:
+        op.maybe_inplace = inplace_class(op)
+    # 4. define the torch op (rolled back on failure)
+    hooks = _torch_library.TorchHooks(
+        kernel=op._kernel,
+        fake=op._fake,
+        refuse_backward=op._refuse_backward,
+        inplace_kernel=op.maybe_inplace._kernel if op.maybe_inplace else None,
+        refuse_grad_donation=op._refuse_grad_donation,
+    )
+    op._torch = _torch_library.define(name, sig.schema, sig.inplace_schema, hooks)
+    op.torch_op = op._torch.default
+    if op.maybe_inplace is not None:
+        op.maybe_inplace.torch_op = op._torch.maybe_inplace
+    # 5. build its priority, then publish it
+    op.refresh_priority()
+    _registry.add(op)
+    return op

@@ -1,118 +1,123 @@
-"""Priority for many ops at once: dicts, files, the OPIR_PRIORITY variable.
+"""A priority: the filtered, ordered list of impls one op dispatches over.
 
-Every form is validated completely before anything changes, so a typo in one
-op's entry never leaves the others half-applied.
-
-``OPIR_PRIORITY`` accepts either inline JSON (``{"rms_norm": ["cpu", "native"]}``),
-the compact form ``rms_norm=cpu,native;fused_add_rms_norm=cpu``, or the path
-of a ``.json`` / ``.toml`` file holding the same mapping.
+Filtering happens once, when a priority is set, never per call: providers
+not supported on this platform are dropped (and remembered with the reason,
+for tracing and strict mode), the list is cut after the first impl with no
+predicate, and ``native`` is appended with a single warning if nothing
+unconditional remains. The requested list is the user's entries followed by
+the platform defaults for the op (``native`` when none were declared).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import tomllib
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+import dataclasses
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from opir.core import scope as _scope
-from opir.core.chain import build_chain, validate_providers
 from opir.core.errors import PriorityError
-from opir.core.op import Op, registry
+from opir.core.impl import Impl, on_clones
+from opir.core.registry import Mode, platform_defaults
 
-ENV_VAR = "OPIR_PRIORITY"
-PriorityConfig = Mapping[str, Sequence[str]]
+if TYPE_CHECKING:
+    from opir.core.op import Op
+
+Entry = tuple[Callable[..., bool] | None, Callable[..., Any]]
+"""(predicate or None, function) pairs: what the eager hot path walks."""
+
+_warned_native_append: set[str] = set()
 
 
-def _resolve(config: PriorityConfig, source: str) -> dict[Op, tuple[str, ...]]:
-    if not isinstance(config, Mapping):
+@dataclasses.dataclass(frozen=True, eq=False)
+class Priority:
+    """The filtered priority of one op.
+
+    ``user``: what the user listed; ``requested``: user entries then platform
+    defaults, deduplicated; ``impls``: what dispatch walks, in order;
+    ``dropped``: (provider, why) removed when the priority was built;
+    ``functional`` / ``donating``: the hot-path entries of the default overload
+    (in-place impls run on clones) and of ``maybe_inplace``.
+    """
+
+    user: tuple[str, ...]
+    requested: tuple[str, ...]
+    impls: tuple[Impl, ...]
+    dropped: tuple[tuple[str, str], ...]
+    functional: tuple[Entry, ...]
+    donating: tuple[Entry, ...]
+
+    @property
+    def providers(self) -> list[str]:
+        """The provider names dispatch walks, in order."""
+        return [impl.provider for impl in self.impls]
+
+    @property
+    def preferred(self) -> str:
+        """The first requested provider (strict mode refuses anything else)."""
+        return self.requested[0]
+
+    def entries(self, donating: bool) -> tuple[Entry, ...]:
+        return self.donating if donating else self.functional
+
+
+def validate_providers(op: Op, providers: Sequence[str]) -> tuple[str, ...]:
+    """Reject anything that is not a sequence of registered provider names."""
+    if isinstance(providers, str) or not isinstance(providers, Sequence):
         raise PriorityError(
-            f"{source}: expected a mapping of op name -> list of providers, got "
-            f"{type(config).__name__}"
+            f"priority for op '{op.name}' must be a list of provider names, got "
+            f"{providers!r}; e.g. [{', '.join(repr(p) for p in op.impls)}]"
         )
-    resolved: dict[Op, tuple[str, ...]] = {}
-    for name, providers in config.items():
-        op = registry.get(name)
-        if op is None:
-            raise PriorityError(
-                f"{source}: unknown op '{name}'; registered ops are {sorted(registry)}"
+    not_names = [p for p in providers if not isinstance(p, str)]
+    if not_names:
+        raise PriorityError(
+            f"priority for op '{op.name}' must list provider names (strings), got "
+            f"{not_names!r} in {list(providers)!r}; e.g. [{', '.join(repr(p) for p in op.impls)}]"
+        )
+    unknown = [p for p in providers if p not in op.impls]
+    if unknown:
+        raise PriorityError(
+            f"unknown provider(s) {unknown} for op '{op.name}'; "
+            f"registered providers are {sorted(op.impls)}"
+        )
+    return tuple(providers)
+
+
+def build_priority(op: Op, user: Sequence[str], mode: Mode = "eager") -> Priority:
+    """Filter ``user + platform defaults`` for ``op`` into a :class:`Priority`."""
+    requested: list[str] = []
+    for name in (*user, *platform_defaults(op.name, mode)):
+        if name in op.impls and name not in requested:
+            requested.append(name)
+
+    kept: list[Impl] = []
+    dropped: list[tuple[str, str]] = []
+    for name in requested:
+        impl = op.impls[name]
+        if not impl.supported:
+            dropped.append((name, f"not supported here: {impl.reason or 'no reason given'}"))
+            continue
+        kept.append(impl)
+        if impl.unconditional:
+            break
+    else:
+        if op.name not in _warned_native_append:
+            _warned_native_append.add(op.name)
+            warnings.warn(
+                f"opir: no provider in the priority of '{op.name}' ({requested}) accepts every "
+                "input; appending 'native' as the last resort. List 'native' (or another "
+                "unconditional provider) last to silence this.",
+                stacklevel=3,
             )
-        try:
-            resolved[op] = validate_providers(op, providers)
-        except PriorityError as e:
-            raise PriorityError(f"{source}: {e}") from None
-    return resolved
+        kept.append(op.impls["native"])
 
-
-def set_priority(config: PriorityConfig) -> None:
-    """Set the process-wide priority of several ops, e.g. ``{"rms_norm": ["cpu"]}``."""
-    for op, providers in _resolve(config, "set_priority").items():
-        op.set_default(providers)
-
-
-@contextlib.contextmanager
-def priority(config: PriorityConfig) -> Iterator[None]:
-    """Scoped priority for several ops (this thread / asyncio task only, nestable)."""
-    chains = {op: build_chain(op, p) for op, p in _resolve(config, "priority").items()}
-    with _scope.overriding(chains):
-        yield
-
-
-def get_priority() -> dict[str, list[str]]:
-    """The effective, filtered priority of every op in the current scope."""
-    return {name: op.get_priority() for name, op in registry.items()}
-
-
-def load_priority(path: str | os.PathLike) -> None:
-    """Set the process-wide priority from a JSON or TOML file (a mapping op -> list)."""
-    set_priority(_read_file(Path(path), f"priority file {path}"))
-
-
-def _read_file(path: Path, source: str) -> PriorityConfig:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise PriorityError(f"{source}: cannot read it ({e.strerror})") from None
-    try:
-        if path.suffix == ".toml":
-            return tomllib.loads(text)
-        if path.suffix == ".json":
-            return json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as e:
-        raise PriorityError(f"{source}: not valid {path.suffix[1:].upper()}: {e}") from None
-    raise PriorityError(f"{source}: use a .json or .toml file")
-
-
-def parse_env(value: str) -> PriorityConfig:
-    """Parse an ``OPIR_PRIORITY`` value (inline JSON, compact form, or a file path)."""
-    source = f"${ENV_VAR}={value!r}"
-    text = value.strip()
-    if text.startswith("{"):
-        try:
-            return json.loads(text)
-        except ValueError as e:
-            raise PriorityError(f"{source}: invalid JSON: {e}") from None
-    if text.endswith((".json", ".toml")):
-        return _read_file(Path(text), source)
-    config: dict[str, list[str]] = {}
-    for item in filter(None, (part.strip() for part in text.split(";"))):
-        name, sep, providers = item.partition("=")
-        listed = [p.strip() for p in providers.split(",") if p.strip()]
-        if not sep or not name.strip() or not listed:
-            raise PriorityError(
-                f"{source}: cannot parse {item!r}; write op=provider,provider;op2=provider "
-                "(or inline JSON, or a .json/.toml path)"
-            )
-        config[name.strip()] = listed
-    return config
-
-
-def apply_env() -> None:
-    """Apply ``OPIR_PRIORITY`` if set (called once when opir is imported)."""
-    value = os.environ.get(ENV_VAR)
-    if value:
-        config = parse_env(value)
-        for op, providers in _resolve(config, f"${ENV_VAR}").items():
-            op.set_default(providers)
+    positions = op.activation_positions
+    return Priority(
+        user=tuple(user),
+        requested=tuple(requested) or ("native",),
+        impls=tuple(kept),
+        dropped=tuple(dropped),
+        functional=tuple(
+            (i.supports_args, on_clones(i.fn, positions) if i.inplace else i.fn) for i in kept
+        ),
+        donating=tuple((i.supports_args, i.fn) for i in kept),
+    )

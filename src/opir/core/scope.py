@@ -5,6 +5,10 @@ priority overrides, the active tracer and strict mode. Its default is None,
 so the eager hot path pays a single ``ContextVar.get`` to learn that nothing
 is scoped. Threads start with an empty context and asyncio tasks copy theirs
 at creation, which gives the isolation the priority API promises.
+
+A scope that only overrides priorities stays on the fast path: it carries,
+per overload, the entries the hot path walks (``hot_entries``), so a scoped
+call costs one dict lookup more than an unscoped one.
 """
 
 from __future__ import annotations
@@ -17,20 +21,35 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from opir.core.chain import Chain
+    from opir.core.priority import Entry, Priority
     from opir.core.trace import Trace
 
 
 @dataclasses.dataclass(frozen=True)
 class Scope:
-    chains: Mapping[Any, Chain] = dataclasses.field(default_factory=dict)  # Op -> Chain
+    """What a ``with`` block changed about dispatch in this thread / task.
+
+    ``priorities``: op -> the scoped :class:`~opir.core.priority.Priority`;
+    ``tracer``: the active :class:`~opir.core.trace.Trace`, if any;
+    ``strict``: whether falling back past the preferred provider raises.
+    ``hot_entries`` maps each overload object (an op or its ``maybe_inplace``)
+    to the entries its fast path walks; ``plain`` is True when neither tracing
+    nor strict mode needs the full selection.
+    """
+
+    priorities: Mapping[Any, Priority] = dataclasses.field(default_factory=dict)
     tracer: Trace | None = None
     strict: bool = False
+    hot_entries: Mapping[Any, tuple[Entry, ...]] = dataclasses.field(default_factory=dict)
+    plain: bool = dataclasses.field(init=False)  # a field, not a property: read per call
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plain", self.tracer is None and not self.strict)
 
     @functools.cached_property
     def priority_key(self) -> tuple:
         """What the scoped priorities are, by value (for compile-cache staleness)."""
-        return tuple(sorted((op.name, chain.user) for op, chain in self.chains.items()))
+        return tuple(sorted((op.name, p.user) for op, p in self.priorities.items()))
 
 
 current: ContextVar[Scope | None] = ContextVar("opir_scope", default=None)
@@ -48,9 +67,14 @@ def entered(**changes: Any) -> Iterator[Scope]:
 
 
 @contextlib.contextmanager
-def overriding(chains: Mapping[Any, Chain]) -> Iterator[None]:
-    """Enter a scope whose priority chains for some ops are replaced."""
-    merged = dict((current.get() or Scope()).chains)
-    merged.update(chains)
-    with entered(chains=merged):
+def overriding(priorities: Mapping[Any, Priority]) -> Iterator[None]:
+    """Enter a scope whose priorities for some ops are replaced."""
+    base = current.get() or Scope()
+    merged = {**base.priorities, **priorities}
+    hot = dict(base.hot_entries)
+    for op, priority in priorities.items():
+        hot[op] = priority.functional
+        if op.maybe_inplace is not None:
+            hot[op.maybe_inplace] = priority.donating
+    with entered(priorities=merged, hot_entries=hot):
         yield

@@ -15,12 +15,20 @@ from opir.core import scope as _scope
 
 @dataclasses.dataclass(frozen=True)
 class DispatchRecord:
+    """One traced call.
+
+    ``op``: op name; ``overload``: "default" or "maybe_inplace"; ``provider``:
+    what ran; ``path``: "eager" (Python fast path) or "torch_op" (through the
+    torch dispatcher); ``rejected``: (provider, why) for each provider skipped
+    before it, in order; ``signature``: dtypes and shapes of the tensor args.
+    """
+
     op: str
-    overload: str  # "default" or "maybe_inplace"
-    provider: str  # what ran
-    path: str  # "eager" (Python fast path) or "torch_op" (through the dispatcher)
-    rejected: tuple[tuple[str, str], ...]  # (provider, why) for each skipped one, in order
-    signature: str  # dtypes/shapes of the tensor arguments
+    overload: str
+    provider: str
+    path: str
+    rejected: tuple[tuple[str, str], ...]
+    signature: str
 
 
 class Trace:
@@ -29,12 +37,17 @@ class Trace:
     def __init__(self) -> None:
         self.records: list[DispatchRecord] = []
 
-    def _record(
-        self, op: str, overload: str, provider: str, path: str, rejected: list, args: tuple
+    def record(
+        self,
+        op: str,
+        overload: str,
+        provider: str,
+        path: str,
+        rejected: tuple[tuple[str, str], ...],
+        args: tuple,
     ) -> None:
-        self.records.append(
-            DispatchRecord(op, overload, provider, path, tuple(rejected), _describe(args))
-        )
+        """Append the record of one call (called by dispatch)."""
+        self.records.append(DispatchRecord(op, overload, provider, path, rejected, _describe(args)))
 
     def providers(self, op: str | None = None) -> list[str]:
         """The providers that ran, in call order (optionally for one op)."""
@@ -77,7 +90,14 @@ def _describe(args: tuple) -> str:
 
 @contextlib.contextmanager
 def trace(*, strict: bool = False) -> Iterator[Trace]:
-    """Record every dispatch in this thread/task; ``strict=True`` also enables strict mode."""
+    """Record every dispatch in this thread/task; ``strict=True`` also enables strict mode.
+
+    Example::
+
+        with opir.trace() as t:
+            opir.ops.rms_norm(x, w, 1e-6)
+        print(t)  # a table: op, provider that ran, providers rejected and why
+    """
     tracer = Trace()
     changes: dict[str, Any] = {"tracer": tracer}
     if strict:
@@ -93,6 +113,11 @@ def strict() -> Iterator[None]:
     The preferred provider is the first entry of the op's effective priority.
     A provider dropped as unsupported, or whose predicate rejects the call,
     makes the call fail with the reason instead of falling back silently.
+
+    Example::
+
+        with opir.strict():
+            opir.ops.rms_norm(x, w, 1e-6)  # DispatchError if 'cpu' cannot take x
     """
     with _scope.entered(strict=True):
         yield

@@ -14,8 +14,8 @@ use the eager order until measured.
 
 from __future__ import annotations
 
-from opir.core.chain import set_platform_defaults
 from opir.core.platform import detect
+from opir.core.registry import set_platform_defaults
 
 CPU_EAGER = {
     "rms_norm": ["cpu", "native"],

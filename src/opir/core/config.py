@@ -1,0 +1,142 @@
+"""Priority for many ops at once: dicts, files, the OPIR_PRIORITY variable.
+
+Every form is validated completely before anything changes, so a typo in one
+op's entry never leaves the others half-applied.
+
+``OPIR_PRIORITY`` accepts either inline JSON (``{"rms_norm": ["cpu", "native"]}``),
+the compact form ``rms_norm=cpu,native;fused_add_rms_norm=cpu``, or the path
+of a ``.json`` / ``.toml`` file holding the same mapping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from opir.core import scope as _scope
+from opir.core.errors import PriorityError
+from opir.core.priority import build_priority, validate_providers
+from opir.core.registry import ops
+
+if TYPE_CHECKING:
+    from opir.core.op import Op
+
+ENV_VAR = "OPIR_PRIORITY"
+PriorityConfig = Mapping[str, Sequence[str]]
+_FORMS = (
+    "inline JSON ({\"rms_norm\": [\"cpu\", \"native\"]}), the compact form "
+    "rms_norm=cpu,native;fused_add_rms_norm=cpu, or the path of a .json/.toml file"
+)
+
+
+def resolve_config(config: PriorityConfig, source: str) -> dict[Op, tuple[str, ...]]:
+    """Validate a whole op -> providers mapping; ``source`` names it in errors."""
+    if not isinstance(config, Mapping):
+        raise PriorityError(
+            f"{source}: expected a mapping of op name -> list of providers, got "
+            f"{type(config).__name__}"
+        )
+    resolved: dict[Op, tuple[str, ...]] = {}
+    for name, providers in config.items():
+        op = ops.get(name)
+        if op is None:
+            raise PriorityError(f"{source}: unknown op '{name}'; registered ops are {sorted(ops)}")
+        try:
+            resolved[op] = validate_providers(op, providers)
+        except PriorityError as e:
+            raise PriorityError(f"{source}: {e}") from None
+    return resolved
+
+
+def set_priority(config: PriorityConfig) -> None:
+    """Set the process-wide priority of several ops.
+
+    Example: ``opir.set_priority({"rms_norm": ["cpu", "native"]})``
+    """
+    for op, providers in resolve_config(config, "set_priority").items():
+        op.set_default(providers)
+
+
+@contextlib.contextmanager
+def priority(config: PriorityConfig) -> Iterator[None]:
+    """Scoped priority for several ops (this thread / asyncio task only, nestable).
+
+    Example::
+
+        with opir.priority({"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}):
+            model(x)
+    """
+    resolved = resolve_config(config, "priority")
+    with _scope.overriding({op: build_priority(op, p) for op, p in resolved.items()}):
+        yield
+
+
+def get_priority() -> dict[str, list[str]]:
+    """The effective, filtered priority of every op in the current scope.
+
+    Example: ``opir.get_priority()["rms_norm"]`` -> ``['cpu', 'native']``
+    """
+    return {name: op.get_priority() for name, op in ops.items()}
+
+
+def load_priority(path: str | os.PathLike) -> None:
+    """Set the process-wide priority from a JSON or TOML file (a mapping op -> list).
+
+    Example: ``opir.load_priority("priority.toml")``
+    """
+    set_priority(_read_file(Path(path), f"priority file {path}"))
+
+
+def _read_file(path: Path, source: str) -> PriorityConfig:
+    if path.suffix not in (".json", ".toml"):
+        raise PriorityError(f"{source}: use a .json or .toml file")
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise PriorityError(f"{source}: cannot read it ({e.strerror})") from None
+    if not stat.S_ISREG(mode):  # a FIFO or device would block or never end
+        raise PriorityError(f"{source}: not a regular file; give the path of a .json/.toml file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PriorityError(f"{source}: cannot read it ({e})") from None
+    try:
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise PriorityError(f"{source}: not valid {path.suffix[1:].upper()}: {e}") from None
+
+
+def parse_env(value: str) -> PriorityConfig:
+    """Parse an ``OPIR_PRIORITY`` value (inline JSON, compact form, or a file path)."""
+    source = f"${ENV_VAR}={value!r}"
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError as e:
+            raise PriorityError(f"{source}: invalid JSON: {e}; accepted forms: {_FORMS}") from None
+    if text.endswith((".json", ".toml")):
+        return _read_file(Path(text), source)
+    config: dict[str, list[str]] = {}
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        name, sep, providers = item.partition("=")
+        listed = [p.strip() for p in providers.split(",") if p.strip()]
+        if not sep or not name.strip() or not listed:
+            raise PriorityError(f"{source}: cannot parse {item!r}; accepted forms: {_FORMS}")
+        config[name.strip()] = listed
+    return config
+
+
+def apply_env() -> None:
+    """Apply ``OPIR_PRIORITY`` if set (called once when opir is imported)."""
+    value = os.environ.get(ENV_VAR)
+    if value:
+        config = parse_env(value)
+        for op, providers in resolve_config(config, f"${ENV_VAR}").items():
+            op.set_default(providers)

@@ -1,0 +1,85 @@
+"""The op registry and the process-wide tables that belong to no single op.
+
+This module owns three pieces of shared state, each changed only through the
+functions here: ``ops`` (every registered op by name), the *epoch* (a counter
+bumped whenever any op's process-wide priority or impls change, so caches
+keyed on it notice) and the platform-default tables (the measured provider
+order per op, for eager calls and for compiled graphs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from opir.core.op import Op
+
+NAMESPACE = "opir"
+"""The ``torch.ops`` namespace of every op (``torch.ops.opir.<name>``)."""
+
+Mode = Literal["eager", "compile"]
+
+ops: dict[str, Op] = {}
+"""Every registered op by name, in registration order."""
+
+_epoch = 0
+_platform_defaults: dict[str, dict[str, tuple[str, ...]]] = {"eager": {}, "compile": {}}
+
+
+def epoch() -> int:
+    """A counter that changes whenever a process-wide priority or impl changes."""
+    return _epoch
+
+
+def bump_epoch() -> None:
+    global _epoch
+    _epoch += 1
+
+
+def add(op: Op) -> None:
+    """Record a newly registered op (the last step of registration)."""
+    ops[op.name] = op
+
+
+def remove(name: str) -> None:
+    ops.pop(name, None)
+
+
+def set_platform_defaults(defaults: Mapping[str, Sequence[str]], *, mode: Mode = "eager") -> None:
+    """Declare this process's measured default order per op (providers call this).
+
+    ``mode="compile"`` sets the order the lowering pass of ``opir.compile``
+    uses (where Inductor may fuse the native decomposition with neighbours).
+    Names of providers that are not registered are skipped when priorities are
+    built, so a table may mention optional providers.
+
+    Example::
+
+        opir.set_platform_defaults({"rms_norm": ["triton", "native"]})
+    """
+    for op_name, providers in defaults.items():
+        _platform_defaults[mode][op_name] = tuple(providers)
+        op = ops.get(op_name)
+        if op is not None:
+            op.refresh_priority()
+
+
+def platform_defaults(op_name: str, mode: Mode = "eager") -> tuple[str, ...]:
+    """The platform order for ``op_name`` (compile falls back to eager, then native)."""
+    table = _platform_defaults[mode]
+    if mode == "compile" and op_name not in table:
+        table = _platform_defaults["eager"]
+    return table.get(op_name, ("native",))
+
+
+def snapshot_platform_defaults() -> dict[str, dict[str, tuple[str, ...]]]:
+    """A copy of both tables (tests restore it with :func:`restore_platform_defaults`)."""
+    return {mode: dict(table) for mode, table in _platform_defaults.items()}
+
+
+def restore_platform_defaults(saved: Mapping[str, Mapping[str, tuple[str, ...]]]) -> None:
+    for mode, table in saved.items():
+        _platform_defaults[mode] = dict(table)
+    for op in ops.values():
+        op.refresh_priority()
