@@ -11,11 +11,12 @@ from opir.core.config import apply_env as _apply_env
 from opir.core.config import get_priority, load_priority, priority, set_priority
 from opir.core.errors import DispatchError, OpirError, PriorityError, RegistrationError
 from opir.core.impl import Impl
-from opir.core.op import Op, register_op
+from opir.core.op import Op
 from opir.core.platform import Platform
 from opir.core.platform import detect as platform
 from opir.core.plugins import load_plugins as _load_plugins
 from opir.core.priority import Priority
+from opir.core.register import register_op
 from opir.core.registry import ops as registry
 from opir.core.registry import set_platform_defaults
 from opir.core.scope import Scope

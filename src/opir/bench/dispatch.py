@@ -25,7 +25,8 @@ import torch
 
 from opir.bench.timing import interleave
 from opir.core.impl import Impl
-from opir.core.op import Op, register_op
+from opir.core.op import Op
+from opir.core.register import register_op
 from opir.ops import rms_norm
 
 DIRECT = "impl called directly"

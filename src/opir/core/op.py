@@ -6,6 +6,9 @@
 ``torch.ops.opir.<name>`` (functional schema, ``CompositeExplicitAutograd``) so
 that tracers see one opaque node.
 
+Registration lives in :mod:`opir.core.register`; the call machinery shared
+with ``maybe_inplace`` in :mod:`opir.core.overloads`.
+
 Calling ``op(*args)`` picks the first impl in the op's priority whose
 predicate accepts the arguments. In plain eager mode that happens in the
 generated fast path (``hotpath.py``); whenever something could be watching
@@ -23,103 +26,29 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, overload
+from typing import Any
 
 import torch
 
 from opir.core import registry as _registry
 from opir.core import scope as _scope
 from opir.core import signature as _signature
-from opir.core import torch_library as _torch_library
 from opir.core.errors import RegistrationError
-from opir.core.hotpath import make_call, specialize
 from opir.core.impl import Impl
-from opir.core.priority import Entry, Priority, build_priority, validate_providers
-from opir.core.selection import Selection, explain, select_in_scope
-from opir.core.tolerances import Tolerance, default_tolerance
+from opir.core.numerics import NumericsMixin
+from opir.core.overloads import MaybeInplace, Overload
+from opir.core.priority import Priority, build_priority, validate_providers
+from opir.core.selection import Selection, explain
+from opir.core.tolerances import Tolerance
 
 RESERVED_PROVIDERS = frozenset({"native"})
 
 _Tensor = torch.Tensor
 _grad_enabled = torch.is_grad_enabled
 _scope_get = _scope.current.get
-_DelayedError = torch._C._functions.DelayedError
 
 
-class _Overload:
-    """What the default overload (the op itself) and ``maybe_inplace`` share.
-
-    The eager fast path, ``__call__``, is generated per op and installed on a
-    per-op subclass; everything off that path lives here.
-    """
-
-    op: Op
-    torch_op: torch._ops.OpOverload
-    _entries: tuple[Entry, ...]
-    _donating: bool
-    _overload_name: str
-
-    def _entries_of(self, priority: Priority, impl: Impl) -> Callable[..., Any]:
-        return priority.entries(self._donating)[priority.impls.index(impl)][1]
-
-    def _call_selecting(self, args: tuple) -> Any:
-        """Eager call inside a tracing or strict scope: the full selection."""
-        op, scope = self.op, _scope_get()
-        priority = op.current_priority()
-        impl = select_in_scope(op.name, self._overload_name, priority, args, scope, "eager")
-        fn = self._entries_of(priority, impl)
-        if _grad_enabled() and any(
-            isinstance(a, _Tensor) and a.requires_grad for a in args
-        ):
-            return self._call_refusing_backward(((None, fn),), args)
-        return fn(*args)
-
-    def _call_refusing_backward(self, entries: tuple[Entry, ...], args: tuple) -> Any:
-        """Inputs require grad: run the kernel eagerly, make backward raise."""
-        for pred, fn in entries:
-            if pred is None or pred(*args):
-                return _refuse_backward(fn(*args), self.op.backward_error)
-        raise AssertionError("a priority always ends with an unconditional impl")
-
-    def _kernel(self, *args: Any, **kwargs: Any) -> Any:
-        """The torch op's kernel: the same selection as the eager path."""
-        op = self.op
-        args = op.complete_args(args, kwargs)
-        priority = op.current_priority()
-        impl = select_in_scope(
-            op.name, self._overload_name, priority, args, _scope_get(), "torch_op"
-        )
-        return self._entries_of(priority, impl)(*args)
-
-
-class MaybeInplace(_Overload):
-    """``op.maybe_inplace(...)``: activations are donated to in-place impls.
-
-    After the call the donated inputs may hold anything; use the outputs.
-    Under torch.compile a use of a donated input after the call is an error.
-    Inputs that require grad are refused (a donated buffer cannot be part of
-    an autograd graph).
-
-    Example::
-
-        out, residual = opir.ops.fused_add_rms_norm.maybe_inplace(x, residual, w, 1e-6)
-    """
-
-    _donating = True
-    _overload_name = "maybe_inplace"
-
-    def __init__(self, op: Op) -> None:
-        self.op = op
-        self._entries = ()  # set by op.refresh_priority(); torch_op once defined
-
-    def _call_refusing_backward(self, entries: tuple[Entry, ...], args: tuple) -> Any:
-        return self.torch_op(*args)  # its Autograd kernel raises the clear error
-
-    def __repr__(self) -> str:
-        return f"<opir op {self.op.name}.maybe_inplace>"
-
-
-class Op(_Overload):
+class Op(Overload, NumericsMixin):
     """An opir operator. Create with :func:`register_op`; call like a function.
 
     Example::
@@ -350,40 +279,6 @@ class Op(_Overload):
         with torch._C._AutoDispatchBelowAutograd():
             return self.maybe_inplace.torch_op(*args)
 
-    # ----------------------------------------------------- numerics metadata
-    def tolerance(self, dtype: torch.dtype) -> Tolerance:
-        """(atol, rtol) an impl must meet against native for outputs of ``dtype``."""
-        return self._tolerances.get(dtype) or default_tolerance(dtype)
-
-    def override_tolerance(self, dtype: torch.dtype, *, atol: float, rtol: float) -> None:
-        """Set this op's tolerance for ``dtype`` (e.g. when the contract rounds twice)."""
-        self._tolerances[dtype] = Tolerance(atol, rtol)
-
-    def register_input_generator(self, fn: Callable[..., tuple]) -> Callable[..., tuple]:
-        """Declare ``fn(*, dtype, device, generator, **shape) -> args`` for tests/benchmarks."""
-        self._input_generator = fn
-        return fn
-
-    def sample_inputs(
-        self,
-        *,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-        **shape: Any,
-    ) -> tuple:
-        """Arguments for one call, made by the op's input generator.
-
-        Example: ``opir.ops.rms_norm.sample_inputs(dtype=torch.bfloat16, num_tokens=8)``
-        """
-        if self._input_generator is None:
-            raise NotImplementedError(
-                f"op '{self.name}' has no input generator; add one with "
-                f"@{self.name}.register_input_generator"
-            )
-        generator = torch.Generator(device=device).manual_seed(seed)
-        return self._input_generator(dtype=dtype, device=device, generator=generator, **shape)
-
     def __repr__(self) -> str:
         return f"<opir op {self.name}{self.schema}>"
 
@@ -393,89 +288,3 @@ class Op(_Overload):
         self._torch.library._destroy()
 
 
-def _refuse_backward(out: Any, message: str) -> Any:
-    """``out`` with a grad_fn whose backward raises ``message``."""
-    if type(out) is _Tensor:
-        if not out.requires_grad:
-            out.requires_grad_()
-        return _DelayedError(message, 1)(out)
-    outs = [t.requires_grad_() if not t.requires_grad else t for t in out]
-    return tuple(_DelayedError(message, len(outs))(*outs))
-
-
-# ---------------------------------------------------------------- registration
-@overload
-def register_op(fn: Callable) -> Op: ...
-@overload
-def register_op(
-    *,
-    name: str | None = None,
-    activations: Sequence[str] | None = None,
-    allow_inplace: bool = False,
-) -> Callable[[Callable], Op]: ...
-
-
-def register_op(
-    fn: Callable | None = None,
-    *,
-    name: str | None = None,
-    activations: Sequence[str] | None = None,
-    allow_inplace: bool = False,
-) -> Op | Callable[[Callable], Op]:
-    """Define an op from its native function; usable bare or with options.
-
-    Parameters whose name starts with ``x`` are the activations unless
-    ``activations`` says otherwise. ``allow_inplace`` adds
-    ``op.maybe_inplace`` whose activations are donated to in-place impls.
-
-    Example::
-
-        @opir.register_op(allow_inplace=True)
-        def add_norm(x: Tensor, x_residual: Tensor) -> tuple[Tensor, Tensor]:
-            s = x + x_residual
-            return s / s.norm(), s
-    """
-
-    def decorator(f: Callable) -> Op:
-        op_name = getattr(f, "__name__", "") if name is None else name
-        return _register(f, op_name, activations, allow_inplace)
-
-    return decorator if fn is None else decorator(fn)
-
-
-def _register(
-    fn: Callable, name: str, activations: Sequence[str] | None, allow_inplace: bool
-) -> Op:
-    """Registration as one-purpose steps; nothing is registered until all checks pass."""
-    # 1. validate: the name, then the whole signature
-    _signature.check_name("op", name)
-    if name in _registry.ops or _torch_library.is_defined(name):
-        raise RegistrationError(f"op '{name}' is already registered (torch.ops.opir.{name})")
-    sig = _signature.analyze(fn, name, activations, allow_inplace)
-    # 2. generate the eager fast paths (may still fail; nothing registered yet)
-    tensors, optional = sig.tensor_names, sig.optional_tensor_names
-    op_class = specialize(Op, name, make_call(name, sig.signature, tensors, optional))
-    inplace_class = None
-    if allow_inplace:
-        call = make_call(f"{name}_maybe_inplace", sig.signature, tensors, optional)
-        inplace_class = specialize(MaybeInplace, name, call)
-    # 3. build the Python objects
-    op = op_class(fn, name, sig)
-    if inplace_class is not None:
-        op.maybe_inplace = inplace_class(op)
-    # 4. define the torch op (rolled back on failure)
-    hooks = _torch_library.TorchHooks(
-        kernel=op._kernel,
-        fake=op._fake,
-        refuse_backward=op._refuse_backward,
-        inplace_kernel=op.maybe_inplace._kernel if op.maybe_inplace else None,
-        refuse_grad_donation=op._refuse_grad_donation,
-    )
-    op._torch = _torch_library.define(name, sig.schema, sig.inplace_schema, hooks)
-    op.torch_op = op._torch.default
-    if op.maybe_inplace is not None:
-        op.maybe_inplace.torch_op = op._torch.maybe_inplace
-    # 5. build its priority, then publish it
-    op.refresh_priority()
-    _registry.add(op)
-    return op

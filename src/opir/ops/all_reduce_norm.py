@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from opir.core.op import register_op
+from opir.core.register import register_op
 from opir.distributed.collectives import all_reduce
 from opir.ops.norms import _check, _check_like_x, _check_range, _normalize
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from opir.core.op import register_op
+from opir.core.register import register_op
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor | None, op: str) -> None:
