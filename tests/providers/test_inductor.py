@@ -52,3 +52,68 @@ def test_token_counts_do_not_recompile():
             )
     assert counters["unique_graphs"] == graphs
     assert len(compiled.compiled) == kinds
+
+
+# --- reliability (issue 9) -------------------------------------------------------------
+
+
+def test_bad_input_raises_the_native_error():
+    x = torch.randn(4, 8)
+    with rms_norm.set_priority(["inductor"]), pytest.raises(ValueError, match="weight must have"):
+        rms_norm(x, torch.ones(7), 1e-6)
+
+
+def test_nan_epsilon_is_one_kind_not_one_per_call():
+    compiled = inductor.compiled["rms_norm"]
+    x = torch.randn(4, 8)
+    with rms_norm.set_priority(["inductor"]):
+        rms_norm(x, None, float("nan"))
+        before = len(compiled.compiled)
+        for _ in range(3):
+            out = rms_norm(x, None, float("nan"))
+    assert len(compiled.compiled) == before
+    assert torch.isnan(out).all()
+
+
+@pytest.mark.slow
+def test_many_layouts_and_ranks_never_hit_the_recompile_limit():
+    shapes = [(8,), (4, 8), (1, 8), (0, 8), (2, 4, 8), (3, 1, 8), (2, 2, 4, 8), (2, 3, 4, 5, 8)]
+    with rms_norm.set_priority(["inductor"]):
+        for shape in shapes:
+            for transposed in (False, True):
+                x = torch.randn(*shape)
+                if transposed and x.dim() >= 2:
+                    x = x.transpose(0, -1)
+                w = torch.randn(x.shape[-1])
+                torch.testing.assert_close(
+                    rms_norm(x, w, 1e-6), rms_norm.native(x, w, 1e-6), atol=1e-5, rtol=1.3e-6
+                )
+
+
+def test_kinds_are_bounded(monkeypatch):
+    monkeypatch.setattr(inductor, "MAX_KINDS", 2)
+    compiled = inductor.CompiledNative(rms_norm)
+    x = torch.randn(2, 8)
+    for eps in (1e-6, 1e-5, 1e-4):
+        torch.testing.assert_close(compiled(x, None, eps, None, 0.0), rms_norm.native(x, None, eps))
+    assert len(compiled.compiled) == 2
+
+
+@pytest.mark.slow
+def test_transposed_gated_inputs_match_native():
+    x = torch.randn(64, 32).t()
+    gate = torch.randn(64, 32).t()
+    w = torch.randn(64)
+    with rms_norm_gated.set_priority(["inductor"]):
+        got = rms_norm_gated(x, gate, w, 1e-6, 16)
+    torch.testing.assert_close(got, rms_norm_gated.native(x, gate, w, 1e-6, 16))
+
+
+def test_ops_registered_later_get_the_provider(make_op):
+    def later(x: torch.Tensor, alpha: float) -> torch.Tensor:
+        return x * alpha + 1
+
+    op = make_op(later)
+    assert "inductor" in op.impls
+    with op.set_priority(["inductor"]):
+        torch.testing.assert_close(op(torch.ones(3), 2.0), torch.full((3,), 3.0))

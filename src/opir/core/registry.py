@@ -9,7 +9,7 @@ order per op, for eager calls and for compiled graphs).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ ops: dict[str, Op] = {}
 """Every registered op by name, in registration order."""
 
 _epoch = 0
+_listeners: list[Callable[[Op], None]] = []
 _platform_defaults: dict[str, dict[str, tuple[str, ...]]] = {"eager": {}, "compile": {}}
 
 
@@ -38,8 +39,21 @@ def bump_epoch() -> None:
 
 
 def add(op: Op) -> None:
-    """Record a newly registered op (the last step of registration)."""
+    """Record a newly registered op (the last step of registration), then tell listeners."""
     ops[op.name] = op
+    for listener in _listeners:
+        listener(op)
+
+
+def on_register(listener: Callable[[Op], None]) -> None:
+    """Call ``listener(op)`` for every op, registered already or later.
+
+    How a provider that serves *every* op (``inductor``) learns of ops it was
+    never told about, without core importing it.
+    """
+    _listeners.append(listener)
+    for op in list(ops.values()):
+        listener(op)
 
 
 def remove(name: str) -> None:

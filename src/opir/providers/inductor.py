@@ -1,22 +1,36 @@
 """The ``inductor`` provider: each op's native function compiled by torch.compile.
 
-Compiled lazily, on the first call with a given *argument kind* (tensor dtypes,
-which optional arguments are None, the values of float/bool arguments), with
-``dynamic=True`` so token counts and hidden sizes do not recompile (Dynamo
-still specialises sizes 0 and 1). Each kind gets its own copy of the native
-function's code object, hence its own Dynamo cache and recompile budget, so a
-long-running process that sees many dtypes never hits Dynamo's recompile limit
-(which would silently fall back to eager).
+It serves every op, including ops registered after opir was imported (it
+listens to the registry). Compiled lazily, on the first call with a given
+*argument kind*, with ``dynamic=True`` so token counts and hidden sizes do not
+recompile. The kind is what would otherwise make Dynamo recompile: tensor
+dtypes and ranks, which sizes are 0 or 1 (Dynamo specialises those), which
+optional arguments are None, and the bit patterns of float and bool
+arguments (a NaN epsilon is one kind, not a new one per call). Each kind gets
+its own copy of the native function's code object, hence its own Dynamo cache
+and recompile budget, so the recompile limit is never reached; at most
+``MAX_KINDS`` kinds are kept (least recently used evicted).
+
+Inputs that are not contiguous are made contiguous first. This bounds the
+layouts each compiled copy sees and steps around a torch 2.13 Inductor bug
+that normalised transposed inputs wrongly (see the upstream-bug test in
+tests/compiler). It costs a copy only for non-contiguous inputs.
+
+Bad input gets the native function's own exception: when a compiled call
+fails, the native function is run eagerly on the same arguments; if it fails
+too its error is raised, otherwise the compile failure is reported as a
+:class:`~opir.core.errors.DispatchError` naming the provider (never a silent
+fallback).
 
 Under a tracer (a dispatch mode is active, or Dynamo is compiling an outer
 graph) the impl calls the native function directly, so the outer graph holds
 its aten ops and the outer compiler fuses them.
-
-Any op can use it: ``register(op)``; the built-in ops are registered here.
 """
 
 from __future__ import annotations
 
+import collections
+import struct
 import threading
 import types
 from collections.abc import Callable
@@ -24,22 +38,30 @@ from typing import Any
 
 import torch
 
+from opir.core.errors import DispatchError
 from opir.core.op import Op
-from opir.ops import fused_add_rms_norm, rms_norm, rms_norm_gated
+from opir.core.registry import on_register
 
 PROVIDER = "inductor"
+MAX_KINDS = 64
 _dispatch_mode_depth = torch._C._len_torch_dispatch_stack
 _dynamo_compiling = torch.compiler.is_dynamo_compiling
+_Tensor = torch.Tensor
 
 
 def _kind(args: tuple) -> tuple:
-    """What decides a recompile apart from shapes."""
-    return tuple(
-        a.dtype
-        if isinstance(a, torch.Tensor)
-        else (type(a), a if isinstance(a, float | bool) else None)
-        for a in args
-    )
+    """What decides a recompile apart from the sizes of dims of size >= 2."""
+    kind = []
+    for a in args:
+        if isinstance(a, _Tensor):
+            kind.append((a.dtype, tuple(min(size, 2) for size in a.shape)))
+        elif isinstance(a, float):
+            kind.append((float, struct.pack("<d", a)))  # NaN equals itself by bits
+        elif isinstance(a, bool):
+            kind.append((bool, a))
+        else:
+            kind.append((type(a), None))
+    return tuple(kind)
 
 
 class CompiledNative:
@@ -47,30 +69,54 @@ class CompiledNative:
 
     def __init__(self, op: Op) -> None:
         self.op = op
-        self.compiled: dict[tuple, Callable[..., Any]] = {}
+        self.compiled: collections.OrderedDict[tuple, Callable[..., Any]] = (
+            collections.OrderedDict()
+        )
         self._lock = threading.Lock()
+        self._copies = 0
 
     def __call__(self, *args: Any) -> Any:
         if _dispatch_mode_depth() or _dynamo_compiling():
             return self.op.native(*args)
+        args = tuple(
+            a.contiguous() if isinstance(a, _Tensor) and not a.is_contiguous() else a for a in args
+        )
         kind = _kind(args)
         fn = self.compiled.get(kind)
         if fn is None:
             fn = self._compile(kind)
-        return fn(*args)
+        try:
+            return fn(*args)
+        except Exception as compile_error:
+            self.op.native(*args)  # invalid input: raises the op's own, clear error
+            raise DispatchError(
+                f"the '{PROVIDER}' provider failed to compile op '{self.op.name}' for these "
+                f"inputs ({type(compile_error).__name__}: {compile_error}). The native function "
+                "accepts them; list another provider first, e.g. "
+                f"opir.ops.{self.op.name}.set_default(['native'])."
+            ) from compile_error
 
     def _compile(self, kind: tuple) -> Callable[..., Any]:
         with self._lock:
-            if kind not in self.compiled:
+            fn = self.compiled.get(kind)
+            if fn is None:
                 native = self.op.native
-                code = native.__code__.replace(
-                    co_name=f"{native.__name__}_inductor_{len(self.compiled)}"
-                )
+                self._copies += 1
+                code = native.__code__.replace(co_name=f"{native.__name__}_inductor_{self._copies}")
                 copy = types.FunctionType(
-                    code, native.__globals__, code.co_name, native.__defaults__
+                    code, native.__globals__, code.co_name, native.__defaults__, native.__closure__
                 )
-                self.compiled[kind] = torch.compile(copy, dynamic=True, fullgraph=True)
-            return self.compiled[kind]
+                fn = torch.compile(copy, dynamic=True, fullgraph=True)
+                self.compiled[kind] = fn
+                while len(self.compiled) > MAX_KINDS:
+                    self.compiled.popitem(last=False)
+            else:
+                self.compiled.move_to_end(kind)
+            return fn
+
+
+compiled: dict[str, CompiledNative] = {}
+"""The compiled natives by op name (for inspection and tests)."""
 
 
 def register(op: Op) -> CompiledNative:
@@ -85,7 +131,8 @@ def register(op: Op) -> CompiledNative:
     call.__annotations__ = dict(op.native.__annotations__)
     call.__name__ = f"inductor_{op.name}"
     op.register_impl(PROVIDER)(call)
+    compiled[op.name] = impl
     return impl
 
 
-compiled = {op.name: register(op) for op in (rms_norm, fused_add_rms_norm, rms_norm_gated)}
+on_register(register)
