@@ -220,3 +220,18 @@ def test_env_var_applies_at_import_and_errors_clearly():
     bad = _import_opir_with("rms_norm=nosuch")
     assert bad.returncode != 0
     assert "PriorityError: $OPIR_PRIORITY: unknown provider(s) ['nosuch']" in bad.stderr
+
+
+def test_env_value_with_nested_lists_names_the_variable():
+    with pytest.raises(PriorityError, match=r"\$OPIR_PRIORITY.*provider names \(strings\)"):
+        config.resolve_config(config.parse_env('{"rms_norm": [["cpu"]]}'), "$OPIR_PRIORITY")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+def test_env_value_naming_a_fifo_fails_instead_of_blocking(tmp_path):
+    fifo = tmp_path / "priority.json"
+    os.mkfifo(fifo)
+    with pytest.raises(PriorityError, match="not a regular file"):
+        config.parse_env(str(fifo))
+    with pytest.raises(PriorityError, match="cannot read it"):
+        config.parse_env(str(tmp_path / "missing.toml"))
