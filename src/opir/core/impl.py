@@ -14,7 +14,10 @@ class Impl:
     ``supported`` is static (platform / library availability); ``reason`` says
     why not when it is False. ``supports_args`` is the per-call argument check
     (None means "accepts everything"). ``inplace`` impls may write into the
-    op's activations and return them.
+    op's activations and return them. ``fn`` must be traceable (it is what the
+    torch op's kernel runs and what lowering traces); ``eager``, when given, is
+    what the eager fast path calls instead (e.g. a pybind entry point or a
+    compiled function that skips the dispatcher).
     """
 
     op_name: str
@@ -24,6 +27,12 @@ class Impl:
     supports_args: Callable[..., bool] | None = None
     inplace: bool = False
     reason: str = ""
+    eager: Callable | None = None
+
+    @property
+    def eager_fn(self) -> Callable:
+        """What the eager fast path calls."""
+        return self.eager or self.fn
 
     @property
     def unconditional(self) -> bool:

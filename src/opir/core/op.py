@@ -109,6 +109,7 @@ class Op(Overload, NumericsMixin):
         supports_args: Callable[..., bool] | None = None,
         inplace: bool = False,
         reason: str = "",
+        eager: Callable | None = None,
     ) -> Callable[[Callable], Callable]:
         """Decorator registering ``fn`` as ``provider``'s kernel for this op.
 
@@ -118,6 +119,10 @@ class Op(Overload, NumericsMixin):
         fake tensors. Enable or disable providers through priority, never
         inside these predicates. ``inplace=True`` (only for ``allow_inplace``
         ops) lets the kernel write into the activations and return them.
+        ``fn`` must be traceable (the torch op's kernel and the compile-time
+        lowering run it); ``eager``, with the same parameters, is what the
+        eager fast path calls instead, e.g. a pybind entry point that skips
+        the dispatcher. Impls never need to ask whether they are being traced.
         Returns ``fn`` unchanged.
 
         Example::
@@ -141,14 +146,17 @@ class Op(Overload, NumericsMixin):
                 f"'{provider}' cannot register an inplace impl"
             )
         if supports_args is not None:
-            what = f"provider '{provider}' for op '{self.name}'"
-            _signature.check_predicate(what, self.sig, supports_args)
+            what = f"supports_args of provider '{provider}' for op '{self.name}'"
+            _signature.check_same_parameters(what, self.sig, supports_args)
+        if eager is not None:
+            what = f"the eager function of provider '{provider}' for op '{self.name}'"
+            _signature.check_same_parameters(what, self.sig, eager)
 
         def decorator(fn: Callable) -> Callable:
             what = f"impl '{provider}' of op '{self.name}'"
             _signature.check_same_schema(fn, self.schema, what)
             self._check_new_provider(provider)
-            impl = Impl(self.name, provider, fn, supported, supports_args, inplace, reason)
+            impl = Impl(self.name, provider, fn, supported, supports_args, inplace, reason, eager)
             self._impls[provider] = impl
             self.refresh_priority()
             return fn

@@ -15,7 +15,7 @@ import torch
 
 from opir.core import scope as _scope
 from opir.core.impl import Impl
-from opir.core.priority import Entry, Priority
+from opir.core.priority import Entry, Priority, functional_fn
 from opir.core.selection import select_in_scope
 
 if TYPE_CHECKING:
@@ -41,7 +41,14 @@ class Overload:
     _overload_name: str
 
     def _entries_of(self, priority: Priority, impl: Impl) -> Callable[..., Any]:
+        """The eager function of ``impl`` for this overload."""
         return priority.entries(self._donating)[priority.impls.index(impl)][1]
+
+    def _traceable(self, impl: Impl) -> Callable[..., Any]:
+        """The traceable function of ``impl`` for this overload (the torch op's kernel)."""
+        if self._donating:
+            return impl.fn
+        return functional_fn(impl, self.op.activation_positions, eager=False)
 
     def _call_selecting(self, args: tuple) -> Any:
         """Eager call inside a tracing or strict scope: the full selection."""
@@ -70,7 +77,7 @@ class Overload:
         impl = select_in_scope(
             op.name, self._overload_name, priority, args, _scope_get(), "torch_op"
         )
-        return self._entries_of(priority, impl)(*args)
+        return self._traceable(impl)(*args)
 
 
 class MaybeInplace(Overload):

@@ -82,6 +82,12 @@ def validate_providers(op: Op, providers: Sequence[str]) -> tuple[str, ...]:
     return tuple(providers)
 
 
+def functional_fn(impl: Impl, positions: Sequence[int], *, eager: bool) -> Callable[..., Any]:
+    """``impl``'s function with functional semantics (in-place impls run on clones)."""
+    fn = impl.eager_fn if eager else impl.fn
+    return on_clones(fn, positions) if impl.inplace else fn
+
+
 def build_priority(op: Op, user: Sequence[str], mode: Mode = "eager") -> Priority:
     """Filter ``user + platform defaults`` for ``op`` into a :class:`Priority`."""
     requested: list[str] = []
@@ -116,8 +122,6 @@ def build_priority(op: Op, user: Sequence[str], mode: Mode = "eager") -> Priorit
         requested=tuple(requested) or ("native",),
         impls=tuple(kept),
         dropped=tuple(dropped),
-        functional=tuple(
-            (i.supports_args, on_clones(i.fn, positions) if i.inplace else i.fn) for i in kept
-        ),
-        donating=tuple((i.supports_args, i.fn) for i in kept),
+        functional=tuple((i.supports_args, functional_fn(i, positions, eager=True)) for i in kept),
+        donating=tuple((i.supports_args, i.eager_fn) for i in kept),
     )

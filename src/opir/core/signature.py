@@ -128,17 +128,17 @@ def check_same_schema(fn: Callable, schema: str, what: str) -> None:
         )
 
 
-def check_predicate(what: str, sig: OpSignature, pred: Callable) -> None:
-    """``supports_args`` must take the op's parameters with the same names and defaults."""
-    if not callable(pred):
-        raise RegistrationError(f"supports_args of {what} must be callable")
+def check_same_parameters(what: str, sig: OpSignature, fn: Callable) -> None:
+    """A predicate or eager function must take the op's parameters, same names and defaults."""
+    if not callable(fn):
+        raise RegistrationError(f"{what} must be callable")
     want = [(p.name, p.default) for p in sig.signature.parameters.values()]
-    got_params = list(inspect.signature(pred).parameters.values())
+    got_params = list(inspect.signature(fn).parameters.values())
     got = [(p.name, p.default) for p in got_params]
     kinds_ok = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in got_params)
     if got != want or not kinds_ok:
         raise RegistrationError(
-            f"supports_args of {what} must take the op's parameters with the same names and "
+            f"{what} must take the op's parameters with the same names and "
             f"defaults {sig.param_list()}, got {fmt_params(got)}"
         )
 

@@ -22,9 +22,10 @@ too its error is raised, otherwise the compile failure is reported as a
 :class:`~opir.core.errors.DispatchError` naming the provider (never a silent
 fallback).
 
-Under a tracer (a dispatch mode is active, or Dynamo is compiling an outer
-graph) the impl calls the native function directly, so the outer graph holds
-its aten ops and the outer compiler fuses them.
+The compiled function is the impl's *eager* function; its traceable function
+is the native function itself, so under a tracer (the torch op's kernel, the
+compile-time lowering) the outer graph holds the native aten ops and the
+outer compiler fuses them.
 """
 
 from __future__ import annotations
@@ -44,8 +45,6 @@ from opir.core.registry import on_register
 
 PROVIDER = "inductor"
 MAX_KINDS = 64
-_dispatch_mode_depth = torch._C._len_torch_dispatch_stack
-_dynamo_compiling = torch.compiler.is_dynamo_compiling
 _Tensor = torch.Tensor
 
 
@@ -76,8 +75,6 @@ class CompiledNative:
         self._copies = 0
 
     def __call__(self, *args: Any) -> Any:
-        if _dispatch_mode_depth() or _dynamo_compiling():
-            return self.op.native(*args)
         args = tuple(
             a.contiguous() if isinstance(a, _Tensor) and not a.is_contiguous() else a for a in args
         )
@@ -123,14 +120,12 @@ def register(op: Op) -> CompiledNative:
     """Register the ``inductor`` impl of ``op`` (unconditional, never inplace)."""
     impl = CompiledNative(op)
 
-    def call(*args: Any) -> Any:
+    def eager(*args: Any) -> Any:
         return impl(*args)
 
-    # Same signature as the native function, so the schema check passes.
-    call.__signature__ = op.signature  # type: ignore[attr-defined]
-    call.__annotations__ = dict(op.native.__annotations__)
-    call.__name__ = f"inductor_{op.name}"
-    op.register_impl(PROVIDER)(call)
+    eager.__signature__ = op.signature  # type: ignore[attr-defined]
+    eager.__name__ = f"inductor_{op.name}"
+    op.register_impl(PROVIDER, eager=eager)(op.native)
     compiled[op.name] = impl
     return impl
 
