@@ -22,15 +22,29 @@ class NumericsMixin:
     _input_generator: Callable[..., tuple] | None
 
     def tolerance(self, dtype: torch.dtype) -> Tolerance:
-        """(atol, rtol) an impl must meet against native for outputs of ``dtype``."""
+        """(atol, rtol) an impl must meet against native for outputs of ``dtype``.
+
+        Example: ``torch.testing.assert_close(got, want, **rms_norm.tolerance(x.dtype)._asdict())``
+        """
         return self._tolerances.get(dtype) or default_tolerance(dtype)
 
     def override_tolerance(self, dtype: torch.dtype, *, atol: float, rtol: float) -> None:
-        """Set this op's tolerance for ``dtype`` (e.g. when the contract rounds twice)."""
+        """Set this op's tolerance for ``dtype`` (e.g. when the contract rounds twice).
+
+        Example: ``my_op.override_tolerance(torch.float16, atol=1e-3, rtol=2e-3)``
+        """
         self._tolerances[dtype] = Tolerance(atol, rtol)
 
     def register_input_generator(self, fn: Callable[..., tuple]) -> Callable[..., tuple]:
-        """Declare ``fn(*, dtype, device, generator, **shape) -> args`` for tests/benchmarks."""
+        """Declare ``fn(*, dtype, device, generator, **shape) -> args`` for tests/benchmarks.
+
+        Example::
+
+            @my_op.register_input_generator
+            def _(*, dtype, device, generator, num_tokens=4, hidden_size=64):
+                x = torch.randn(num_tokens, hidden_size, generator=generator, device=device)
+                return (x.to(dtype), 2.0)
+        """
         self._input_generator = fn
         return fn
 

@@ -168,7 +168,14 @@ class Op(Overload, NumericsMixin):
             raise RegistrationError(f"op '{self.name}' already has a '{provider}' impl")
 
     def register_fake(self, fn: Callable) -> Callable:
-        """Replace the fake (meta) implementation; default is the native function."""
+        """Replace the fake (meta) implementation; default is the native function.
+
+        Example::
+
+            @my_op.register_fake
+            def _(x: torch.Tensor, alpha: float) -> torch.Tensor:
+                return torch.empty_like(x)
+        """
         _signature.check_same_schema(fn, self.schema, f"fake of op '{self.name}'")
         self._fake_fn = fn
         return fn
@@ -178,6 +185,8 @@ class Op(Overload, NumericsMixin):
 
         Priorities are rebuilt, so later calls skip it as if it had been
         registered with ``supported=False, reason=reason``.
+
+        Example: ``opir.ops.rms_norm.withdraw_impl("cpu", "C++ build failed: ...")``
         """
         impl = self._impls[provider]
         self._impls[provider] = dataclasses.replace(impl, supported=False, reason=reason)
@@ -185,11 +194,17 @@ class Op(Overload, NumericsMixin):
 
     def explicitly_requested(self, provider: str) -> bool:
         """True if the user listed ``provider`` for this op (process default or scope),
-        as opposed to reaching it through the platform defaults."""
+        as opposed to reaching it through the platform defaults.
+
+        Example: ``opir.ops.rms_norm.explicitly_requested("cpu")`` -> ``False`` by default
+        """
         return provider in self.current_priority().user
 
     def unregister_impl(self, provider: str) -> None:
-        """Remove an impl (tests and benchmarks use transient providers)."""
+        """Remove an impl (tests and benchmarks use transient providers).
+
+        Example: ``my_op.unregister_impl("experimental")``
+        """
         if provider == "native":
             raise RegistrationError("the native impl cannot be removed")
         del self._impls[provider]
@@ -219,11 +234,18 @@ class Op(Overload, NumericsMixin):
             yield
 
     def get_priority(self) -> list[str]:
-        """The effective, filtered priority in the current scope, as provider names."""
+        """The effective, filtered priority in the current scope, as provider names.
+
+        Example: ``opir.ops.rms_norm.get_priority()`` -> ``['cpu', 'native']``
+        """
         return self.current_priority().providers
 
     def current_priority(self) -> Priority:
-        """The :class:`Priority` in effect in the current scope."""
+        """The :class:`Priority` in effect in the current scope.
+
+        Example: ``opir.ops.rms_norm.current_priority().dropped`` lists providers
+        removed as unsupported here, with the reason.
+        """
         scope = _scope_get()
         if scope is not None and self in scope.priorities:
             return scope.priorities[self]
@@ -231,12 +253,19 @@ class Op(Overload, NumericsMixin):
 
     def compile_priority(self, fixed: Sequence[str] | None = None) -> Priority:
         """The priority lowering uses: ``fixed`` (or the user's entries in effect), then
-        the platform defaults measured for compiled graphs."""
+        the platform defaults measured for compiled graphs.
+
+        Example: ``opir.ops.rms_norm.compile_priority().providers`` -> ``['native']`` on CPU
+        """
         user = self.current_priority().user if fixed is None else fixed
         return build_priority(self, user, mode="compile")
 
     def refresh_priority(self) -> None:
-        """Rebuild the process-wide priority (after impls or platform defaults change)."""
+        """Rebuild the process-wide priority (after impls or platform defaults change).
+
+        Registration and ``set_platform_defaults`` call it; call it yourself only
+        after changing what a priority is built from by other means.
+        """
         _registry.bump_epoch()
         priority = build_priority(self, self._user_priority)
         self._priority = priority
@@ -246,7 +275,11 @@ class Op(Overload, NumericsMixin):
 
     # --------------------------------------------------------------- dispatch
     def complete_args(self, args: tuple, kwargs: Mapping[str, Any] | None = None) -> tuple:
-        """All parameters positionally, defaults filled: what impls always receive."""
+        """All parameters positionally, defaults filled: what impls always receive.
+
+        Example: ``rms_norm.complete_args((x, w), {"epsilon": 1e-6})`` ->
+        ``(x, w, 1e-6, None, 0.0)``
+        """
         if not kwargs and len(args) == len(self.sig.names):
             return tuple(args)
         try:
@@ -260,7 +293,13 @@ class Op(Overload, NumericsMixin):
 
     def select(self, args: tuple, priority: Priority | None = None) -> Selection:
         """The impl these complete (real or fake) arguments would run, and why the
-        providers before it were passed over."""
+        providers before it were passed over.
+
+        Example::
+
+            sel = rms_norm.select(rms_norm.complete_args((x.t(), w, 1e-6)))
+            sel.impl.provider, sel.rejected  # 'native', (('cpu', 'supports_args returned False'),)
+        """
         return explain(priority or self.current_priority(), args)
 
     def dispatch(self, *args: Any, priority: Priority | None = None, **kwargs: Any) -> Impl:
@@ -291,7 +330,10 @@ class Op(Overload, NumericsMixin):
         return f"<opir op {self.name}{self.schema}>"
 
     def drop(self) -> None:
-        """Unregister the op completely (tests only)."""
+        """Unregister the op completely (tests only); its name can be registered again.
+
+        Example: ``my_op.drop()``
+        """
         _registry.remove(self.name)
         self._torch.library._destroy()
 

@@ -20,6 +20,13 @@ import torch
 
 @dataclasses.dataclass(frozen=True)
 class Platform:
+    """What this machine offers, as probed once per process by :func:`detect`.
+
+    Versions are strings, absent things are None: ``cuda``/``rocm`` only when a
+    device of that kind is usable, ``triton`` the installed version, ``cxx`` the
+    first line of the C++ compiler's ``--version``.
+    """
+
     torch_version: str
     python_version: str
     cpu_arch: str  # x86_64, aarch64, ...
@@ -76,7 +83,10 @@ def cache_root() -> Path:
 
 @functools.cache
 def detect() -> Platform:
-    """Probe the machine once per process."""
+    """Probe the machine once per process.
+
+    Example: ``opir.platform().has_gpu``, or ``opir.platform().facts()`` for a table
+    """
     cuda_ok = torch.cuda.is_available()
     is_hip = torch.version.hip is not None
     xpu = bool(getattr(torch, "xpu", None) and torch.xpu.is_available())

@@ -8,6 +8,8 @@ import torch
 
 
 class Tolerance(NamedTuple):
+    """Absolute and relative tolerance, as ``torch.testing.assert_close`` takes them."""
+
     atol: float
     rtol: float
 
