@@ -100,13 +100,16 @@ def test_kinds_are_bounded(monkeypatch):
 
 
 @pytest.mark.slow
-def test_transposed_gated_inputs_match_native():
-    x = torch.randn(64, 32).t()
-    gate = torch.randn(64, 32).t()
+@pytest.mark.parametrize("group_size", [None, 8])
+def test_transposed_x_with_contiguous_gate_matches_native(group_size):
+    # torch 2.13's Inductor normalises x * silu(gate) wrongly (errors of 10-70) when x is
+    # transposed and the gate is not; the provider feeds contiguous inputs to step around it.
+    x = torch.randn(64, 8).t()
+    gate = torch.randn(8, 64)
     w = torch.randn(64)
     with rms_norm_gated.set_priority(["inductor"]):
-        got = rms_norm_gated(x, gate, w, 1e-6, 16)
-    torch.testing.assert_close(got, rms_norm_gated.native(x, gate, w, 1e-6, 16))
+        got = rms_norm_gated(x, gate, w, 1e-6, group_size)
+    torch.testing.assert_close(got, rms_norm_gated.native(x, gate, w, 1e-6, group_size))
 
 
 def test_ops_registered_later_get_the_provider(make_op):
