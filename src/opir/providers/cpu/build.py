@@ -171,9 +171,7 @@ def _build() -> ModuleType:
         secure_dir(cache_root())
         directory = secure_dir(cache_root() / f"cpu-{key}")
     except CacheDirError as e:
-        raise ProviderBuildError(
-            f"opir's 'cpu' provider has no usable cache directory: {e}"
-        ) from e
+        raise ProviderBuildError(f"opir's 'cpu' provider has no usable cache directory: {e}") from e
     library = directory / f"{name}.so"
     manifest = directory / "manifest.json"
     if _verified(library, manifest):
