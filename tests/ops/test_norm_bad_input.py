@@ -72,7 +72,8 @@ def test_non_contiguous_last_dim_falls_back_visibly():
         rms_norm(x, None, 1e-6)
 
 
-def test_donating_the_same_tensor_twice_is_an_error():
+def test_donating_the_same_tensor_twice_gives_the_right_answer():
+    # The cpu kernel detects the alias and runs on private copies (providers/cpu).
     x = torch.randn(3, 8)
-    with pytest.raises(RuntimeError, match=r"single memory location\. Please clone"):
-        fused_add_rms_norm.maybe_inplace(x, x, None, 1e-6)
+    expected = fused_add_rms_norm.native(x.clone(), x.clone(), None, 1e-6)
+    torch.testing.assert_close(fused_add_rms_norm.maybe_inplace(x, x, None, 1e-6), expected)

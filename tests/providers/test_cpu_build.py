@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import socket
+import stat
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 
 import opir
+from opir.core.cache_dir import CacheDirError, secure_dir
 from opir.providers.cpu import build
+from opir.providers.cpu.lock import build_lock
 
 
 def test_importing_opir_builds_nothing(tmp_path):
@@ -52,3 +61,163 @@ def test_failed_build_shows_compiler_output_and_the_way_out(monkeypatch, tmp_pat
     assert "error" in message and "this is not C++" in message  # the compiler's own output
     assert "OPIR_PRIORITY=" in message and "opir.set_priority" in message
     assert isinstance(info.value, opir.OpirError)
+
+
+# --- build key: what the binary links against ----------------------------------------
+
+
+def test_build_key_covers_torch_install_abi_and_compiler(monkeypatch):
+    key = build.build_key()
+    monkeypatch.setattr(torch.version, "git_version", "another-commit")
+    assert build.build_key() != key
+    monkeypatch.undo()
+    monkeypatch.setattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", not torch._C._GLIBCXX_USE_CXX11_ABI)
+    assert build.build_key() != key
+    monkeypatch.undo()
+    monkeypatch.setattr(torch, "__file__", "/elsewhere/site-packages/torch/__init__.py")
+    assert build.build_key() != key
+    monkeypatch.undo()
+    monkeypatch.setattr(build, "_compiler_version", lambda: "g++ 99.0")
+    assert build.build_key() != key
+
+
+# --- verified loading: a corrupted cache is rebuilt, never loaded ----------------------
+
+
+def _cached_build(tmp_path, monkeypatch):
+    """A copy of this process's built extension in a fresh private cache dir."""
+    from opir.providers.cpu import impls
+
+    impls.extension()
+    key = build.build_key()
+    source = build.cache_root() / f"cpu-{key}"
+    monkeypatch.setenv("OPIR_CACHE_DIR", str(tmp_path / "cache"))
+    target = secure_dir(tmp_path / "cache") / f"cpu-{key}"
+    shutil.copytree(source, target)
+    os.chmod(target, 0o700)
+    return target / f"opir_cpu_{key}.so", target / "manifest.json"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no_manifest"])
+def test_damaged_library_is_rebuilt_not_loaded(tmp_path, monkeypatch, damage):
+    library, manifest = _cached_build(tmp_path, monkeypatch)
+    assert build._verified(library, manifest)
+    if damage == "truncate":
+        library.write_bytes(library.read_bytes()[:1000])
+    elif damage == "flip":
+        data = bytearray(library.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        library.write_bytes(bytes(data))
+    else:
+        manifest.unlink()
+    assert not build._verified(library, manifest)
+
+    def compile_instead(*args):
+        raise RuntimeError("rebuilding")
+
+    monkeypatch.setattr(build, "_compile", compile_instead)
+    with pytest.raises(RuntimeError, match="rebuilding"):
+        build._build()  # it never imports the damaged file (which would be a Bus error)
+    assert not (library.parent / "build.lock").exists()
+
+
+def test_intact_cached_library_loads_without_compiling(tmp_path, monkeypatch):
+    _cached_build(tmp_path, monkeypatch)
+    monkeypatch.setattr(build, "_compile", lambda *a: pytest.fail("should not compile"))
+    module = build._build()
+    assert hasattr(module, "rms_norm")
+
+
+# --- the build lock: an owner, broken when the owner is gone, bounded wait -------------
+
+
+def test_lock_of_a_dead_owner_is_broken(tmp_path, capfd):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path = tmp_path / "build.lock"
+    path.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "time": 0}))
+    start = time.monotonic()
+    with build_lock(path):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert time.monotonic() - start < 5 and not path.exists()
+    assert "no longer running" in capfd.readouterr().err
+
+
+def test_lock_held_too_long_is_broken_after_the_timeout(tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("OPIR_BUILD_LOCK_TIMEOUT", "0.5")
+    path = tmp_path / "build.lock"
+    alive = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+    path.write_text(json.dumps(alive))
+    start = time.monotonic()
+    with build_lock(path, poll=0.05):
+        pass
+    assert 0.4 < time.monotonic() - start < 5
+    assert "OPIR_BUILD_LOCK_TIMEOUT" in capfd.readouterr().err
+
+
+def test_lock_timeout_variable_is_validated(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPIR_BUILD_LOCK_TIMEOUT", "soon")
+    lock = build_lock(tmp_path / "build.lock")
+    with pytest.raises(ValueError, match="OPIR_BUILD_LOCK_TIMEOUT"):
+        lock.__enter__()
+
+
+# --- cache directory: errors naming OPIR_CACHE_DIR, security checks ------------------
+
+
+def test_cache_dir_under_a_file_is_a_provider_build_error(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("OPIR_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    with pytest.raises(build.ProviderBuildError, match="OPIR_CACHE_DIR"):
+        build._build()
+
+
+def test_cache_dirs_are_created_private(tmp_path):
+    made = secure_dir(tmp_path / "a" / "b")
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
+
+
+def test_group_or_world_writable_dir_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(CacheDirError, match="writable by group or others"):
+        secure_dir(shared)
+
+
+def test_dir_owned_by_another_user_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(tmp_path).st_uid + 1)
+    with pytest.raises(CacheDirError, match="owned by uid"):
+        secure_dir(tmp_path)
+
+
+_FALLBACK = """
+import warnings, torch, opir
+from opir.ops import rms_norm
+x, w = torch.randn(3, 16), torch.randn(16)
+try:
+    with rms_norm.set_priority(["cpu"]):
+        rms_norm(x, w, 1e-6)
+except Exception as e:
+    print(type(e).__name__, "OPIR_CACHE_DIR" in str(e))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    ok = all(torch.equal(rms_norm(x, w, 1e-6), rms_norm.native(x, w, 1e-6)) for _ in range(3))
+print(ok, sum("'cpu' provider is unavailable" in str(c.message) for c in caught))
+print(rms_norm.dispatch(x, w, 1e-6).provider)
+"""
+
+
+@pytest.mark.slow
+def test_unusable_cache_dir_falls_back_once_unless_cpu_was_asked_for(tmp_path):
+    (tmp_path / "file").write_text("")
+    env = {**os.environ, "OPIR_CACHE_DIR": str(tmp_path / "file" / "cache")}
+    env.pop("OPIR_PRIORITY", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _FALLBACK], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split("\n")
+    assert lines[0] == "ProviderBuildError True"  # asked for cpu: the error, no fallback
+    assert lines[1] == "True 1"  # platform default: right answers, exactly one warning
+    assert lines[2] != "cpu"

@@ -3,13 +3,15 @@
 // Every kernel reads rows whose last dimension is contiguous but whose leading
 // dimensions may have any strides (slices of a larger buffer are not copied),
 // accumulates in fp32 with ATen's Vectorized<float>, and splits rows over
-// threads with at::parallel_for. Weights are 1-D contiguous, either of x's
-// dtype or fp32 (Gemma's mixed case). Rounding follows the native functions:
-// with a same-dtype weight the normalised value is rounded to that dtype
-// before the multiply, with an fp32 weight the product is rounded once.
+// threads with at::parallel_for. Weights are 1-D, converted once per call to
+// contiguous fp32 (plus weight_bias, if any). Rounding follows the native
+// functions: the multiply runs in promote_types(x, effective weight), so with
+// a weight of x's dtype the normalised value is rounded to that dtype before
+// the multiply, and with any other weight (or a bias) the product is rounded once.
+// Invalid arguments raise ValueError (TORCH_CHECK_VALUE), as the native ops do.
 //
-// The ops are registered as torch custom ops (namespace opir_cpu) so that they
-// can be traced by make_fx / Dynamo; fake implementations live in Python.
+// These are pybind functions; the torch custom ops (namespace opir_cpu) that
+// wrap them for make_fx / Dynamo are defined in Python (ops.py).
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -18,6 +20,7 @@
 #include <torch/library.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <vector>
@@ -135,6 +138,43 @@ struct Rows {
   }
 };
 
+// ----------------------------------------------------------------------------
+// Overlap checks for the in-place kernel (cheap: a few strides, no allocation).
+
+// True when no two elements of t share memory (sufficient test: sorted by stride,
+// each dim must step past everything the smaller dims reach).
+inline bool no_internal_overlap(const at::Tensor& t) {
+  if (t.is_contiguous()) return true;
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of dims with size > 1
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) > 1) dims.emplace_back(t.stride(d), t.size(d));
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t reach = 0;  // the largest offset the smaller dims address
+  for (const auto& [stride, size] : dims) {
+    if (stride <= reach) return false;
+    reach += stride * (size - 1);
+  }
+  return true;
+}
+
+// The bytes [first, last) that t may touch.
+inline std::pair<uintptr_t, uintptr_t> byte_extent(const at::Tensor& t) {
+  int64_t span = 1;
+  for (int64_t d = 0; d < t.dim(); ++d) span += t.stride(d) * (t.size(d) - 1);
+  auto first = reinterpret_cast<uintptr_t>(t.data_ptr());
+  return {first, first + static_cast<uintptr_t>(span * t.element_size())};
+}
+
+// Conservative: true when a and b share a storage and their byte extents intersect.
+inline bool may_overlap(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0 || b.numel() == 0) return false;
+  if (!a.storage().is_alias_of(b.storage())) return false;
+  auto [a0, a1] = byte_extent(a);
+  auto [b0, b1] = byte_extent(b);
+  return a0 < b1 && b0 < a1;
+}
+
 inline int64_t grain_for(int64_t cols) {
   // Enough work per task that threads do not fight over tiny rows.
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1));
@@ -195,31 +235,35 @@ inline void scale_row(const Y* y, float inv, const float* w, T* out, int64_t n) 
 
 void check_common(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                   std::optional<int64_t> variance_size, const char* op) {
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be on the CPU, got ", x.device());
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension");
+  TORCH_CHECK_VALUE(x.device().is_cpu(), op, ": x must be on the CPU, got ", x.device());
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have at least one dimension");
   auto dt = x.scalar_type();
-  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, op,
+  TORCH_CHECK_VALUE(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf, op,
               ": x must be float32, bfloat16 or float16, got ", dt);
-  TORCH_CHECK(x.size(-1) <= 1 || x.stride(-1) == 1, op,
+  TORCH_CHECK_VALUE(x.size(-1) <= 1 || x.stride(-1) == 1, op,
               ": the last dimension of x must be contiguous (stride 1), got stride ", x.stride(-1));
   if (weight.has_value()) {
     const auto& w = *weight;
-    TORCH_CHECK(w.device().is_cpu(), op, ": weight must be on the CPU, got ", w.device());
-    TORCH_CHECK(w.dim() == 1 && w.size(0) == x.size(-1), op, ": weight must have shape [",
+    TORCH_CHECK_VALUE(w.device().is_cpu(), op, ": weight must be on the CPU, got ", w.device());
+    TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == x.size(-1), op, ": weight must have shape [",
                 x.size(-1), "], got ", w.sizes());
-    TORCH_CHECK(w.scalar_type() == dt || w.scalar_type() == at::kFloat, op,
-                ": weight dtype must be x's (", dt, ") or float32, got ", w.scalar_type());
+    TORCH_CHECK_VALUE(w.is_floating_point(), op, ": weight must be floating point, got ",
+                w.scalar_type());
   }
   if (variance_size.has_value()) {
-    TORCH_CHECK(*variance_size >= 1 && *variance_size <= x.size(-1), op,
+    TORCH_CHECK_VALUE(*variance_size >= 1 && *variance_size <= x.size(-1), op,
                 ": variance_size must be in [1, ", x.size(-1), "], got ", *variance_size);
   }
 }
 
 // Calls f.template operator()<T, W>() for x's dtype T and the weight's dtype W.
 template <typename F>
-void dispatch_types(const at::Tensor& x, const std::optional<at::Tensor>& weight, F&& f) {
-  bool fp32_weight = weight.has_value() && weight->scalar_type() == at::kFloat;
+void dispatch_types(const at::Tensor& x, const std::optional<at::Tensor>& weight, F&& f,
+                    double weight_bias = 0.0) {
+  // promote_types(x, effective weight): x's dtype only when the weight has it and
+  // no bias turns it into an fp32 tensor; otherwise the multiply runs in fp32.
+  bool fp32_weight = weight.has_value() &&
+                     (weight->scalar_type() != x.scalar_type() || weight_bias != 0.0);
   switch (x.scalar_type()) {
     case at::kFloat:
       return f.template operator()<float, float>();
@@ -238,9 +282,13 @@ void dispatch_types(const at::Tensor& x, const std::optional<at::Tensor>& weight
 // fp32 (exact for bf16/fp16), so the row loops never convert or stride it.
 // The kernels still round through the weight's real dtype W where the
 // contract multiplies in W.
-std::optional<at::Tensor> fp32_weight(const std::optional<at::Tensor>& weight) {
+std::optional<at::Tensor> fp32_weight(const std::optional<at::Tensor>& weight,
+                                      double weight_bias = 0.0) {
   if (!weight.has_value()) return weight;
-  return weight->to(at::kFloat).contiguous();
+  auto w = weight->to(at::kFloat).contiguous();
+  if (weight_bias == 0.0) return w;
+  // The effective weight f32(weight) + bias, per call; never written into the caller's.
+  return w.is_same(*weight) ? w.add(weight_bias) : w.add_(weight_bias);
 }
 
 inline const float* weight_ptr(const std::optional<at::Tensor>& weight) {
@@ -251,9 +299,10 @@ inline const float* weight_ptr(const std::optional<at::Tensor>& weight) {
 // rms_norm(x, weight?, eps, variance_size?) -> out (contiguous, x's dtype)
 
 at::Tensor rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight_in,
-                    double epsilon, std::optional<int64_t> variance_size) {
+                    double epsilon, std::optional<int64_t> variance_size,
+                    double weight_bias) {
   check_common(x, weight_in, variance_size, "opir_cpu::rms_norm");
-  const auto weight = fp32_weight(weight_in);
+  const auto weight = fp32_weight(weight_in, weight_bias);
   auto out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   const Rows rows(x);
   const int64_t cols = rows.cols;
@@ -270,7 +319,7 @@ at::Tensor rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight
         scale_row<T, W>(xr, inv, wp, op + r * cols, cols);
       }
     });
-  });
+  }, weight_bias);
   return out;
 }
 
@@ -278,21 +327,30 @@ at::Tensor rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight
 // fused_add_rms_norm_(x, residual, weight?, eps, variance_size?): in place.
 // residual <- (x + residual).to(T); x <- rms_norm(unrounded fp32 sum).
 
-void fused_add_rms_norm_(at::Tensor& x, at::Tensor& residual,
+bool fused_add_rms_norm_(at::Tensor& x, at::Tensor& residual,
                          const std::optional<at::Tensor>& weight_in, double epsilon,
-                         std::optional<int64_t> variance_size) {
+                         std::optional<int64_t> variance_size, double weight_bias) {
   const char* op = "opir_cpu::fused_add_rms_norm_";
   check_common(x, weight_in, variance_size, op);
-  const auto weight = fp32_weight(weight_in);
-  TORCH_CHECK(residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type(), op,
+  TORCH_CHECK_VALUE(residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type(), op,
               ": residual must match x's shape and dtype, got ", residual.sizes(), " ",
               residual.scalar_type(), " vs ", x.sizes(), " ", x.scalar_type());
-  TORCH_CHECK(residual.device().is_cpu(), op, ": residual must be on the CPU");
-  TORCH_CHECK(x.size(-1) <= 1 || residual.stride(-1) == 1, op,
+  TORCH_CHECK_VALUE(residual.device().is_cpu(), op, ": residual must be on the CPU");
+  TORCH_CHECK_VALUE(x.size(-1) <= 1 || residual.stride(-1) == 1, op,
               ": the last dimension of residual must be contiguous");
-  at::assert_no_internal_overlap(x);
-  at::assert_no_internal_overlap(residual);
-  at::assert_no_overlap(x, residual);
+  // Overlapping outputs cannot be written in place correctly: report it, write
+  // nothing, and let the caller run on private copies (impls.py).
+  if (x.numel() > 0 && (!no_internal_overlap(x) || !no_internal_overlap(residual) ||
+                        may_overlap(x, residual))) {
+    return false;
+  }
+  // fp32_weight() does not copy an fp32 weight; one that is a view of x or the
+  // residual would be overwritten by earlier rows, so take a private copy then.
+  auto weight = fp32_weight(weight_in, weight_bias);
+  if (weight.has_value() && weight->is_same(*weight_in) &&
+      (may_overlap(*weight, x) || may_overlap(*weight, residual))) {
+    weight = weight->clone();
+  }
   const Rows xrows(x), rrows(residual);
   const int64_t cols = xrows.cols;
   const int64_t vs = variance_size.value_or(cols);
@@ -325,7 +383,8 @@ void fused_add_rms_norm_(at::Tensor& x, at::Tensor& residual,
         scale_row<T, W>(sum.data(), inv, wp, xr, cols);
       }
     });
-  });
+  }, weight_bias);
+  return true;
 }
 
 // ----------------------------------------------------------------------------
@@ -334,91 +393,111 @@ void fused_add_rms_norm_(at::Tensor& x, at::Tensor& residual,
 //   norm before gate: out = ((rms_g(x) * x).to(W) * w) * silu(gate)
 // rms_g is taken per group of group_size columns (whole row when absent).
 
-at::Tensor rms_norm_gated(const at::Tensor& x, const at::Tensor& gate,
+// gate may be absent (plain grouped norm) or of any float dtype: a gate whose
+// dtype differs from x's is converted once to fp32 (exact for bf16/fp16), so
+// the row loops read either x's dtype T or float.
+at::Tensor rms_norm_gated(const at::Tensor& x, const std::optional<at::Tensor>& gate_in,
                           const std::optional<at::Tensor>& weight_in, double epsilon,
                           std::optional<int64_t> group_size, bool norm_before_gate) {
   const char* op = "opir_cpu::rms_norm_gated";
   check_common(x, weight_in, std::nullopt, op);
   const auto weight = fp32_weight(weight_in);
-  TORCH_CHECK(gate.sizes() == x.sizes() && gate.scalar_type() == x.scalar_type(), op,
-              ": gate must match x's shape and dtype");
-  TORCH_CHECK(gate.device().is_cpu(), op, ": gate must be on the CPU");
-  TORCH_CHECK(x.size(-1) <= 1 || gate.stride(-1) == 1, op,
-              ": the last dimension of gate must be contiguous");
+  at::Tensor gate;
+  if (gate_in.has_value()) {
+    gate = *gate_in;
+    TORCH_CHECK_VALUE(gate.sizes() == x.sizes() && gate.is_floating_point(), op,
+                ": gate must be a floating-point tensor of x's shape, got ", gate.sizes(), " ",
+                gate.scalar_type(), " vs ", x.sizes());
+    TORCH_CHECK_VALUE(gate.device().is_cpu(), op, ": gate must be on the CPU");
+    if (gate.scalar_type() != x.scalar_type()) {
+      TORCH_CHECK_VALUE(gate.scalar_type() == at::kFloat || gate.scalar_type() == at::kBFloat16 ||
+                      gate.scalar_type() == at::kHalf,
+                  op, ": gate must be float32, bfloat16 or float16, got ", gate.scalar_type());
+      gate = gate.to(at::kFloat).contiguous();
+    }
+    TORCH_CHECK_VALUE(x.size(-1) <= 1 || gate.stride(-1) == 1, op,
+                ": the last dimension of gate must be contiguous");
+  }
+  const bool has_gate = gate.defined();
+  const bool fp32_gate = has_gate && gate.scalar_type() != x.scalar_type();
   const int64_t cols = x.size(-1);
   const int64_t group = group_size.value_or(cols);
-  TORCH_CHECK(cols == 0 || (group >= 1 && cols % group == 0), op, ": group_size ", group,
-              " must divide the last dimension ", cols);
+  TORCH_CHECK_VALUE(!group_size.has_value() || (group >= 1 && group <= cols && cols % group == 0),
+              op, ": group_size must be a divisor of ", cols, " (x's last dim), got ", group);
   auto out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  const Rows xrows(x), grows(gate);
+  const Rows xrows(x);
+  const Rows grows(has_gate ? gate : x);
   const float eps = static_cast<float>(epsilon);
   dispatch_types(x, weight_in, [&]<typename T, typename W>() {
-    const T* xp = x.data_ptr<T>();
-    const T* gp = gate.data_ptr<T>();
-    T* op_ = out.data_ptr<T>();
-    const float* wp = weight_ptr(weight);
-    at::parallel_for(0, xrows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
-      std::vector<float> y(cols);
-      for (int64_t r = begin; r < end; ++r) {
-        const T* xr = xp + xrows.offset(r);
-        const T* gr = gp + grows.offset(r);
-        T* orow = op_ + r * cols;
-        if (!norm_before_gate) {
-          fVec xa, xb, ga, gb;
-          int64_t j = 0;
-          for (; j + kStep <= cols; j += kStep) {
-            load2(xr + j, xa, xb);
-            load2(gr + j, ga, gb);
-            store2(y.data() + j, xa * silu(ga), xb * silu(gb));
+    auto run = [&]<typename G>() {
+      const T* xp = x.data_ptr<T>();
+      const G* gp = has_gate ? gate.data_ptr<G>() : nullptr;
+      T* op_ = out.data_ptr<T>();
+      const float* wp = weight_ptr(weight);
+      at::parallel_for(0, xrows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
+        std::vector<float> y(cols);
+        for (int64_t r = begin; r < end; ++r) {
+          const T* xr = xp + xrows.offset(r);
+          T* orow = op_ + r * cols;
+          if (gp == nullptr) {  // no gate: the grouped norm of x
+            for (int64_t g0 = 0; g0 < cols; g0 += group) {
+              float inv = 1.0f / std::sqrt(sum_squares(xr + g0, group) / group + eps);
+              scale_row<T, W>(xr + g0, inv, wp ? wp + g0 : nullptr, orow + g0, group);
+            }
+            continue;
           }
-          for (; j < cols; ++j) y[j] = static_cast<float>(xr[j]) * silu(static_cast<float>(gr[j]));
-          for (int64_t g0 = 0; g0 < cols; g0 += group) {
-            float inv = 1.0f / std::sqrt(sum_squares(y.data() + g0, group) / group + eps);
-            scale_row<T, W>(y.data() + g0, inv, wp ? wp + g0 : nullptr, orow + g0, group);
-          }
-        } else {
-          for (int64_t g0 = 0; g0 < cols; g0 += group) {
-            float inv = 1.0f / std::sqrt(sum_squares(xr + g0, group) / group + eps);
-            // y = (x * inv).to(W) * w, kept in fp32 for now
-            scale_row<float, W>(xr + g0, inv, wp ? wp + g0 : nullptr, y.data() + g0, group);
-          }
-          // "(n.to(W) * w)" is a W tensor: round the product to W, then gate in fp32.
-          fVec va, vb, ga, gb;
-          int64_t j = 0;
-          for (; j + kStep <= cols; j += kStep) {
-            load2(y.data() + j, va, vb);
-            if (wp != nullptr) round2<W>(va, vb);
-            load2(gr + j, ga, gb);
-            store2(orow + j, va * silu(ga), vb * silu(gb));
-          }
-          for (; j < cols; ++j) {
-            float v = wp != nullptr ? round_to<W>(y[j]) : y[j];
-            orow[j] = static_cast<T>(v * silu(static_cast<float>(gr[j])));
+          const G* gr = gp + grows.offset(r);
+          if (!norm_before_gate) {
+            fVec xa, xb, ga, gb;
+            int64_t j = 0;
+            for (; j + kStep <= cols; j += kStep) {
+              load2(xr + j, xa, xb);
+              load2(gr + j, ga, gb);
+              store2(y.data() + j, xa * silu(ga), xb * silu(gb));
+            }
+            for (; j < cols; ++j) {
+              y[j] = static_cast<float>(xr[j]) * silu(static_cast<float>(gr[j]));
+            }
+            for (int64_t g0 = 0; g0 < cols; g0 += group) {
+              float inv = 1.0f / std::sqrt(sum_squares(y.data() + g0, group) / group + eps);
+              scale_row<T, W>(y.data() + g0, inv, wp ? wp + g0 : nullptr, orow + g0, group);
+            }
+          } else {
+            for (int64_t g0 = 0; g0 < cols; g0 += group) {
+              float inv = 1.0f / std::sqrt(sum_squares(xr + g0, group) / group + eps);
+              // y = (x * inv).to(W) * w, kept in fp32 for now
+              scale_row<float, W>(xr + g0, inv, wp ? wp + g0 : nullptr, y.data() + g0, group);
+            }
+            // "(n.to(W) * w)" is a W tensor: round the product to W, then gate in fp32.
+            fVec va, vb, ga, gb;
+            int64_t j = 0;
+            for (; j + kStep <= cols; j += kStep) {
+              load2(y.data() + j, va, vb);
+              if (wp != nullptr) round2<W>(va, vb);
+              load2(gr + j, ga, gb);
+              store2(orow + j, va * silu(ga), vb * silu(gb));
+            }
+            for (; j < cols; ++j) {
+              float v = wp != nullptr ? round_to<W>(y[j]) : y[j];
+              orow[j] = static_cast<T>(v * silu(static_cast<float>(gr[j])));
+            }
           }
         }
-      }
-    });
+      });
+    };
+    if (fp32_gate) {
+      run.template operator()<float>();
+    } else {
+      run.template operator()<T>();
+    }
   });
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY(opir_cpu, m) {
-  m.def("rms_norm(Tensor x, Tensor? weight, float epsilon, SymInt? variance_size) -> Tensor");
-  m.def(
-      "fused_add_rms_norm_(Tensor(a!) x, Tensor(b!) residual, Tensor? weight, float epsilon, "
-      "SymInt? variance_size) -> ()");
-  m.def(
-      "rms_norm_gated(Tensor x, Tensor gate, Tensor? weight, float epsilon, SymInt? group_size, "
-      "bool norm_before_gate) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(opir_cpu, CPU, m) {
-  m.impl("rms_norm", &rms_norm);
-  m.impl("fused_add_rms_norm_", &fused_add_rms_norm_);
-  m.impl("rms_norm_gated", &rms_norm_gated);
-}
+// The torch.ops.opir_cpu schemas are defined from Python (providers/cpu/ops.py)
+// so they exist before this library is loaded (Inductor's cached code calls them).
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm);
