@@ -15,8 +15,8 @@ import sys
 import torch
 
 import opir
-from opir.distributed import all_reduce, fused_allreduce_rms_norm, init_tp, shard
-from opir.layers import GemmaRMSNorm, Mixer2RMSNormGated
+from opir.distributed import all_reduce, init_tp, shard
+from opir.layers import GemmaRMSNorm, Mixer2RMSNormGated, fused_allreduce_rms_norm
 
 HIDDEN, TOKENS = 96, 8
 
@@ -43,7 +43,11 @@ def main() -> None:
             single.load_full_weight(weight)
             expected = shard(single(x, gate))
             rows.append(
-                (f"Mixer2RMSNormGated, {groups} group(s), case {layer._case}", mine, expected)
+                (
+                    f"Mixer2RMSNormGated, {groups} group(s), case {layer.tp_case.name}",
+                    mine,
+                    expected,
+                )
             )
 
         norm = GemmaRMSNorm(HIDDEN)

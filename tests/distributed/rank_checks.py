@@ -12,8 +12,8 @@ import os
 import torch
 
 import opir
-from opir.distributed import all_reduce, fused_allreduce_rms_norm, shard
-from opir.layers import GemmaRMSNorm, Mixer2RMSNormGated, RMSNorm
+from opir.distributed import all_gather, all_reduce, shard
+from opir.layers import GemmaRMSNorm, Mixer2RMSNormGated, RMSNorm, fused_allreduce_rms_norm
 from opir.ops import all_reduce_rms_norm, rms_norm, rms_norm_gated
 
 HIDDEN = 96  # divisible by 1, 2, 3, 4 and 8
@@ -46,10 +46,23 @@ def mixer2_cases(rank: int, world: int, groups_list, dtypes) -> dict:
             got = layer(shard(x), shard(gate))
             expected = shard(reference)
             out[(groups, str(dtype))] = (
-                layer._case,
+                int(layer.tp_case),
                 _max_diff(got, expected),
                 _close(got, expected, dtype),
             )
+        # gate=None: the plain grouped norm, as the op defines it
+        x = _seeded(4, 3, HIDDEN)
+        layer = Mixer2RMSNormGated(HIDDEN, groups, eps=1e-6)
+        layer.load_full_weight(1 + 0.1 * _seeded(5, HIDDEN))
+        reference = rms_norm_gated.native(
+            x, None, 1 + 0.1 * _seeded(5, HIDDEN), 1e-6, HIDDEN // groups
+        )
+        got, expected = layer(shard(x)), shard(reference)
+        out[(groups, "no gate")] = (
+            int(layer.tp_case),
+            _max_diff(got, expected),
+            _close(got, expected, torch.float32),
+        )
     return out
 
 
@@ -140,13 +153,37 @@ def everything(rank: int, world: int, groups_list, dtypes) -> dict:
         "mixer2": mixer2_cases(rank, world, groups_list, dtypes),
         "fused": fused_norm_cases(rank, world),
         "compile": compile_pass(rank, world),
-        "mismatch": shape_mismatch(rank, world),
+        "mismatch": _tp_error(all_reduce, torch.ones(3 + rank)),
+        "int8_vs_uint8": _tp_error(
+            all_reduce, torch.ones(4, dtype=(torch.int8, torch.uint8)[rank % 2])
+        ),
+        "beyond_8_dims": _tp_error(
+            all_reduce, torch.ones([1] * 8 + ([2, 3] if rank % 2 else [3, 2]))
+        ),
+        "gather_beyond_8_dims": _tp_error(
+            lambda t: all_gather(t, 0), torch.ones([1] * 8 + ([2, 3] if rank % 2 else [3, 2]))
+        ),
+        "same_9_dims_sum": all_reduce(torch.ones([1] * 8 + [2])).flatten().tolist(),
+        "wrong_tp_size": _tp_error(
+            lambda _: Mixer2RMSNormGated(HIDDEN, 1, tp_size=2 * world), None
+        ),
     }
 
 
-def shape_mismatch(rank: int, world: int) -> str:
+def _tp_error(fn, arg) -> str:
     try:
-        all_reduce(torch.ones(3 + rank))
+        fn(arg)
+    except opir.distributed.TPError as e:
+        return str(e)
+    return "no error"
+
+
+def raises_before_all_reduce(rank: int, world: int) -> str:
+    """Rank 1 raises (the process lives on and tears down); rank 0 waits in a collective."""
+    if rank == 1:
+        raise RuntimeError("rank 1 failed on purpose")
+    try:
+        all_reduce(torch.ones(4))
     except opir.distributed.TPError as e:
         return str(e)
     return "no error"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from rank_checks import HIDDEN, dies_before_all_reduce, everything
+from rank_checks import HIDDEN, dies_before_all_reduce, everything, raises_before_all_reduce
 
 from opir.distributed import shard, tp_rank, tp_world_size
 from opir.distributed.launch import run_on_ranks as run_ranks
@@ -71,6 +71,28 @@ def test_shape_mismatch_is_a_clear_error_on_every_rank(ranks):
         assert f"rank {rank} has [{3 + rank}]" in result["mismatch"]
 
 
+def test_dtype_and_every_dim_are_checked(ranks):
+    world, results = ranks
+    for rank, result in results.items():
+        for key in ("int8_vs_uint8", "beyond_8_dims", "gather_beyond_8_dims"):
+            assert "ranks disagree on the tensor's shape/dtype" in result[key], (rank, key)
+        assert result["same_9_dims_sum"] == [float(world)] * 2
+        assert (
+            "init_tp" in result["wrong_tp_size"]
+            and f"tp_size={2 * world}" in result["wrong_tp_size"]
+        )
+
+
+def test_peer_that_raises_releases_the_survivor_quickly():
+    start = time.monotonic()
+    results = run_ranks(2, raises_before_all_reduce, tp_timeout=30)
+    elapsed = time.monotonic() - start
+    assert results[1][0] == "error" and "rank 1 failed on purpose" in results[1][1]
+    status, message = results[0]
+    assert status == "ok" and message.startswith("all_reduce failed on rank 0 of 2"), message
+    assert elapsed < 20, f"survivor held {elapsed:.1f}s (collective timeout is 30s)"
+
+
 def test_dead_rank_gives_a_clear_error_quickly():
     start = time.monotonic()
     results = run_ranks(2, dies_before_all_reduce, tp_timeout=20)
@@ -94,13 +116,38 @@ def test_without_a_group_everything_is_world_size_one():
     x = torch.randn(3, 8)
     assert torch.equal(opir_all_reduce(x), x)
     layer = Mixer2RMSNormGated(HIDDEN, 1)
-    assert layer._case == 2 and layer.hidden_size == HIDDEN
+    assert layer.tp_case == 2 and layer.hidden_size == HIDDEN
 
 
 def opir_all_reduce(x):
     from opir.distributed import all_reduce
 
     return all_reduce(x)
+
+
+def test_bad_tp_layout_is_a_clear_error_at_construction():
+    from opir.distributed import TPError
+
+    with pytest.raises(TPError, match=r"tp_size=2.*init_tp"):
+        Mixer2RMSNormGated(64, 1, tp_size=2, tp_rank=0)  # would all-reduce with no group
+    with pytest.raises(TPError, match=r"tp_size=2.*init_tp"):
+        Mixer2RMSNormGated(96, 3, tp_size=2, tp_rank=0)  # would all-gather with no group
+    local = Mixer2RMSNormGated(64, 2, tp_size=2, tp_rank=1)  # groups are local: no collective
+    assert local.tp_case.name == "LOCAL_GROUPS"
+    with pytest.raises(ValueError, match="tp_size must be a positive int"):
+        Mixer2RMSNormGated(64, 1, tp_size=0, tp_rank=0)
+    for rank in (-1, 2):
+        with pytest.raises(ValueError, match=r"tp_rank must be an int in \[0, 2\)"):
+            Mixer2RMSNormGated(64, 2, tp_size=2, tp_rank=rank)
+
+
+@pytest.mark.parametrize("value", ["abc", "inf", "nan", "-1", "0"])
+def test_bad_tp_timeout_names_the_variable(monkeypatch, value):
+    from opir.distributed import TPError, init_tp
+
+    monkeypatch.setenv("OPIR_TP_TIMEOUT", value)
+    with pytest.raises(TPError, match=r"\$OPIR_TP_TIMEOUT must be a positive finite number"):
+        init_tp(0, 1, init_method="file:///nonexistent/never-used")
 
 
 def test_hidden_size_not_divisible_by_world_size():

@@ -101,7 +101,7 @@ def test_mixer2_gate_then_norm(groups, dtype):
     expected = _gated_reference(x, gate, layer.weight, groups, 1e-5)
     tol = opir.ops.rms_norm_gated.tolerance(dtype)
     torch.testing.assert_close(layer(x, gate), expected, atol=tol.atol, rtol=tol.rtol)
-    assert layer._case == (2 if groups == 1 else 4)
+    assert layer.tp_case == (2 if groups == 1 else 4)
 
 
 def test_mixer2_without_norm_is_the_gate_only():

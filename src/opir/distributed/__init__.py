@@ -2,14 +2,13 @@
 
 from opir.distributed.collectives import all_gather, all_reduce
 from opir.distributed.group import TPError, destroy_tp, init_tp, tp_rank, tp_world_size
-from opir.distributed.helpers import fused_allreduce_rms_norm, shard
+from opir.distributed.helpers import shard
 
 __all__ = [
     "TPError",
     "all_gather",
     "all_reduce",
     "destroy_tp",
-    "fused_allreduce_rms_norm",
     "init_tp",
     "shard",
     "tp_rank",

@@ -8,25 +8,45 @@ are functional (inputs untouched, fresh outputs). Errors from the backend
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.distributed as dist
 
 from opir.distributed.group import TPError, shape_checks_enabled, tp_rank, tp_world_size
 
-_META_LEN = 10  # dtype code, ndim, up to 8 dims (more dims: checked as their product)
+_META_LEN = 11  # dtype code, ndim, 8 leading dims, hash of every dim
 _DTYPE_CODES = {
-    dtype: i
-    for i, dtype in enumerate(
-        (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32)
+    dtype: code
+    for code, dtype in enumerate(
+        sorted(
+            (d for d in vars(torch).values() if isinstance(d, torch.dtype)),
+            key=str,
+        )
     )
 }
+"""One code per torch dtype (aliases such as torch.float/float32 share one object)."""
+
+
+def _dtype_code(dtype: torch.dtype) -> int:
+    try:
+        return _DTYPE_CODES[dtype]
+    except KeyError:
+        raise TPError(
+            f"collectives do not know the dtype {dtype}; pass one of the torch dtypes "
+            f"({', '.join(sorted({str(d) for d in _DTYPE_CODES}))})"
+        ) from None
 
 
 def _metadata(x: torch.Tensor) -> torch.Tensor:
+    """dtype, ndim, the first 8 dims and a hash of all dims: equal on every rank
+    exactly when shapes and dtypes agree (up to a 63-bit hash collision beyond 8 dims)."""
     shape = list(x.shape)
-    dims = shape[:8] if len(shape) <= 8 else [*shape[:7], int(torch.tensor(shape[7:]).prod())]
-    codes = [_DTYPE_CODES.get(x.dtype, -1), len(shape), *dims]
-    return torch.tensor(codes + [0] * (_META_LEN - len(codes)), dtype=torch.int64)
+    leading = shape[:8] + [0] * (8 - min(len(shape), 8))
+    digest = (
+        int.from_bytes(hashlib.blake2b(repr(shape).encode(), digest_size=8).digest(), "little") >> 1
+    )
+    return torch.tensor([_dtype_code(x.dtype), len(shape), *leading, digest], dtype=torch.int64)
 
 
 def _check_same_everywhere(x: torch.Tensor, what: str) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -19,6 +21,8 @@ import torch.distributed as dist
 from opir.core.errors import OpirError
 
 DEFAULT_TIMEOUT_S = 60.0
+TEARDOWN_BARRIER_S = 5.0
+"""Longest destroy_tp waits for the peers; a peer that raised may never arrive."""
 _state = {"owned": False, "check_shapes": True}
 
 
@@ -28,11 +32,22 @@ class TPError(OpirError, RuntimeError):
 
 def _timeout(timeout: float | datetime.timedelta | None) -> datetime.timedelta:
     if isinstance(timeout, datetime.timedelta):
-        return timeout
-    seconds = float(
-        os.environ.get("OPIR_TP_TIMEOUT", DEFAULT_TIMEOUT_S) if timeout is None else timeout
-    )
-    return datetime.timedelta(seconds=seconds)
+        seconds, source = timeout.total_seconds(), "timeout="
+    elif timeout is None:
+        raw = os.environ.get("OPIR_TP_TIMEOUT")
+        seconds, source = (DEFAULT_TIMEOUT_S if raw is None else raw), "$OPIR_TP_TIMEOUT"
+    else:
+        seconds, source = timeout, "timeout="
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise TPError(
+            f"{source} must be a positive finite number of seconds (e.g. 60 or 2.5), "
+            f"got {seconds!r}"
+        )
+    return datetime.timedelta(seconds=value)
 
 
 def init_tp(
@@ -83,19 +98,34 @@ def init_tp(
     _state["check_shapes"] = check_shapes
 
 
-def destroy_tp() -> None:
+def destroy_tp(wait_for_peers: bool | None = None) -> None:
     """Leave the TP group (no-op if none was initialised by init_tp).
 
-    All ranks meet at a barrier first: a rank that tore its group down while a
-    peer was still finishing the last collective made gloo abort the peer
-    ("terminate called without an active exception"). A barrier that fails
-    because a peer is already gone is ignored; leaving must still succeed.
+    On a normal exit all ranks meet at a barrier first: a rank that tore its
+    group down while a peer was still finishing the last collective made gloo
+    abort the peer ("terminate called without an active exception"). The wait
+    is bounded by ``TEARDOWN_BARRIER_S`` (a peer that raised instead of dying
+    may never reach it), and skipped when this rank is unwinding from an
+    exception: its peers are then stuck or failing anyway and must not hold it
+    for the collective timeout. ``wait_for_peers`` overrides that choice (pass
+    False from an ``except`` block that has already handled the error).
+    A failed barrier is ignored; leaving must succeed.
     """
+    if wait_for_peers is None:
+        wait_for_peers = sys.exc_info()[0] is None
     if dist.is_initialized() and _state["owned"]:
-        with contextlib.suppress(Exception):  # a dead or departed peer: nothing to wait for
-            dist.barrier()
+        if wait_for_peers:
+            with contextlib.suppress(Exception):  # a dead or departed peer: nothing to wait for
+                _bounded_barrier(TEARDOWN_BARRIER_S)
         dist.destroy_process_group()
     _state["owned"] = False
+
+
+def _bounded_barrier(seconds: float) -> None:
+    if dist.get_backend() == "gloo":  # gloo's barrier takes its own timeout
+        dist.monitored_barrier(timeout=datetime.timedelta(seconds=seconds))
+    else:
+        dist.barrier(async_op=True).wait(datetime.timedelta(seconds=seconds))
 
 
 def tp_world_size() -> int:

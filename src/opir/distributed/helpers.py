@@ -1,4 +1,4 @@
-"""Eager helpers and weight sharding for tensor-parallel layers."""
+"""Weight sharding for tensor-parallel layers (the TP layer code lives in opir.layers.tp)."""
 
 from __future__ import annotations
 
@@ -21,32 +21,3 @@ def shard(
         )
     part = size // world_size
     return full.narrow(dim, rank * part, part)
-
-
-def fused_allreduce_rms_norm(hidden_states: torch.Tensor, residual: torch.Tensor | None, norm):
-    """``norm(all_reduce(hidden_states), residual)`` for RMSNorm / GemmaRMSNorm.
-
-    At world size 1 this is the norm itself. Otherwise it calls the
-    ``all_reduce_rms_norm`` op (with the raw weight and ``weight_bias=1.0``
-    for Gemma), whose priority picks a fused kernel where one fits and the
-    unfused native sequence otherwise. Returns what the norm returns: ``out``,
-    or ``(out, residual)`` when a residual is given.
-    """
-    from opir.layers import RMSNorm
-    from opir.ops import all_reduce_rms_norm
-
-    if not isinstance(norm, RMSNorm):
-        raise TypeError(
-            f"fused_allreduce_rms_norm needs an opir RMSNorm/GemmaRMSNorm, got {type(norm)}"
-        )
-    if tp_world_size() == 1:
-        return norm(hidden_states) if residual is None else norm(hidden_states, residual)
-    out, residual_out = all_reduce_rms_norm(
-        hidden_states,
-        residual,
-        norm.weight,
-        norm.variance_epsilon,
-        norm.weight_bias,
-        norm.variance_size,
-    )
-    return out if residual is None else (out, residual_out)

@@ -22,13 +22,15 @@ from typing import Any
 def _entry(rank, world_size, store, fn, args, results, tp_timeout):
     from opir.distributed import destroy_tp, init_tp
 
+    failed = True
     try:
         init_tp(rank, world_size, init_method=f"file://{store}", timeout=tp_timeout)
         results.put((rank, "ok", fn(rank, world_size, *args)))
+        failed = False
     except BaseException as e:  # report everything to the parent
         results.put((rank, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
     finally:
-        destroy_tp()
+        destroy_tp(wait_for_peers=not failed)  # a failed rank lets its peers go at once
 
 
 def run_on_ranks(
