@@ -6,13 +6,21 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-import transformers  # noqa: E402  (a test dependency: fail loudly if missing)
+import torch
+import transformers
 
 _COMMON = dict(
-    vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-    pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=256,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
 )
 
 FAMILIES: dict[str, tuple[str, dict]] = {
@@ -20,21 +28,43 @@ FAMILIES: dict[str, tuple[str, dict]] = {
     "mistral": ("MistralConfig", {}),
     "qwen2": ("Qwen2Config", {}),
     "qwen3": ("Qwen3Config", {}),
-    "qwen3_moe": ("Qwen3MoeConfig", dict(num_experts=4, num_experts_per_tok=2,
-                                         moe_intermediate_size=32)),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32),
+    ),
     "gemma": ("GemmaConfig", {}),
     "gemma2": ("Gemma2Config", {}),
     "gemma3": ("Gemma3TextConfig", {}),
     "phi3": ("Phi3Config", {}),
     "olmo2": ("Olmo2Config", {}),
-    "qwen3_next": ("Qwen3NextConfig", dict(
-        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-        shared_expert_intermediate_size=32, linear_num_value_heads=4, linear_num_key_heads=2,
-        linear_key_head_dim=16, linear_value_head_dim=16, layer_types=["linear_attention",
-                                                                      "full_attention"])),
-    "mamba2": ("Mamba2Config", dict(
-        vocab_size=128, hidden_size=64, num_hidden_layers=2, num_heads=8, head_dim=16,
-        state_size=16, n_groups=2, expand=2, chunk_size=16)),
+    "qwen3_next": (
+        "Qwen3NextConfig",
+        dict(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=32,
+            linear_num_value_heads=4,
+            linear_num_key_heads=2,
+            linear_key_head_dim=16,
+            linear_value_head_dim=16,
+            layer_types=["linear_attention", "full_attention"],
+        ),
+    ),
+    "mamba2": (
+        "Mamba2Config",
+        dict(
+            vocab_size=128,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_heads=8,
+            head_dim=16,
+            state_size=16,
+            n_groups=2,
+            expand=2,
+            chunk_size=16,
+        ),
+    ),
 }
 
 

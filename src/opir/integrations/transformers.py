@@ -140,7 +140,7 @@ def _match(module: nn.Module) -> tuple[str, type, dict] | str:
     for name, layer in _candidates(reference, eps):
         layer.weight = reference.weight
         ok = True
-        with torch.no_grad(), opir.priority(dict.fromkeys(_OPS, ["native"])):
+        with torch.no_grad(), opir.priority({op: ["native"] for op in _OPS}):
             for args in cases:
                 try:
                     expected = reference(*args)
