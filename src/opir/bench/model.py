@@ -69,8 +69,12 @@ def _variants(stock: torch.nn.Module) -> tuple[dict[str, torch.nn.Module], dict[
 
 
 def _time(
-    dtype_name: str, case: str, calls: dict[str, Callable[[], object]], failed: dict,
-    rounds: int, number: int,
+    dtype_name: str,
+    case: str,
+    calls: dict[str, Callable[[], object]],
+    failed: dict,
+    rounds: int,
+    number: int,
 ) -> ModelResult:
     from opir.bench.timing import interleave
 
