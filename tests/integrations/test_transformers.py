@@ -203,3 +203,20 @@ def test_apply_twice_replaces_nothing_more_and_priority_is_scoped():
 def test_report_is_a_dataclass_with_text():
     report = ApplyReport()
     assert "replaced 0" in str(report)
+
+
+class PlainLayerNorm(torch.nn.Module):
+    """Not named like a norm, but has weight + variance_epsilon: probed, and it is no RMSNorm."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(n))
+        self.variance_epsilon = 1e-6
+
+    def forward(self, x):
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], self.weight, None, 1e-6)
+
+
+def test_norm_like_by_attributes_is_probed():
+    report = apply(torch.nn.Sequential(PlainLayerNorm(8)))
+    assert "numerics differ" in report.left_alone["PlainLayerNorm"][1]

@@ -1,8 +1,9 @@
 """Put a Hugging Face ``transformers`` model's RMSNorm family on opir, in place.
 
 ``apply(model)`` finds every norm-like module (class name ending in ``RMSNorm`` or
-``RMSNormGated``, or a class ``transformers``/``kernels`` marks with the hub layer
-name ``RMSNorm``/``RMSNormGated``), and replaces it with an opir layer that shares
+``RMSNormGated``, a class ``transformers``/``kernels`` marks with the hub layer
+name ``RMSNorm``/``RMSNormGated``, or any module with a ``weight`` Parameter and a
+float ``variance_epsilon``), and replaces it with an opir layer that shares
 the *same* ``Parameter`` object, so weights loaded later (``load_state_dict``,
 ``param.data.copy_``) reach the opir layer.
 
@@ -71,7 +72,12 @@ class ApplyReport:
 def _is_norm_like(module: nn.Module) -> bool:
     cls = type(module)
     hub = getattr(cls, "kernel_layer_name", None)
-    return hub in _HUB_NAMES or cls.__name__.endswith(_HUB_NAMES)
+    if hub in _HUB_NAMES or cls.__name__.endswith(_HUB_NAMES):
+        return True
+    # Norm-like without the name (e.g. T5LayerNorm): a weight and HF's epsilon name.
+    return isinstance(getattr(module, "weight", None), nn.Parameter) and isinstance(
+        getattr(module, "variance_epsilon", None), float
+    )
 
 
 def _eps(module: nn.Module) -> float | None:
