@@ -27,6 +27,7 @@ run: $(STAMP)
 	$(VENV)/bin/opir bench dispatch
 	$(VENV)/bin/opir bench kernels --short
 	$(VENV)/bin/opir bench compile --short
+	$(VENV)/bin/opir bench model --short --layers 2
 	$(VENV)/bin/torchrun --standalone --nproc-per-node 2 examples/tp_demo.py
 
 lint: $(STAMP)

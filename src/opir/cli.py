@@ -1,4 +1,4 @@
-"""The ``opir`` command: ``info``, ``build``, ``bench dispatch``, ``bench kernels``."""
+"""The ``opir`` command: ``info``, ``build``, ``bench dispatch|kernels|compile|model|tp``."""
 
 from __future__ import annotations
 
@@ -160,6 +160,33 @@ def _bench_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_model(args: argparse.Namespace) -> int:
+    from opir.bench import model as bench
+
+    kwargs = {"tokens": (1, 16), "generate": 8, "rounds": 3} if args.short else {}
+    with console.status("building, compiling and timing") as status:
+        results = bench.run(layers=args.layers, on_step=status.update, **kwargs)
+    table = Table(
+        title=f"Qwen3-0.6B-shaped model, {args.layers} layers, random weights: median ms, "
+        "ratio to stock eager (per-round, interleaved)"
+    )
+    for column in ("dtype", "case", *bench.VARIANTS):
+        table.add_column(column, justify="right")
+    for r in results:
+        cells = [
+            f"{r.median_ms[n]:.2f} ({r.ratio_to_stock[n]:.2f}x)"
+            if n in r.median_ms
+            else f"[red]failed[/red]: {r.failed.get(n, '?')}"
+            for n in bench.VARIANTS
+        ]
+        table.add_row(r.dtype, r.case, *cells)
+    console.print(table)
+    if args.plot:
+        bench.plot(results, args.plot)
+        console.print(f"plot written to {args.plot}")
+    return 0
+
+
 def _bench_tp(args: argparse.Namespace) -> int:
     from opir.bench import tp
 
@@ -207,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--short", action="store_true", help="16 tokens, 2 layers (for `make run`)")
     c.add_argument("--rounds", type=int, default=15, help="interleaved rounds per token count")
     c.set_defaults(run=_bench_compile)
+    m = benches.add_parser("model", help="Qwen3-0.6B-shaped transformers model, stock vs opir")
+    m.add_argument("--layers", type=int, default=4, help="decoder layers (default 4)")
+    m.add_argument("--short", action="store_true", help="1/16 tokens, generate 8 (`make run`)")
+    m.add_argument("--plot", metavar="FILE.png", help="draw the ratios to stock eager")
+    m.set_defaults(run=_bench_model)
     t = benches.add_parser("tp", help="collectives and all_reduce_rms_norm on 2 local ranks")
     t.add_argument("--tokens", type=int, default=16)
     t.add_argument("--rounds", type=int, default=15)

@@ -122,3 +122,33 @@ def test_bad_layer_configs():
         Mixer2RMSNormGated(10, 3)
     with pytest.raises(ValueError, match="must divide hidden_size"):
         RMSNormGated(10, group_size=3)
+
+
+def test_every_layer_accepts_dtype_and_exposes_variance_epsilon():
+    for layer in (
+        RMSNorm(8, eps=1e-5, dtype=torch.bfloat16),
+        GemmaRMSNorm(8, eps=1e-5, dtype=torch.bfloat16),
+        RMSNormGated(8, eps=1e-5, dtype=torch.bfloat16),
+    ):
+        assert layer.weight.dtype == torch.bfloat16
+        assert layer.variance_epsilon == layer.eps == 1e-5
+        assert layer.hidden_size == 8
+
+
+def test_rmsnorm_gated_without_gate_is_the_grouped_norm():
+    layer = RMSNormGated(16, eps=1e-6, group_size=4)
+    with torch.no_grad():
+        layer.weight.copy_(torch.linspace(0.5, 1.5, 16))
+    x = torch.randn(3, 16)
+    expected = _rms(x.unflatten(-1, (4, 4)), 1e-6).flatten(-2) * layer.weight
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer(x, None), expected)
+
+
+def test_rmsnorm_gated_fp32_x_with_bf16_gate():
+    layer = RMSNormGated(16).to(torch.bfloat16)
+    x, gate = torch.randn(3, 16), torch.randn(3, 16, dtype=torch.bfloat16)
+    y = _rms(x * torch.nn.functional.silu(gate.float()), 1e-6)
+    out = layer(x, gate)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, y * layer.weight.float())

@@ -59,6 +59,11 @@ class RMSNorm(nn.Module):
             return rms_norm(x, self.weight, eps, size, bias)
         return fused_add_rms_norm.maybe_inplace(x, residual, self.weight, eps, size, bias)
 
+    @property
+    def eps(self) -> float:
+        """Alias of ``variance_epsilon`` (the name Hugging Face code reads)."""
+        return self.variance_epsilon
+
     def extra_repr(self) -> str:
         return f"{self.hidden_size}, eps={self.variance_epsilon}"
 
@@ -72,8 +77,10 @@ class GemmaRMSNorm(RMSNorm):
 
     weight_bias = 1.0
 
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
-        super().__init__(hidden_size, eps)
+    def __init__(
+        self, hidden_size: int, eps: float = 1e-6, dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__(hidden_size, eps, dtype=dtype)
         nn.init.zeros_(self.weight)
 
 
@@ -91,12 +98,25 @@ class RMSNormGated(nn.Module):
         super().__init__()
         if group_size is not None and (group_size < 1 or hidden_size % group_size):
             raise ValueError(f"group_size {group_size} must divide hidden_size {hidden_size}")
-        self.eps = eps
+        self.hidden_size = hidden_size
+        self.variance_epsilon = eps
         self.group_size = None if group_size in (None, hidden_size) else group_size
         self.norm_before_gate = norm_before_gate
         self.weight = _weight(torch.ones(hidden_size, dtype=dtype))
 
-    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    @property
+    def eps(self) -> float:
+        """Alias of ``variance_epsilon`` (the name Hugging Face code reads)."""
+        return self.variance_epsilon
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """``gate=None`` is the plain (grouped) norm."""
         return rms_norm_gated(
-            x, gate, self.weight, self.eps, self.group_size, self.norm_before_gate
+            x, gate, self.weight, self.variance_epsilon, self.group_size, self.norm_before_gate
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.hidden_size}, eps={self.variance_epsilon}, group_size={self.group_size}, "
+            f"norm_before_gate={self.norm_before_gate}"
         )

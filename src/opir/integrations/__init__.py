@@ -1,0 +1,1 @@
+"""Integrations with model libraries; each is imported only when used."""
