@@ -117,4 +117,3 @@ def row_layout(t: torch.Tensor) -> tuple[int, int, int] | None:
     except RuntimeError:
         return None
     return max(v.shape[1], 1), v.stride(0), v.stride(1)
-

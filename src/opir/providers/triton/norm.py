@@ -67,7 +67,9 @@ def norm_kernel(
             tl.store(ROUT + cols, to_out(s, OUT_BF16, ROUT.dtype.element_ty), mask=mask)
         sq = tl.where(cols < var_cols, s * s, 0.0)
         rstd = tl.rsqrt(tl.sum(sq, axis=0) / var_cols + eps)
-        y = apply_weight(s * rstd, W, cols, mask, w_stride, weight_bias, HAS_WEIGHT, HAS_BIAS, ROUND)
+        y = apply_weight(
+            s * rstd, W, cols, mask, w_stride, weight_bias, HAS_WEIGHT, HAS_BIAS, ROUND
+        )
         tl.store(OUT + cols, to_out(y, OUT_BF16, OUT.dtype.element_ty), mask=mask)
     else:
         acc = tl.zeros([BLOCK], dtype=tl.float32)
@@ -243,7 +245,9 @@ def fused_add_rms_norm_op(
     variance_size: int | None,
     weight_bias: float,
 ) -> None:
-    fused_add_rms_norm_(x, x_residual, weight, epsilon, variance_size, weight_bias, _traceable_kernel)
+    fused_add_rms_norm_(
+        x, x_residual, weight, epsilon, variance_size, weight_bias, _traceable_kernel
+    )
 
 
 @fused_add_rms_norm_op.register_fake
@@ -260,7 +264,9 @@ def add_rms_norm_op(
     variance_size: int | None,
     weight_bias: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return add_rms_norm(x, x_residual, weight, epsilon, variance_size, weight_bias, _traceable_kernel)
+    return add_rms_norm(
+        x, x_residual, weight, epsilon, variance_size, weight_bias, _traceable_kernel
+    )
 
 
 @add_rms_norm_op.register_fake
