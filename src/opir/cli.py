@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -30,6 +31,7 @@ def _info(_: argparse.Namespace) -> int:
         table.add_column(provider)
     table.add_column("eager priority")
     table.add_column("compile priority")
+    reasons: dict[str, int] = {}  # "provider: why" -> footnote number, printed once
     for op in ops:
         cells = []
         for provider in providers:
@@ -39,11 +41,14 @@ def _info(_: argparse.Namespace) -> int:
             elif impl.supported:
                 cells.append("[green]yes[/green]" + (" (inplace)" if impl.inplace else ""))
             else:
-                cells.append(f"[red]no[/red]: {impl.reason or 'unsupported'}")
+                note = f"{provider}: {impl.reason or 'unsupported'}"
+                cells.append(f"[red]no[/red] ({reasons.setdefault(note, len(reasons) + 1)})")
         table.add_row(
             op.name, *cells, " > ".join(op.get_priority()), " > ".join(op.compile_chain().providers)
         )
     console.print(table)
+    for note, number in reasons.items():
+        console.print(f"({number}) {escape(note)}")
     return 0
 
 
