@@ -101,7 +101,7 @@ def _bench_kernels(args: argparse.Namespace) -> int:
             on_result=lambda _: progress.advance(task),
             **shape_kw,
         )
-    names = [n for n in results[0].median_us if n != kernels.COPY]
+    names = [n for n in dict.fromkeys(n for r in results for n in r.median_us) if n != kernels.COPY]
     for op in dict.fromkeys(r.op for r in results):
         copy = "copy_ into existing memory" if opir.registry[op].allow_inplace else "clone()"
         table = Table(
@@ -116,6 +116,8 @@ def _bench_kernels(args: argparse.Namespace) -> int:
             cells = [
                 f"{r.median_us[n]:.1f} µs {r.gbps(n):.1f} GB/s {r.of_copy(n):.0%} "
                 f"{r.speedup(n):.1f}x"
+                if r.has(n)
+                else "[dim]n/a[/dim]"
                 for n in names
             ]
             table.add_row(
@@ -205,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--short", action="store_true", help="a few shapes only (for `make run`)")
     k.add_argument("--rounds", type=int, default=9, help="interleaved rounds per shape")
     k.add_argument(
-        "--providers", default="native,cpu,inductor", help="comma-separated providers to time"
+        "--providers",
+        default="native,cpu,inductor,triton,flashinfer",
+        help="comma-separated providers to time (unsupported ones are skipped)",
     )
     k.add_argument("--plot", metavar="FILE.png", help="draw GB/s per provider per shape")
     k.set_defaults(run=_bench_kernels)
