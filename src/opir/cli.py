@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -30,6 +31,7 @@ def _info(_: argparse.Namespace) -> int:
         table.add_column(provider)
     table.add_column("eager priority")
     table.add_column("compile priority")
+    reasons: dict[str, int] = {}  # "provider: why" -> footnote number, printed once
     for op in ops:
         cells = []
         for provider in providers:
@@ -39,10 +41,13 @@ def _info(_: argparse.Namespace) -> int:
             elif impl.supported:
                 cells.append("[green]yes[/green]" + (" (inplace)" if impl.inplace else ""))
             else:
-                cells.append(f"[red]no[/red]: {impl.reason or 'unsupported'}")
+                note = f"{provider}: {impl.reason or 'unsupported'}"
+                cells.append(f"[red]no[/red] ({reasons.setdefault(note, len(reasons) + 1)})")
         eager, compiled = op.get_priority(), op.compile_priority().providers
         table.add_row(op.name, *cells, " > ".join(eager), " > ".join(compiled))
     console.print(table)
+    for note, number in reasons.items():
+        console.print(f"({number}) {escape(note)}")
     return 0
 
 
@@ -95,7 +100,7 @@ def _bench_kernels(args: argparse.Namespace) -> int:
             on_result=lambda _: progress.advance(task),
             **shape_kw,
         )
-    names = [n for n in results[0].median_us if n != kernels.COPY]
+    names = [n for n in dict.fromkeys(n for r in results for n in r.median_us) if n != kernels.COPY]
     for op in dict.fromkeys(r.op for r in results):
         copy = "copy_ into existing memory" if opir.registry[op].allow_inplace else "clone()"
         table = Table(
@@ -110,6 +115,8 @@ def _bench_kernels(args: argparse.Namespace) -> int:
             cells = [
                 f"{r.median_us[n]:.1f} µs {r.gbps(n):.1f} GB/s {r.of_copy(n):.0%} "
                 f"{r.speedup(n):.1f}x"
+                if r.has(n)
+                else "[dim]n/a[/dim]"
                 for n in names
             ]
             table.add_row(
@@ -226,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--short", action="store_true", help="a few shapes only (for `make run`)")
     k.add_argument("--rounds", type=int, default=9, help="interleaved rounds per shape")
     k.add_argument(
-        "--providers", default="native,cpu,inductor", help="comma-separated providers to time"
+        "--providers",
+        default="native,cpu,inductor,triton,flashinfer",
+        help="comma-separated providers to time (unsupported ones are skipped)",
     )
     k.add_argument("--plot", metavar="FILE.png", help="draw GB/s per provider per shape")
     k.set_defaults(run=_bench_kernels)

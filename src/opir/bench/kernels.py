@@ -16,6 +16,14 @@ allocation is sometimes fresh page-faulting memory and sometimes reused heap,
 which made functional rows bimodal. The benchmark therefore pins the
 threshold (to glibc's maximum, 32 MiB) and keeps freed memory for the whole
 run: every candidate allocates under the same stable policy.
+
+With a CUDA GPU the tensors live on it and each candidate's calls of a round
+are timed with CUDA events (launches queue back to back; one
+``torch.cuda.synchronize`` per round, outside the timed calls); the copy is a
+device-to-device copy of the same bytes (the caching allocator makes
+``clone()`` allocation free, so both ops use ``copy_``-like costs). A provider
+whose predicate rejects a variant (FlashInfer with fp32, say) is left out of
+that row.
 """
 
 from __future__ import annotations
@@ -26,12 +34,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from opir.bench.timing import interleave
+from opir.bench.timing import Samples, interleave
 from opir.core.op import Op
 from opir.ops import fused_add_rms_norm, rms_norm
 
 COPY = "copy"
-PROVIDERS = ("native", "cpu", "inductor")
+PROVIDERS = ("native", "cpu", "inductor", "triton", "flashinfer")
 TOKENS = (1, 16, 256, 4096)
 HIDDEN = (1024, 4096)
 # (label, x dtype, weight dtype)
@@ -50,6 +58,9 @@ class KernelResult:
     hidden: int
     bytes_moved: int
     median_us: dict[str, float]  # COPY and each provider
+
+    def has(self, name: str) -> bool:
+        return name in self.median_us
 
     def gbps(self, name: str) -> float:
         return self.bytes_moved / (self.median_us[name] * 1e-6) / 1e9
@@ -85,13 +96,50 @@ def steady_allocator() -> bool:
     return ok and mallopt(m_trim_threshold, 2**30) == 1
 
 
-def _calls_per_round(fn: Callable[[], object], budget_s: float = 2e-3) -> int:
+def _calls_per_round(fn: Callable[[], object], budget_s: float = 2e-3, cuda: bool = False) -> int:
     import time
 
-    start = time.perf_counter()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     fn()
-    elapsed = time.perf_counter() - start
+    sync()
+    start = time.perf_counter()
+    for _ in range(3):
+        fn()
+    sync()
+    elapsed = (time.perf_counter() - start) / 3
     return max(1, min(2000, int(budget_s / max(elapsed, 1e-7))))
+
+
+def interleave_cuda(
+    candidates: dict[str, Callable[[], object]], *, rounds: int, number: int, warmup: int
+) -> Samples:
+    """Like ``timing.interleave`` but timed on the GPU with CUDA events."""
+    names = list(candidates)
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    torch.cuda.synchronize()
+    per_round: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        shift = r % len(names)
+        events = []
+        for name in names[shift:] + names[:shift]:
+            fn = candidates[name]
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(number):
+                fn()
+            end.record()
+            events.append((name, start, end))
+        torch.cuda.synchronize()  # once per round, outside the timed calls
+        for name, start, end in events:
+            per_round[name].append(start.elapsed_time(end) * 1e-3 / number)
+    return Samples(per_round)
+
+
+def default_device() -> str:
+    """``cuda`` when a CUDA/ROCm GPU is usable, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def measure(
@@ -101,25 +149,36 @@ def measure(
     hidden: int,
     providers: Sequence[str],
     rounds: int,
+    device: str = "cpu",
 ) -> KernelResult:
     label, dtype, weight_dtype = variant
     args = op.sample_inputs(
-        dtype=dtype, weight_dtype=weight_dtype, num_tokens=tokens, hidden_size=hidden
+        dtype=dtype,
+        weight_dtype=weight_dtype,
+        num_tokens=tokens,
+        hidden_size=hidden,
+        device=device,
     )
     moved = _bytes_moved(op, args)
-    source = torch.empty(moved // 2, dtype=torch.uint8)
-    if op.allow_inplace:
+    cuda = device != "cpu"
+    source = torch.empty(moved // 2, dtype=torch.uint8, device=device)
+    if op.allow_inplace or cuda:
         target = torch.empty_like(source)
         candidates: dict[str, Callable[[], object]] = {COPY: lambda: target.copy_(source)}
     else:
         candidates = {COPY: source.clone}
     for provider in providers:
-        fn = op.impls[provider].fn
+        impl = op.impls[provider]
+        if impl.supports_args is not None and not impl.supports_args(*args):
+            continue  # this provider does not take this variant
         call_args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
-        fn(*call_args)  # warm up (builds / compiles on first use)
-        candidates[provider] = lambda fn=fn, a=call_args: fn(*a)
-    number = min(_calls_per_round(fn) for fn in candidates.values())
-    samples = interleave(candidates, rounds=rounds, number=number, warmup=2)
+        impl.fn(*call_args)  # warm up (builds / compiles on first use)
+        candidates[provider] = lambda fn=impl.fn, a=call_args: fn(*a)
+    number = min(_calls_per_round(fn, cuda=cuda) for fn in candidates.values())
+    if cuda:
+        samples = interleave_cuda(candidates, rounds=rounds, number=number, warmup=2)
+    else:
+        samples = interleave(candidates, rounds=rounds, number=number, warmup=2)
     return KernelResult(
         op.name,
         label,
@@ -139,17 +198,34 @@ def run(
     providers: Sequence[str] = PROVIDERS,
     rounds: int = 9,
     on_result: Callable[[KernelResult], None] | None = None,
+    device: str | None = None,
 ) -> list[KernelResult]:
-    usable = [p for p in providers if all(op.impls[p].supported for op in ops)]
+    device = device or default_device()
+    usable = [p for p in providers if _usable(p, ops, device)]
     steady_allocator()
     results = []
     with torch.inference_mode():
         for op, variant, t, h in itertools.product(ops, variants, tokens, hidden):
-            result = measure(op, variant, t, h, usable, rounds)
+            result = measure(op, variant, t, h, usable, rounds, device)
             results.append(result)
             if on_result is not None:
                 on_result(result)
     return results
+
+
+def _usable(provider: str, ops: Sequence[Op], device: str) -> bool:
+    """Registered and supported for every op, on a kernel that runs on ``device``
+    (Triton's CPU interpreter is a correctness tool, not something to time)."""
+    impls = [op.impls.get(provider) for op in ops]
+    if any(impl is None or not impl.supported for impl in impls):
+        return False
+    if provider == "triton" and device == "cpu":
+        return False
+    probe_kw = {"dtype": torch.bfloat16, "num_tokens": 1, "hidden_size": 64, "device": device}
+    return any(
+        impl.supports_args is None or impl.supports_args(*op.sample_inputs(**probe_kw))
+        for op, impl in zip(ops, impls, strict=True)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,8 +244,18 @@ def check_targets(results: Sequence[KernelResult]) -> list[Target]:
     def shape(r: KernelResult) -> str:
         return f"{r.op} {r.variant} {r.tokens}x{r.hidden}"
 
-    have = set(results[0].median_us) if results else set()
+    have = set().union(*(r.median_us for r in results))
     targets = []
+    if "triton" in have:  # the GPU goals (issue 11)
+        rows = [r for r in results if r.has("triton")]
+        slow = [f"{shape(r)}: {r.speedup('triton'):.2f}x" for r in rows if r.speedup("triton") <= 1]
+        targets.append(Target("triton faster than native on every shape", slow))
+        slow = [
+            f"{shape(r)}: {r.of_copy('triton'):.0%}"
+            for r in rows
+            if r.bytes_moved >= 16 * 2**20 and r.of_copy("triton") < 0.85
+        ]
+        targets.append(Target("triton >= 85% of copy bandwidth at >= 16 MiB", slow))
     if {"cpu", "native"} <= have:
         slow = [f"{shape(r)}: {r.speedup('cpu'):.1f}x" for r in results if r.speedup("cpu") < 3]
         targets.append(Target("cpu >= 3x faster than native on every shape", slow))
@@ -203,14 +289,14 @@ def plot(results: Sequence[KernelResult], path: str) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({(r.op, r.variant) for r in results})
-    names = [n for n in results[0].median_us]
+    names = list(dict.fromkeys(n for r in results for n in r.median_us))
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), squeeze=False)
     for ax, (op, variant) in zip(axes[:, 0], panels, strict=True):
         rows = [r for r in results if (r.op, r.variant) == (op, variant)]
         width = 0.8 / len(names)
         for i, name in enumerate(names):
             xs = [j + i * width for j in range(len(rows))]
-            ax.bar(xs, [r.gbps(name) for r in rows], width, label=name)
+            ax.bar(xs, [r.gbps(name) if r.has(name) else 0 for r in rows], width, label=name)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))])
         ax.set_xticklabels([f"{r.tokens}x{r.hidden}" for r in rows])
         ax.set_ylabel("GB/s")

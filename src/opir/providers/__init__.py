@@ -6,8 +6,8 @@ happens lazily on first use, never at import. ``defaults`` then installs the
 measured platform priorities.
 """
 
-from opir.providers import cpu, defaults, inductor
+from opir.providers import cpu, defaults, flashinfer, inductor, triton
 
 defaults.apply()
 
-__all__ = ["cpu", "defaults", "inductor"]
+__all__ = ["cpu", "defaults", "flashinfer", "inductor", "triton"]

@@ -10,6 +10,18 @@ measured by ``opir bench compile``: Inductor fuses their decomposition with the
 neighbouring adds and casts, which the opaque ``cpu`` kernel prevents (0.99-1.01x
 plain torch.compile vs 1.02-1.10x). Ops not in that table (``rms_norm_gated``)
 use the eager order until measured.
+
+On a CUDA/ROCm machine (NOT yet measured: no GPU was available when these
+were written; docs/notes/triton.md): eager puts ``triton`` first — it covers
+every dtype/weight combination and matches the contract's roundings exactly —
+then ``flashinfer`` (where its predicate accepts; it rounds once where the
+contract rounds twice, held to the op tolerance), then ``native``. For
+``all_reduce_rms_norm`` FlashInfer's fused one-kernel all-reduce comes first
+(only it saves the extra pass over the activations). Compiled graphs lower the
+norms to ``native`` so that Inductor fuses them with their neighbours, as vLLM
+does on GPUs, and the fused TP op to the same order as eager (Inductor cannot
+fuse across a collective). ``opir bench kernels`` / ``opir bench compile`` on a
+GPU are what should confirm or change these tables.
 """
 
 from __future__ import annotations
@@ -30,8 +42,28 @@ CPU_COMPILE = {
 }
 
 
+GPU_EAGER = {
+    "rms_norm": ["triton", "flashinfer", "cpu", "native"],
+    "fused_add_rms_norm": ["triton", "flashinfer", "cpu", "native"],
+    "rms_norm_gated": ["triton", "cpu", "native"],
+    "all_reduce_rms_norm": ["flashinfer", "triton", "native"],
+}
+
+
+GPU_COMPILE = {
+    "rms_norm": ["native"],
+    "fused_add_rms_norm": ["native"],
+    "rms_norm_gated": ["native"],
+    "all_reduce_rms_norm": ["flashinfer", "triton", "native"],
+}
+
+
 def apply() -> None:
     """Install the tables that fit this machine."""
-    if not detect().has_gpu:
+    platform = detect()
+    if platform.cuda or platform.rocm:
+        set_platform_defaults(GPU_EAGER)
+        set_platform_defaults(GPU_COMPILE, mode="compile")
+    elif not platform.has_gpu:
         set_platform_defaults(CPU_EAGER)
         set_platform_defaults(CPU_COMPILE, mode="compile")

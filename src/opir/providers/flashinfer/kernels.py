@@ -1,0 +1,141 @@
+"""FlashInfer calls behind torch custom ops (``torch.ops.opir_flashinfer.*``).
+
+Imported on first use only (importing FlashInfer loads CUDA libraries). The
+custom ops carry fake implementations so that the compile lowering records
+one opaque node per call; eager calls use the plain functions below.
+
+FlashInfer API used (documented at docs.flashinfer.ai): ``flashinfer.norm.rmsnorm``,
+``fused_add_rmsnorm``, ``gemma_rmsnorm``, ``gemma_fused_add_rmsnorm`` (2-D
+``[tokens, hidden]``, fp16/bf16, weight of the input's dtype; the fused ones
+write the normalised rows into ``input`` and the sum into ``residual``), and
+``flashinfer.comm.create_allreduce_fusion_workspace`` / ``allreduce_fusion``
+with ``AllReduceFusionPattern.kARResidualRMSNorm`` and ``weight_bias``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from flashinfer import norm as fi_norm
+
+from opir.distributed.group import tp_rank, tp_world_size
+from opir.ops import all_reduce_rms_norm as _ar_op
+
+MiB = 2**20
+
+# Largest all-reduce input (bytes) the fused kernel takes per world size;
+# beyond it NCCL + a separate norm is faster. vLLM's measured Hopper table
+# (FI_ALLREDUCE_FUSION_MAX_SIZE_MB, SM 9.0); larger calls take the unfused path.
+MAX_FUSED_BYTES = {2: 64 * MiB, 4: 2 * MiB, 8: MiB // 2}
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, epsilon: float, weight_bias: float):
+    x2 = x.view(-1, x.shape[-1])
+    if x2.shape[0] == 0:
+        return torch.empty_like(x)
+    fn = fi_norm.gemma_rmsnorm if weight_bias == 1.0 else fi_norm.rmsnorm
+    return fn(x2, weight, epsilon).view(x.shape)
+
+
+def fused_add_rms_norm_(x, residual, weight, epsilon: float, weight_bias: float) -> None:
+    x2, r2 = x.view(-1, x.shape[-1]), residual.view(-1, x.shape[-1])
+    if x2.shape[0] == 0:
+        return
+    fn = fi_norm.gemma_fused_add_rmsnorm if weight_bias == 1.0 else fi_norm.fused_add_rmsnorm
+    fn(x2, r2, weight, epsilon)
+
+
+_workspaces: dict[tuple, object] = {}
+
+
+def _workspace(hidden: int, dtype: torch.dtype):
+    """The IPC workspace for this (world, hidden, dtype), created collectively on
+    first use: every rank reaches it in the same call, as for any collective."""
+    from flashinfer import comm
+
+    world = tp_world_size()
+    key = (world, hidden, dtype)
+    ws = _workspaces.get(key)
+    if ws is None:
+        element = torch.empty((), dtype=dtype).element_size()
+        ws = comm.create_allreduce_fusion_workspace(
+            backend="trtllm",
+            world_size=world,
+            rank=tp_rank(),
+            max_token_num=MAX_FUSED_BYTES[world] // (hidden * element),
+            hidden_dim=hidden,
+            dtype=dtype,
+            group=dist.group.WORLD,
+        )
+        _workspaces[key] = ws
+    return ws
+
+
+def all_reduce_rms_norm(x, residual, weight, epsilon: float, weight_bias: float):
+    """Fused all-reduce + residual + RMSNorm; the unfused native path above the
+    workspace budget (a host-side decision on the shape, same on every rank)."""
+    from flashinfer import comm
+
+    world = tp_world_size()
+    if x.numel() == 0 or x.numel() * x.element_size() > MAX_FUSED_BYTES[world]:
+        return _ar_op.native(x, residual, weight, epsilon, weight_bias, None)
+    x2 = x.view(-1, x.shape[-1])
+    norm_out, residual_out = torch.empty_like(x2), torch.empty_like(x2)
+    comm.allreduce_fusion(
+        input=x2,
+        workspace=_workspace(x2.shape[1], x.dtype),
+        pattern=comm.AllReduceFusionPattern.kARResidualRMSNorm,
+        launch_with_pdl=False,
+        residual_out=residual_out,
+        norm_out=norm_out,
+        residual_in=residual.view(-1, x.shape[-1]),
+        rms_gamma=weight,
+        rms_eps=epsilon,
+        fp32_acc=True,
+        weight_bias=weight_bias,
+    )
+    return norm_out.view(x.shape), residual_out.view(x.shape)
+
+
+@torch.library.custom_op("opir_flashinfer::rms_norm", mutates_args=())
+def rms_norm_op(
+    x: torch.Tensor, weight: torch.Tensor, epsilon: float, weight_bias: float
+) -> torch.Tensor:
+    return rms_norm(x, weight, epsilon, weight_bias)
+
+
+@rms_norm_op.register_fake
+def _(x, weight, epsilon, weight_bias):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("opir_flashinfer::fused_add_rms_norm_", mutates_args=("x", "residual"))
+def fused_add_rms_norm_op(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    epsilon: float,
+    weight_bias: float,
+) -> None:
+    fused_add_rms_norm_(x, residual, weight, epsilon, weight_bias)
+
+
+@fused_add_rms_norm_op.register_fake
+def _(x, residual, weight, epsilon, weight_bias):
+    return None
+
+
+@torch.library.custom_op("opir_flashinfer::all_reduce_rms_norm", mutates_args=())
+def all_reduce_rms_norm_op(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    epsilon: float,
+    weight_bias: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return all_reduce_rms_norm(x, residual, weight, epsilon, weight_bias)
+
+
+@all_reduce_rms_norm_op.register_fake
+def _(x, residual, weight, epsilon, weight_bias):
+    return torch.empty_like(x), torch.empty_like(x)
