@@ -7,7 +7,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from opir.compiler.fusion import fuse
-from opir.compiler.graph_utils import opir_nodes
+from opir.compiler.fx_utils import opir_nodes
 from opir.ops import rms_norm
 
 
