@@ -55,6 +55,7 @@ class Backend:
     def __init__(self, **options: Any) -> None:
         self.options = Options.parse(options)
         self.report = CompileReport()
+        self.variants: list[Variants] = []  # per compiled graph (for inspection and tests)
 
     def __deepcopy__(self, memo: dict) -> Backend:
         return self
@@ -84,11 +85,11 @@ class Backend:
 
         variants = Variants(compile_once, fixed)
         variants.current()
+        self.variants.append(variants)
 
         def run(*args: Any) -> Any:
             return variants.current()(*args)
 
-        run._opir_variants = variants  # type: ignore[attr-defined]  # for tests
         return run
 
 

@@ -49,6 +49,40 @@ def _describe(reader: fx.Node) -> str:
     return f"'{reader.name}' ({reader.format_node()})"
 
 
+def _returned_by_frame(graph: fx.Graph) -> list[fx.Node]:
+    """Graph values the user's function returns without the graph's output seeing them.
+
+    Dynamo returns a graph input the function returns unchanged straight from
+    the frame, not through the graph, so the output node cannot show it. When
+    the graph ends at the function's return, the values being returned are on
+    the translator's stack; read them there (best effort: a torch-internal
+    structure, so any surprise means "none found").
+    """
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+        from torch._dynamo.variables import TensorVariable
+
+        tx = InstructionTranslator.current_tx()
+        if tx is None or tx.current_instruction.opname not in ("RETURN_VALUE", "RETURN_CONST"):
+            return []
+        found, stack = [], list(tx.stack)
+        while stack:
+            value = stack.pop()
+            if isinstance(value, TensorVariable):
+                node = value.as_proxy().node
+                if node.graph is graph:
+                    found.append(node)
+                continue
+            items = getattr(value, "items", None)
+            if isinstance(items, dict):
+                stack.extend(items.values())
+            elif isinstance(items, (list, tuple)):
+                stack.extend(items)
+        return found
+    except Exception:  # an internal structure changed: no extra information
+        return []
+
+
 def functionalize_donations(gm: fx.GraphModule) -> DonationInfo:
     """Rewrite ``maybe_inplace`` nodes in place; raise DonationError on misuse."""
     graph = gm.graph
@@ -56,6 +90,8 @@ def functionalize_donations(gm: fx.GraphModule) -> DonationInfo:
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     donated_inputs: list[int] = []
     rewritten = 0
+    returned = _returned_by_frame(graph)
+    output = next(n for n in reversed(graph.nodes) if n.op == "output")
     for node, op, overload in opir_nodes(graph):
         if overload != "maybe_inplace":
             continue
@@ -69,6 +105,8 @@ def functionalize_donations(gm: fx.GraphModule) -> DonationInfo:
                 for reader in aliases.readers(donated)
                 if reader is not node and aliases.order[reader] > position_of_node
             ]
+            if not late and any(aliases.of.get(n, set()) & aliases.of[donated] for n in returned):
+                late = [output]
             if late:
                 raise DonationError(
                     f"'{_user_name(donated)}' is donated to {op.name}.maybe_inplace (node "
