@@ -30,9 +30,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import fx
-
 from opir.core import scope as _scope
 from opir.core.impl import Impl
 from opir.core.op import Op
@@ -40,16 +37,6 @@ from opir.core.registry import epoch
 
 MAX_VARIANTS = 4
 _KERNEL_SUFFIXES = (".cpp", ".cc", ".c", ".cu", ".cuh", ".h", ".hpp")
-_BUILTIN_NAMESPACES = ("aten", "prims", "_operator")
-
-
-def calls_custom_kernel(gm: fx.GraphModule) -> bool:
-    """True if a traced impl calls an op outside ATen/prims (a custom kernel)."""
-    return any(
-        isinstance(node.target, torch._ops.OpOverload)
-        and node.target.namespace not in _BUILTIN_NAMESPACES
-        for node in gm.graph.nodes
-    )
 
 
 def kernel_digest(impl: Impl) -> str:

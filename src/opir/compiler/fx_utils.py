@@ -22,6 +22,7 @@ from opir.core.op import Op
 from opir.core.registry import ops as registry
 
 OpTarget = torch._ops.OpOverload
+_BUILTIN_NAMESPACES = ("aten", "prims", "_operator")
 
 
 def op_targets() -> dict[OpTarget, tuple[Op, str]]:
@@ -108,6 +109,15 @@ class Aliases:
         return bool(mine) and not any(
             self.of[other] & mine for other in self.graph.nodes if self.order[other] < position
         )
+
+
+def calls_custom_kernel(gm: fx.GraphModule) -> bool:
+    """True if a traced impl calls an op outside ATen/prims (a custom kernel)."""
+    return any(
+        isinstance(node.target, torch._ops.OpOverload)
+        and node.target.namespace not in _BUILTIN_NAMESPACES
+        for node in gm.graph.nodes
+    )
 
 
 def getitem_users(node: fx.Node) -> dict[int, list[fx.Node]]:

@@ -27,7 +27,7 @@ from torch._inductor.decomposition import select_decomp_table
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from opir.compiler.clones import CLONE_META
-from opir.compiler.fx_utils import getitem_users, module_of, opir_nodes, val
+from opir.compiler.fx_utils import calls_custom_kernel, getitem_users, module_of, opir_nodes, val
 from opir.compiler.workarounds import contiguous_inputs
 from opir.core.impl import Impl, on_clones
 from opir.core.op import Op
@@ -137,11 +137,15 @@ def lower(
         if overload != "default":
             continue  # maybe_inplace nodes are rewritten by the pre-grad pass
         args = op.complete_args(tuple(node.args), dict(node.kwargs))
-        made_contiguous: tuple[str, ...] = ()
-        if for_inductor:
-            args, made_contiguous = _contiguous(graph, node, op, args)
-        selection = op.select(tuple(val(a) for a in args), op.compile_priority(fixed.get(op)))
+        priority = op.compile_priority(fixed.get(op))
+        selection = op.select(tuple(val(a) for a in args), priority)
         gm, node_positions = _trace(op, selection.impl, args)
+        made_contiguous: tuple[str, ...] = ()
+        if for_inductor and not calls_custom_kernel(gm):  # Inductor generates this code
+            args, made_contiguous = _contiguous(graph, node, op, args)
+            if made_contiguous:
+                selection = op.select(tuple(val(a) for a in args), priority)
+                gm, node_positions = _trace(op, selection.impl, args)
         if on_traced is not None:
             on_traced(selection.impl, gm)
         lowered = Lowered(

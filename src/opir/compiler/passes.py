@@ -22,10 +22,10 @@ from typing import Any
 from torch import fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from opir.compiler.cache import calls_custom_kernel, kernel_digest
+from opir.compiler.cache import kernel_digest
 from opir.compiler.clones import count_clones, eliminate_clones
 from opir.compiler.fusion import fuse
-from opir.compiler.fx_utils import opir_nodes
+from opir.compiler.fx_utils import calls_custom_kernel, opir_nodes
 from opir.compiler.lowering import lower
 from opir.compiler.options import Options
 from opir.compiler.report import GraphReport

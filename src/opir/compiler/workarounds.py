@@ -10,7 +10,8 @@ suite says so and the entry can go.
   the gate is not (errors up to ~70 on CPU). A transposed gate too, a 3-D
   transpose or a contiguous ``x`` are compiled correctly. Workaround: copy
   ``x`` to a contiguous tensor when it is not contiguous and its strides differ
-  from the gate's (one copy of x, only for that layout).
+  from the gate's (one copy of x, only for that layout, and only when the
+  chosen impl is traced into ATen that Inductor compiles, not a custom kernel).
 """
 
 from __future__ import annotations
