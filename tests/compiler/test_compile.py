@@ -218,3 +218,14 @@ def test_compile_mode_defaults_differ_from_eager_as_measured():
     assert fused_add_rms_norm.compile_priority().providers == ["native"]
     with opir.priority({"fused_add_rms_norm": ["cpu"]}):  # a user priority applies to both
         assert fused_add_rms_norm.compile_priority().providers == ["cpu", "native"]
+
+
+def test_torch_compile_mode_is_accepted_and_ignored_with_a_warning_without_inductor():
+    torch._dynamo.reset()
+    backend = opir.backend(inductor=False)
+    compiled = torch.compile(
+        lambda x: rms_norm(x, None, 1e-6), backend=backend, mode="max-autotune"
+    )
+    with pytest.warns(UserWarning, match="ignores torch.compile's mode='max-autotune'"):
+        compiled(torch.randn(2, 8))
+    assert backend.report.last.mode is None

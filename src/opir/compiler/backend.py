@@ -76,7 +76,7 @@ class Backend:
         fixed = opts.fixed()
 
         def compile_once():
-            report = GraphReport(donated_inputs=donation.donated_inputs)
+            report = GraphReport(donated_inputs=donation.donated_inputs, mode=opts.mode)
             passes = OpirPasses(opts, fixed, report)
             graph_module = fx.GraphModule(pristine, copy.deepcopy(pristine.graph))
             fn = compile_graph(graph_module, example_inputs, passes, opts.config_patches())

@@ -26,7 +26,8 @@ class GraphReport:
     ``clones_removed``/``clones_kept``: donation clones; ``donated_inputs``:
     placeholder indices the user donated (``maybe_inplace``);
     ``opir_nodes_left``: opir nodes lowering could not replace (should be 0);
-    ``from_cache``: Inductor served the generated code from its cache.
+    ``from_cache``: Inductor served the generated code from its cache;
+    ``mode``: the ``torch.compile`` mode Inductor compiled it with.
     """
 
     fusions: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -37,6 +38,7 @@ class GraphReport:
     donated_inputs: tuple[int, ...] = ()
     opir_nodes_left: int = 0
     from_cache: bool = False
+    mode: str | None = None
 
 
 class CompileReport:
