@@ -28,7 +28,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from opir.compiler.clones import CLONE_META
 from opir.compiler.fx_utils import calls_custom_kernel, getitem_users, module_of, opir_nodes, val
-from opir.compiler.workarounds import contiguous_inputs
+from opir.compiler.workarounds import contiguous_copy, contiguous_inputs
 from opir.core.impl import Impl, on_clones
 from opir.core.op import Op
 
@@ -109,9 +109,7 @@ def _contiguous(graph: fx.Graph, node: fx.Node, op: Op, args: tuple) -> tuple[tu
     with graph.inserting_before(node):
         for name in names:
             i = list(op.signature.parameters).index(name)
-            copy = graph.call_function(
-                torch.ops.aten.clone.default, (args[i],), {"memory_format": torch.contiguous_format}
-            )
+            copy = graph.call_function(contiguous_copy._opoverload, (args[i],))
             copy.meta["val"] = val(args[i]).clone(memory_format=torch.contiguous_format)
             args[i] = copy
     return tuple(args), names

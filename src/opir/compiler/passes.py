@@ -4,19 +4,29 @@
 
     fusion -> DCE -> lowering -> clone elimination -> DCE
 
-With Inductor, the sequence is Inductor's ``joint_custom_pre_pass``: it runs on
-the functionalized, decomposed graph *as the model wrote it* — before
-Inductor's own pattern passes (which would, e.g., fold ``mm + residual`` into
-``addmm`` and hide the residual add from the fusion rules) and before
-Inductor computes its cache key, which is therefore a key on the lowered
-graph (see :mod:`opir.compiler.cache`). Without Inductor (``inductor=False``)
-the same sequence runs on AOTAutograd's forward graph, which then runs as is.
+Without Inductor (``inductor=False``) the sequence runs on AOTAutograd's
+forward graph, which then runs as is. With Inductor it is split in two:
+
+* :class:`FusePass` is Inductor's ``joint_custom_pre_pass``: fusion runs on the
+  functionalized, decomposed graph *as the model wrote it*, before Inductor's
+  own pattern passes (which fold ``mm + residual`` into ``addmm`` and would hide
+  the residual add from the rules). It then *plans* the rest — lowering and
+  clone elimination on a copy of the graph — which fills the report and gives
+  the digest of the lowered code.
+* :class:`LowerPass` is the ``post_grad_custom_post_pass``: lowering and clone
+  elimination for real, after every Inductor pass that assumes a functional
+  graph (``remove_noop_ops`` drops clones, ``reorder_for_locality`` moves
+  reads), since in-place kernels make the graph non-functional. Its ``uuid()``
+  is the plan's digest, and Inductor computes its FX-graph cache key after
+  the joint passes: the key covers the lowered code (see ``cache.py``).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import fx
@@ -31,14 +41,13 @@ from opir.compiler.options import Options
 from opir.compiler.report import GraphReport
 from opir.core.op import Op
 
+_SOURCES_DIGEST = hashlib.sha256(
+    b"".join(path.read_bytes() for path in sorted(Path(__file__).parent.glob("*.py")))
+).hexdigest()
 
-class OpirPasses(CustomGraphPass):
-    """Fusion, lowering and clone elimination on one graph; fills ``report``.
 
-    ``uuid()`` is None until the passes ran (caches keyed before lowering must
-    not serve this graph), then the digest of the options and of the custom
-    kernels the lowered graph calls.
-    """
+class OpirPasses:
+    """The pass sequence over one graph, its report, and the digest of what it lowered."""
 
     def __init__(
         self, options: Options, fixed: Mapping[Op, tuple[str, ...]], report: GraphReport
@@ -46,22 +55,24 @@ class OpirPasses(CustomGraphPass):
         self.options = options
         self.fixed = fixed
         self.report = report
-        self.ran = False
-        self._uuid: str | None = None
+        self.digest: str | None = None  # of the lowered code, once planned or run
 
-    def __call__(self, graph: fx.Graph) -> None:
-        report = self.report
+    def fuse(self, graph: fx.Graph) -> None:
         if self.options.fuse:
             result = fuse(graph)
-            report.fusions, report.unfused = result.fired, result.unfused
+            self.report.fusions, self.report.unfused = result.fired, result.unfused
             graph.eliminate_dead_code()
+
+    def lower(self, graph: fx.Graph) -> None:
+        """Lowering and clone elimination; fills the report and the digest."""
+        report = self.report
         kernels: list[str] = []
-        report.lowered = lower(
-            graph,
-            self.fixed,
-            for_inductor=self.options.inductor,
-            on_traced=self._note_kernel(kernels),
-        )
+
+        def note(impl: Any, traced: fx.GraphModule) -> None:
+            if calls_custom_kernel(traced):
+                kernels.append(kernel_digest(impl))
+
+        report.lowered = lower(graph, self.fixed, self.options.inductor, note)
         report.opir_nodes_left = sum(1 for _ in opir_nodes(graph))
         if self.options.eliminate_clones:
             removed, kept = eliminate_clones(graph, report.donated_inputs)
@@ -69,28 +80,52 @@ class OpirPasses(CustomGraphPass):
             removed, kept = 0, count_clones(graph)
         report.clones_removed, report.clones_kept = removed, kept
         graph.eliminate_dead_code()
-        digest = hashlib.sha256(repr(self.options).encode())
+        digest = hashlib.sha256(graph.python_code("self").src.encode())
         for kernel in sorted(set(kernels)):
             digest.update(kernel.encode())
-        self._uuid = digest.hexdigest()
-        self.ran = True
+        self.digest = digest.hexdigest()
 
-    @staticmethod
-    def _note_kernel(kernels: list[str]) -> Callable[[Any, fx.GraphModule], None]:
-        def note(impl: Any, traced: fx.GraphModule) -> None:
-            if calls_custom_kernel(traced):
-                kernels.append(kernel_digest(impl))
-
-        return note
-
-    def uuid(self) -> str | None:
-        return self._uuid
+    def __call__(self, graph: fx.Graph) -> None:
+        self.fuse(graph)
+        self.lower(graph)
 
     def ops(self) -> list[Op]:
         """The ops this graph lowered (what its staleness depends on)."""
         from opir.core.registry import ops
 
         return [ops[entry.op] for entry in self.report.lowered]
+
+
+class FusePass(CustomGraphPass):
+    """Inductor's joint_custom_pre_pass: fusion, then a planned lowering on a copy."""
+
+    def __init__(self, passes: OpirPasses) -> None:
+        self.passes = passes
+
+    def __call__(self, graph: fx.Graph) -> None:
+        self.passes.fuse(graph)
+        self.passes.lower(copy.deepcopy(graph))
+
+    def uuid(self) -> str:
+        return hashlib.sha256(f"{_SOURCES_DIGEST}{self.passes.options!r}".encode()).hexdigest()
+
+
+class LowerPass(CustomGraphPass):
+    """Inductor's post_grad_custom_post_pass: lowering and clone elimination.
+
+    ``uuid()`` is None until the fusion pass planned the lowering (caches keyed
+    before that, like AOTAutograd's, must not serve this graph), then the
+    digest of the planned lowered code.
+    """
+
+    def __init__(self, passes: OpirPasses) -> None:
+        self.passes = passes
+
+    def __call__(self, graph: fx.Graph) -> None:
+        self.passes.lower(graph)
+
+    def uuid(self) -> str | None:
+        return self.passes.digest
 
 
 def compile_graph(
@@ -105,11 +140,12 @@ def compile_graph(
         from torch._inductor.compile_fx import compile_fx
 
         hits = counters["inductor"]["fxgraph_cache_hit"]
-        compiled = compile_fx(
-            gm,
-            list(example_inputs),
-            config_patches={**config_patches, "joint_custom_pre_pass": passes},
-        )
+        patches = {
+            **config_patches,
+            "joint_custom_pre_pass": FusePass(passes),
+            "post_grad_custom_post_pass": LowerPass(passes),
+        }
+        compiled = compile_fx(gm, list(example_inputs), config_patches=patches)
         passes.report.from_cache = counters["inductor"]["fxgraph_cache_hit"] > hits
         return compiled
     from functorch.compile import make_boxed_func

@@ -12,6 +12,8 @@ suite says so and the entry can go.
   ``x`` to a contiguous tensor when it is not contiguous and its strides differ
   from the gate's (one copy of x, only for that layout, and only when the
   chosen impl is traced into ATen that Inductor compiles, not a custom kernel).
+  The copy is :data:`contiguous_copy`, an opaque custom op: an ``aten.clone``
+  would be inlined into the very kernel Inductor miscompiles.
 """
 
 from __future__ import annotations
@@ -33,6 +35,17 @@ def _gated_norm(
     if x.is_contiguous() or x.stride() == gate.stride():
         return ()
     return ("x",)
+
+
+@torch.library.custom_op("opir_compiler::contiguous_copy", mutates_args=())
+def contiguous_copy(x: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy that Inductor cannot fuse into its consumer."""
+    return x.clone(memory_format=torch.contiguous_format)
+
+
+@contiguous_copy.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
 # op -> f(*complete fake args) -> names of the inputs to make contiguous
