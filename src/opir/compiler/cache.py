@@ -1,17 +1,18 @@
 """What makes a compiled graph stale, across processes and within one.
 
-Across processes (Inductor's on-disk cache): opir's passes run in Inductor's
-``joint_custom_pre_pass`` slot, *before* Inductor computes its FX-graph cache
-key, so the key is computed on the lowered graph itself — every native impl
-traced into ATen (with whatever helpers it calls, in any module), the clones
-donation left, the contiguity workarounds. What the graph cannot show is the
-code behind a custom-op kernel it calls (a C++ or Triton kernel):
-:func:`kernel_digest` adds, for every impl whose traced code calls such an op,
-the impl's module source, the kernel sources next to it (``*.cpp``, ``*.cu``,
-...) and, if the impl function has one, its ``__opir_kernel_version__`` (a
-string or a zero-argument callable, e.g. a build key). The pass's ``uuid()``
-returns that digest, and None before the pass ran, which makes AOTAutograd's
-cache (keyed before lowering) step aside.
+Across processes (Inductor's on-disk cache): fusion runs in Inductor's
+``joint_custom_pre_pass`` and plans the lowering on a copy of the graph,
+*before* Inductor computes its FX-graph cache key; the lowering pass's
+``uuid()`` (part of that key) is the digest of the planned lowered graph —
+every native impl traced into ATen (with whatever helpers it calls, in any
+module), the clones donation left, the contiguity workarounds. What the graph
+cannot show is the code behind a custom-op kernel it calls (a C++ or Triton
+kernel): :func:`kernel_digest` adds, for every impl whose traced code calls
+such an op, the impl's module source, the kernel sources next to it
+(``*.cpp``, ``*.cu``, ...) and, if the impl function has one, its
+``__opir_kernel_version__`` (a string or a zero-argument callable, e.g. a
+build key). Before the plan exists ``uuid()`` is None, which makes
+AOTAutograd's cache (keyed before any of this) step aside.
 
 Within a process: each compiled graph remembers the state its lowering
 depended on — the compile priority and impl identity of the ops *it* lowered
