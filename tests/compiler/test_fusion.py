@@ -7,6 +7,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from opir.compiler.fusion import fuse
+from opir.compiler.fusion_rules import RULES
 from opir.compiler.fx_utils import opir_nodes
 from opir.ops import rms_norm
 
@@ -14,7 +15,7 @@ from opir.ops import rms_norm
 def _fused(fn, *args):
     """(number of fusions, ops left, graph module) after fusing fn's ATen graph."""
     gm = make_fx(fn, tracing_mode="fake")(*args)
-    fired = fuse(gm.graph).fired.get("add_rms_norm", 0)
+    fired = fuse(gm.graph, RULES).fired.get("add_rms_norm", 0)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return fired, [op.name for _, op, _ in opir_nodes(gm.graph)], gm
@@ -88,7 +89,6 @@ def test_does_not_fire_on_non_equivalent_graphs(fn):
 
 def test_a_rule_sees_only_nodes_of_its_anchor_and_adding_one_is_one_entry():
     from opir.compiler.fusion import Fused, Rule
-    from opir.compiler.fusion_rules import RULES
     from opir.compiler.fx_utils import val
     from opir.ops import fused_add_rms_norm
 
@@ -119,7 +119,7 @@ def test_residual_used_before_the_weight_exists_keeps_the_graph_valid():
 
     args = (torch.randn(4, 16), torch.randn(4, 16), torch.rand(16))
     gm = make_fx(fn, tracing_mode="fake")(*args)
-    result = fuse(gm.graph)
+    result = fuse(gm.graph, RULES)
     gm.graph.lint()
     gm.recompile()
     _run(gm, fn, *args)
@@ -134,7 +134,7 @@ def test_unfused_norms_say_why():
 
     args = (torch.randn(4, 16), torch.randn(4, 16), torch.rand(16))
     gm = make_fx(fn, tracing_mode="fake")(*args)
-    reasons = sorted(u.reason for u in fuse(gm.graph).unfused)
+    reasons = sorted(u.reason for u in fuse(gm.graph, RULES).unfused)
     assert reasons == [
         "no residual add: the input is a graph input",
         "the add broadcasts (a bias, not a residual)",

@@ -81,7 +81,7 @@ class Backend:
             graph_module = fx.GraphModule(pristine, copy.deepcopy(pristine.graph))
             fn = compile_graph(graph_module, example_inputs, passes, opts.config_patches())
             self.report.graphs.append(report)
-            return fn, passes.ops()
+            return fn, passes.ops
 
         variants = Variants(compile_once, fixed)
         variants.current()

@@ -104,10 +104,8 @@ def _insert(graph: fx.Graph, anchor: fx.Node, fused: Fused) -> fx.Node | str:
     return call
 
 
-def fuse(graph: fx.Graph, rules: Sequence[Rule] | None = None) -> FusionResult:
-    """Apply ``rules`` (default: ``fusion_rules.RULES``) to ``graph`` in place."""
-    if rules is None:
-        from opir.compiler.fusion_rules import RULES as rules
+def fuse(graph: fx.Graph, rules: Sequence[Rule]) -> FusionResult:
+    """Apply ``rules`` (in priority order, e.g. ``fusion_rules.RULES``) to ``graph`` in place."""
     result = FusionResult()
     index = nodes_by_target(graph)
     reasons: dict[fx.Node, str] = {}

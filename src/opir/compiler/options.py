@@ -9,7 +9,6 @@ from typing import Any
 
 from opir.core.config import resolve_config
 from opir.core.op import Op
-from opir.core.registry import ops as registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,8 +18,8 @@ class Options:
     ``inductor``: generate code with Inductor (False: run the lowered ATen
     graph as is — fast to compile, for tests and debugging); ``fuse`` and
     ``eliminate_clones``: run those passes; ``priority``: the lowering
-    priority of some ops for this backend only, ``((op name, (providers...)),
-    ...)``, replacing whatever priority is in effect when the graph compiles;
+    priority of some ops for this backend only, ``((op, (providers...)), ...)``,
+    replacing whatever priority is in effect when the graph compiles;
     ``mode`` / ``inductor_options``: ``torch.compile``'s ``mode`` and
     ``options``, handed to Inductor as config patches.
     """
@@ -28,7 +27,7 @@ class Options:
     inductor: bool = True
     fuse: bool = True
     eliminate_clones: bool = True
-    priority: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    priority: tuple[tuple[Op, tuple[str, ...]], ...] = ()
     mode: str | None = None
     inductor_options: tuple[tuple[str, Any], ...] = ()
 
@@ -41,14 +40,16 @@ class Options:
         options = dict(options)
         if "priority" in options:
             fixed = resolve_config(options["priority"], "opir.backend(priority=...)")
-            options["priority"] = tuple(sorted((op.name, tuple(p)) for op, p in fixed.items()))
+            options["priority"] = tuple(
+                sorted(((op, tuple(p)) for op, p in fixed.items()), key=lambda e: e[0].name)
+            )
         if "inductor_options" in options:
             options["inductor_options"] = tuple(sorted(dict(options["inductor_options"]).items()))
         return cls(**options)
 
     def fixed(self) -> dict[Op, tuple[str, ...]]:
         """The per-backend priority as Op -> providers."""
-        return {registry[name]: providers for name, providers in self.priority}
+        return dict(self.priority)
 
     def with_torch_compile_args(self, mode: str | None, options: Mapping | None) -> Options:
         """Merge ``torch.compile(mode=..., options=...)``, which it passes to a backend."""

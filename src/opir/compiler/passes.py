@@ -35,6 +35,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from opir.compiler.cache import kernel_digest
 from opir.compiler.clones import count_clones, eliminate_clones
 from opir.compiler.fusion import fuse
+from opir.compiler.fusion_rules import RULES
 from opir.compiler.fx_utils import calls_custom_kernel, opir_nodes
 from opir.compiler.lowering import lower
 from opir.compiler.options import Options
@@ -56,10 +57,11 @@ class OpirPasses:
         self.fixed = fixed
         self.report = report
         self.digest: str | None = None  # of the lowered code, once planned or run
+        self.ops: tuple[Op, ...] = ()  # the ops lowered (what the graph's staleness depends on)
 
     def fuse(self, graph: fx.Graph) -> None:
         if self.options.fuse:
-            result = fuse(graph)
+            result = fuse(graph, RULES)
             self.report.fusions, self.report.unfused = result.fired, result.unfused
             graph.eliminate_dead_code()
 
@@ -72,6 +74,7 @@ class OpirPasses:
             if calls_custom_kernel(traced):
                 kernels.append(kernel_digest(impl))
 
+        self.ops = tuple(op for _, op, _ in opir_nodes(graph))
         report.lowered = lower(graph, self.fixed, self.options.inductor, note)
         report.opir_nodes_left = sum(1 for _ in opir_nodes(graph))
         if self.options.eliminate_clones:
@@ -88,12 +91,6 @@ class OpirPasses:
     def __call__(self, graph: fx.Graph) -> None:
         self.fuse(graph)
         self.lower(graph)
-
-    def ops(self) -> list[Op]:
-        """The ops this graph lowered (what its staleness depends on)."""
-        from opir.core.registry import ops
-
-        return [ops[entry.op] for entry in self.report.lowered]
 
 
 class FusePass(CustomGraphPass):
