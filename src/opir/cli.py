@@ -164,6 +164,9 @@ def _bench_compile(args: argparse.Namespace) -> int:
             *(f"{r.median_ms[n]:.3f} ms ({r.ratio_to_plain[n]:.2f}x)" for n in names),
         )
     console.print(table)
+    for name, fired in results[-1].fusions.items():  # opir's fusions in the Inductor run
+        unfused = "; ".join(results[-1].unfused[name]) or "none"
+        console.print(f"{name}: fusions {fired or '{}'}, norms left unfused: {unfused}")
     return 0
 
 

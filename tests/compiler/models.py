@@ -34,3 +34,43 @@ class Decoder(nn.Module):
         y = self.mlp(y)
         y, h = self.norm_gemma(y, h)  # Gemma, donating
         return self.norm_out(y + h)  # another add+norm: fusable
+
+
+class Block(nn.Module):
+    """``norm(linear(x) + residual)`` twice, with and without a linear bias: with
+    Inductor, ``mm + residual`` would be folded into ``addmm`` by Inductor's own
+    passes if opir's fusion ran after them."""
+
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden, hidden, bias=False)
+        self.proj_bias = nn.Linear(hidden, hidden, bias=True)
+        self.norm = RMSNorm(hidden, eps=1e-5)
+        self.norm_bias = RMSNorm(hidden, eps=1e-6)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor):
+        h = self.proj(x) + residual
+        y = self.norm(h)
+        h = self.proj_bias(y) + h
+        return self.norm_bias(h), h
+
+
+class Unfusable(nn.Module):
+    """One norm per reason a norm cannot take a residual add."""
+
+    def __init__(self, hidden: int = 16, vocab: int = 10) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, hidden)
+        self.after_embedding = RMSNorm(hidden)
+        self.on_input = RMSNorm(hidden)
+        self.after_cast = RMSNorm(hidden)
+        self.after_broadcast = RMSNorm(hidden)
+        self.after_promotion = RMSNorm(hidden)
+
+    def forward(self, ids: torch.Tensor, x: torch.Tensor, bias: torch.Tensor):
+        a = self.after_embedding(self.embed(ids))
+        b = self.on_input(x)
+        c = self.after_cast((x.half() + a.half()).float())
+        d = self.after_broadcast(x + bias)
+        e = self.after_promotion(x.half() + b)
+        return a, b, c, d, e

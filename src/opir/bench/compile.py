@@ -33,6 +33,10 @@ class CompileResult:
     tokens: int
     median_ms: dict[str, float]
     ratio_to_plain: dict[str, float]  # median per-round ratio to torch.compile
+    # per opir.compile variant: fusions fired in its (Inductor-compiled) graph, and
+    # the norms left unfused with the reason
+    fusions: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    unfused: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 def run(
@@ -74,11 +78,21 @@ def run(
                 number=max(1, 20 // max(1, count // 16)),
                 warmup=3,
             )
+            reports = {
+                name: fn.opir_report.last
+                for name, fn in variants.items()
+                if hasattr(fn, "opir_report")
+            }
             results.append(
                 CompileResult(
                     count,
                     {name: samples.median(name) * 1e3 for name in variants},
                     {name: samples.paired_ratio(name, PLAIN) for name in variants},
+                    {name: dict(r.fusions) for name, r in reports.items()},
+                    {
+                        name: [f"{u.module or u.node}: {u.reason}" for u in r.unfused]
+                        for name, r in reports.items()
+                    },
                 )
             )
     return results

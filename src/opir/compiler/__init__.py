@@ -1,6 +1,12 @@
 """torch.compile integration: backend, passes and the compile report.
 
-The pipeline imports Inductor (about a second); it is loaded on first use so
+Modules, one job each: ``backend`` (``opir.backend``, ``opir.compile``),
+``options``, ``passes`` (the pass sequence and where it runs), ``cache``
+(what makes a compiled graph stale), ``report``, ``fx_utils``, and the passes
+``donation``, ``fusion`` (engine) + ``fusion_rules`` (the rules, as data),
+``lowering`` (+ ``workarounds``) and ``clones``.
+
+The backend imports Inductor (about a second); it is loaded on first use so
 that ``import opir`` stays cheap for eager-only users.
 """
 
@@ -10,12 +16,21 @@ from typing import Any
 
 from opir.compiler.donation import DonationError
 
-_LAZY = ("Backend", "CompileReport", "GraphReport")
+_LAZY = {
+    "Backend": "backend",
+    "report_of": "backend",
+    "CompileReport": "report",
+    "GraphReport": "report",
+    "Options": "options",
+}
 
 
 def backend(**options: Any):
-    """A backend for ``torch.compile``; see :func:`opir.compiler.pipeline.backend`."""
-    from opir.compiler.pipeline import backend as make_backend
+    """A backend for ``torch.compile``; see :func:`opir.compiler.backend.backend`.
+
+    Example: ``torch.compile(model, backend=opir.backend(inductor=False))``
+    """
+    from opir.compiler.backend import backend as make_backend
 
     return make_backend(**options)
 
@@ -23,18 +38,24 @@ def backend(**options: Any):
 def compile(
     model: Any = None, *, options: dict[str, Any] | None = None, **torch_compile_kwargs: Any
 ):
-    """``torch.compile`` with opir's passes; see :func:`opir.compiler.pipeline.compile`."""
-    from opir.compiler.pipeline import compile as compile_with_opir
+    """``torch.compile`` with opir's passes; see :func:`opir.compiler.backend.compile`.
+
+    Example: ``compiled = opir.compile(model); compiled(x); print(compiled.opir_report)``
+    """
+    from opir.compiler.backend import compile as compile_with_opir
 
     return compile_with_opir(model, options=options, **torch_compile_kwargs)
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from opir.compiler import pipeline
+        import importlib
 
-        return getattr(pipeline, name)
+        return getattr(importlib.import_module(f"opir.compiler.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'opir.compiler' has no attribute '{name}'")
 
 
-__all__ = ["Backend", "CompileReport", "DonationError", "GraphReport", "backend", "compile"]
+__all__ = [
+    "Backend", "CompileReport", "DonationError", "GraphReport", "Options", "backend", "compile",
+    "report_of",
+]  # fmt: skip

@@ -1,12 +1,14 @@
 """Lowering: each opir node becomes the traced graph of the impl chosen for it.
 
-The impl is picked by ``op.dispatch`` on the node's fake arguments with the
-*compile* chain (the user's priority, then the platform defaults measured for
-compiled graphs), so eager and compiled code agree whenever the user set a
-priority. The impl is traced with ``make_fx`` on those fake values, inside the
-graph's fake mode, and its nodes are copied in place of the opir node. An
-in-place impl is traced behind clones of the activations, so the graph stays
-functional; clone elimination removes the clones that are not needed.
+The impl is picked by ``op.select`` on the node's fake arguments with the
+*compile* priority (the user's priority, then the platform defaults measured
+for compiled graphs), so eager and compiled code agree whenever the user set a
+priority; the reasons the providers before it were passed over are kept for
+the report. The impl is traced with ``make_fx`` on those fake values, inside
+the graph's fake mode, and its nodes are copied in place of the opir node. An
+in-place impl is traced behind clones of the activations (core's
+``on_clones``), so the graph stays functional; clone elimination removes the
+clones that are not needed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -23,23 +26,27 @@ from torch._guards import detect_fake_mode
 from torch._inductor.decomposition import select_decomp_table
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from opir.compiler.graph_utils import getitem_users, opir_nodes, val
+from opir.compiler.clones import CLONE_META
+from opir.compiler.fx_utils import calls_custom_kernel, getitem_users, module_of, opir_nodes, val
+from opir.compiler.workarounds import contiguous_copy, contiguous_inputs
 from opir.core.impl import Impl, on_clones
 from opir.core.op import Op
-
-CLONE_META = "opir_donation_clone"  # marks the clones made for in-place impls
 
 
 @dataclasses.dataclass(frozen=True)
 class Lowered:
+    """One opir node and the impl it became."""
+
     node: str
     op: str
     provider: str
-    rejected: tuple[str, ...]  # providers skipped before it (not supported / predicate false)
+    rejected: tuple[tuple[str, str], ...]  # (provider, why) passed over, in priority order
     constants: tuple = ()  # the node's non-tensor arguments (epsilon, weight_bias, ...)
+    module: str = ""  # the module it came from (nn_module_stack), if known
+    made_contiguous: tuple[str, ...] = ()  # inputs copied to dodge an Inductor bug
 
 
-def _functional(op: Op, impl: Impl):
+def _traceable(op: Op, impl: Impl):
     """A traceable function with the op's functional semantics for ``impl``."""
     return on_clones(impl.fn, op.activation_positions) if impl.inplace else impl.fn
 
@@ -47,7 +54,7 @@ def _functional(op: Op, impl: Impl):
 def _trace(op: Op, impl: Impl, args: tuple) -> tuple[fx.GraphModule, list[int]]:
     """Trace ``impl`` with the fake values of the node's Node arguments."""
     node_positions = [i for i, a in enumerate(args) if isinstance(a, fx.Node)]
-    fn = _functional(op, impl)
+    fn = _traceable(op, impl)
 
     def with_constants(*traced: Any) -> Any:
         full = list(args)
@@ -57,8 +64,8 @@ def _trace(op: Op, impl: Impl, args: tuple) -> tuple[fx.GraphModule, list[int]]:
 
     fakes = [val(args[i]) for i in node_positions]
     fake_mode = detect_fake_mode(fakes)
-    # Post-grad graphs hold decomposed ATen: trace with the table Inductor
-    # uses, or Inductor finds ops it expects to have been decomposed.
+    # ATen graphs hold decomposed ops: trace with the table Inductor uses, or
+    # Inductor finds ops it expects to have been decomposed.
     with fake_mode or contextlib.nullcontext(), enable_python_dispatcher():
         gm = make_fx(with_constants, select_decomp_table(), tracing_mode="real")(*fakes)
     return gm, node_positions
@@ -77,6 +84,9 @@ def _splice(graph: fx.Graph, node: fx.Node, gm: fx.GraphModule, inputs: list[fx.
                 result = fx.map_arg(inner.args[0], lambda n: env[n])
                 break
             copied = graph.node_copy(inner, lambda n: env[n])
+            for key in ("nn_module_stack", "stack_trace"):
+                if key in node.meta:
+                    copied.meta[key] = node.meta[key]
             if inner.op == "call_function" and inner.target is torch.ops.aten.clone.default:
                 copied.meta[CLONE_META] = True
             env[inner] = copied
@@ -90,27 +100,63 @@ def _splice(graph: fx.Graph, node: fx.Node, gm: fx.GraphModule, inputs: list[fx.
     graph.erase_node(node)
 
 
-def lower(graph: fx.Graph, fixed: dict[Op, tuple[str, ...]] | None = None) -> list[Lowered]:
+def _contiguous(graph: fx.Graph, node: fx.Node, op: Op, args: tuple) -> tuple[tuple, tuple]:
+    """Copy the inputs a known Inductor bug miscompiles to contiguous ones."""
+    names = contiguous_inputs(op, tuple(val(a) for a in args))
+    if not names:
+        return args, ()
+    args = list(args)
+    with graph.inserting_before(node):
+        for name in names:
+            i = list(op.signature.parameters).index(name)
+            copy = graph.call_function(contiguous_copy._opoverload, (args[i],))
+            copy.meta["val"] = val(args[i]).clone(memory_format=torch.contiguous_format)
+            args[i] = copy
+    return tuple(args), names
+
+
+def lower(
+    graph: fx.Graph,
+    fixed: Mapping[Op, tuple[str, ...]] | None = None,
+    for_inductor: bool = True,
+    on_traced: Callable[[Impl, fx.GraphModule], None] | None = None,
+) -> list[Lowered]:
     """Replace every opir node by its chosen impl; return what was chosen.
 
-    ``fixed`` gives some ops a priority that replaces the one in effect.
-    Warns (RuntimeWarning) naming any opir node that is still in the graph.
+    ``fixed`` gives some ops a priority that replaces the one in effect;
+    ``for_inductor`` applies the workarounds for Inductor bugs
+    (:mod:`opir.compiler.workarounds`); ``on_traced(impl, traced)`` sees each
+    traced impl (the cache key notes the custom kernels they call). Warns
+    (RuntimeWarning) naming any opir node that is still in the graph.
     """
     fixed = fixed or {}
     chosen: list[Lowered] = []
     for node, op, overload in opir_nodes(graph):
         if overload != "default":
             continue  # maybe_inplace nodes are rewritten by the pre-grad pass
-        priority = op.compile_priority(fixed.get(op))
-        fake_args = tuple(val(a) for a in node.args)
-        fake_args = op.complete_args(fake_args, {k: val(v) for k, v in node.kwargs.items()})
-        impl = op.dispatch(*fake_args, priority=priority)
-        rejected = tuple(p for p in priority.providers[: priority.providers.index(impl.provider)])
         args = op.complete_args(tuple(node.args), dict(node.kwargs))
-        gm, node_positions = _trace(op, impl, args)
+        priority = op.compile_priority(fixed.get(op))
+        selection = op.select(tuple(val(a) for a in args), priority)
+        gm, node_positions = _trace(op, selection.impl, args)
+        made_contiguous: tuple[str, ...] = ()
+        if for_inductor and not calls_custom_kernel(gm):  # Inductor generates this code
+            args, made_contiguous = _contiguous(graph, node, op, args)
+            if made_contiguous:
+                selection = op.select(tuple(val(a) for a in args), priority)
+                gm, node_positions = _trace(op, selection.impl, args)
+        if on_traced is not None:
+            on_traced(selection.impl, gm)
+        lowered = Lowered(
+            node.name,
+            op.name,
+            selection.impl.provider,
+            selection.rejected,
+            tuple(a for a in args if not isinstance(a, fx.Node)),
+            module_of(node),
+            made_contiguous,
+        )
         _splice(graph, node, gm, [args[i] for i in node_positions])
-        constants = tuple(a for a in args if not isinstance(a, fx.Node))
-        chosen.append(Lowered(node.name, op.name, impl.provider, rejected, constants))
+        chosen.append(lowered)
     left = [f"{n.name} ({op.name}.{o})" for n, op, o in opir_nodes(graph)]
     if left:
         warnings.warn(
