@@ -10,8 +10,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import opir
-
 
 def _ident(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x * w
