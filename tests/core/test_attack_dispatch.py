@@ -205,3 +205,25 @@ def test_inductor_provider_on_an_op_whose_native_is_a_bound_method(make_op):
     with op.set_priority(["inductor"]):
         out = op(torch.ones(3), 3.0)
     torch.testing.assert_close(out, torch.full((3,), 3.0))
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: vmap over maybe_inplace gives torch's batching "
+                   "error; the functional op works under vmap")
+def test_vmap_over_maybe_inplace(inplace_op):
+    """``torch.vmap(op.maybe_inplace)(a, b)``.
+
+    Expected: the functional op's values (donation is only permission to
+    write, so serving the call functionally is valid), or an error naming
+    the op and saying to call the functional op. Actual: RuntimeError
+    "Batching rule not implemented for opir::<op>.maybe_inplace; the fallback
+    path doesn't work on out= or view ops" (the generated fast path sends
+    functorch calls to the torch op, which has no batching rule).
+    """
+    a, b = torch.ones(3, 2), torch.ones(3, 2)
+    ref = torch.vmap(inplace_op)(a, b)
+    try:
+        out = torch.vmap(inplace_op.maybe_inplace)(a.clone(), b.clone())
+    except RuntimeError as e:
+        assert "Batching rule" not in str(e) and inplace_op.name in str(e)
+        return
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
