@@ -1,0 +1,153 @@
+"""Hostile-user tests: odd signatures, names and transforms against the fast path.
+
+Each ``xfail(strict=True)`` test documents a real bug (expected vs actual in
+its docstring); remove the marker once it is fixed (it then XPASSes).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import opir
+
+
+def _list_input(x: torch.Tensor, ys: list[torch.Tensor]) -> torch.Tensor:
+    return x + sum(ys)
+
+
+def _list_output(x: torch.Tensor) -> list[torch.Tensor]:
+    return [x * 2, x * 3]
+
+
+def _with_priority_param(x: torch.Tensor, priority: float = 1.0) -> torch.Tensor:
+    return x * priority
+
+
+def _scale(x: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
+    return x * alpha
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: list[Tensor] parameters are not grad-checked by "
+                   "the generated fast path; gradients flow silently")
+def test_grad_through_a_tensor_list_parameter_is_refused(make_op):
+    """op(x, [y]) with y requiring grad (grad mode on).
+
+    Expected: like ``op.torch_op(x, [y])``: backward raises the op's
+    "inference op and has no backward" error. Actual: the eager fast path
+    runs the native kernel unguarded and ``backward()`` silently fills
+    ``y.grad``: signature._tensor_kind only knows Tensor / Tensor | None, so
+    hotpath.make_call emits no type or requires_grad check for list[Tensor].
+    """
+    op = make_op(_list_input)
+    y = torch.ones(2, requires_grad=True)
+    out = op(torch.ones(2), [y])
+    with pytest.raises(RuntimeError, match="inference op"):
+        out.sum().backward()
+    assert y.grad is None
+
+
+def test_torch_op_refuses_grad_through_a_tensor_list_parameter(make_op):
+    """The torch op path is right (the reference for the test above)."""
+    op = make_op(_list_input)
+    y = torch.ones(2, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inference op"):
+        op.torch_op(torch.ones(2), [y]).sum().backward()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: _refuse_backward turns a list output into a tuple")
+def test_list_output_keeps_its_type_when_inputs_require_grad(make_op):
+    """op(x) -> list[Tensor] with x requiring grad.
+
+    Expected: a list, as without grad and as ``op.torch_op`` returns.
+    Actual: a tuple (overloads._refuse_backward returns ``tuple(...)``).
+    """
+    op = make_op(_list_output)
+    x = torch.ones(2, requires_grad=True)
+    assert type(op(torch.ones(2))) is type(op.torch_op(x)) is list
+    assert type(op(x)) is list
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: Op.dispatch(*args, priority=None, **kwargs) "
+                   "swallows an op parameter named 'priority'")
+def test_dispatch_with_an_op_parameter_named_priority(make_op):
+    """An op with a parameter ``priority`` (any valid identifier is allowed,
+    hotpath renames its own names around them).
+
+    Expected: ``op.dispatch(x, priority=3.0).provider == 'native'``, as
+    ``op(x, priority=3.0)`` works. Actual: AttributeError "'float' object has
+    no attribute 'dropped'": op.py Op.dispatch takes the argument as its own
+    ``priority`` keyword.
+    """
+    op = make_op(_with_priority_param)
+    assert op(torch.ones(1), priority=3.0).item() == 3.0
+    assert op.dispatch(torch.ones(1), priority=3.0).provider == "native"
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: torch.func.grad over an op gives torch's "
+                   "setup_context error instead of opir's no-backward message")
+def test_torch_func_grad_gives_the_inference_op_error(make_op):
+    """``torch.func.grad(lambda x: op(x).sum())(x)``.
+
+    Expected: RuntimeError with the op's backward_error ("... is an inference
+    op and has no backward ..."), as plain autograd gives. Actual: "In order
+    to use an autograd.Function with functorch transforms (vmap, grad, jvp,
+    jacrev, ...), it must override the setup_context staticmethod": the
+    autograd registration in core/torch_library.py (register_autograd with
+    _no_setup_context) does not work under functorch, and the message names
+    neither opir nor the op.
+    """
+    op = make_op(_scale)
+    with pytest.raises(RuntimeError, match="inference op"):
+        torch.func.grad(lambda x: op(x).sum())(torch.ones(2))
+
+
+def test_plain_autograd_gives_the_inference_op_error(make_op):
+    op = make_op(_scale)
+    out = op(torch.ones(2, requires_grad=True))
+    with pytest.raises(RuntimeError, match="inference op"):
+        out.sum().backward()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: eager passes an int for a float parameter, the "
+                   "torch op passes a float: impls and predicates see different types")
+def test_impls_see_the_same_argument_types_on_both_paths(make_op):
+    """``op(x, 3)`` vs ``op.torch_op(x, 3)`` for ``alpha: float``.
+
+    Expected: the impl receives the same value and type on both paths (the
+    schema says float). Actual: int on the eager fast path, float through the
+    torch op; a predicate like ``isinstance(alpha, float)`` therefore picks
+    different impls per path, and the inductor provider keys its compile
+    cache on the type, compiling twice.
+    """
+    op = make_op(_scale)
+    seen = []
+
+    @op.register_impl("spy")
+    def spy(x: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
+        seen.append(type(alpha))
+        return x * alpha
+
+    op.set_default(["spy"])
+    op(torch.ones(2), 3)
+    op.torch_op(torch.ones(2), 3)
+    assert seen[0] is seen[1]
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: torch_library.is_defined uses hasattr on the "
+                   "torch.ops namespace, so attribute names of the namespace read as taken")
+@pytest.mark.parametrize("name", ["name", "_dir"])
+def test_op_names_that_are_namespace_attributes(make_op, name):
+    """register_op(name='name') (a valid name by check_name's regex).
+
+    Expected: it registers, or a RegistrationError saying the name is
+    reserved. Actual: "op 'name' is already registered
+    (torch.ops.opir.name)", which is false: register.py:76 /
+    torch_library.is_defined treats the _OpNamespace attribute as an op.
+    """
+    try:
+        op = make_op(_scale, name=name)
+    except opir.RegistrationError as e:
+        assert "already registered" not in str(e)
+        return
+    torch.testing.assert_close(op(torch.ones(1)), torch.full((1,), 2.0))
