@@ -21,7 +21,7 @@ pytestmark = [
 def test_platform_default_on_gpu_is_triton():
     for op in (rms_norm, fused_add_rms_norm, rms_norm_gated):
         assert op.get_priority()[0] == "triton"
-        assert op.compile_chain().providers == ["native"]
+        assert op.compile_priority().providers == ["native"]
 
 
 def test_cuda_graph_capture_and_replay():
