@@ -28,8 +28,11 @@ def op(make_op):
     return op
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: set_platform_defaults takes a provider string as "
-                   "a sequence of characters and silently ignores it")
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: set_platform_defaults takes a provider string as "
+    "a sequence of characters and silently ignores it",
+)
 def test_platform_defaults_given_a_string(op):
     """``opir.set_platform_defaults({op: "mine"})`` (a string, not a list).
 
@@ -53,8 +56,9 @@ def test_platform_defaults_with_an_unknown_mode(op):
         opir.set_platform_defaults({op.name: ["mine"]}, mode="Eager")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: OPIR_PRIORITY naming one op twice keeps the last "
-                   "entry silently")
+@pytest.mark.xfail(
+    strict=True, reason="BUG: OPIR_PRIORITY naming one op twice keeps the last entry silently"
+)
 @pytest.mark.parametrize("form", ["compact", "json"])
 def test_opir_priority_naming_an_op_twice(op, form):
     """``OPIR_PRIORITY="op=mine;op=native"`` (or JSON with a duplicate key).
@@ -83,8 +87,11 @@ def test_opir_priority_unicode_lookalike_op_is_refused():
         resolve_config(parse_env("\uff52ms_norm=native"), "$OPIR_PRIORITY")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: compiled graphs are keyed on the global epoch, "
-                   "which any registration or no-op set_default bumps")
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: compiled graphs are keyed on the global epoch, "
+    "which any registration or no-op set_default bumps",
+)
 def test_compiled_graph_is_not_relowered_for_unrelated_changes(op, make_op):
     """A model compiled with ``opir.backend``; then an unrelated op is
     registered (the inductor provider registers an impl for it too), and

@@ -28,8 +28,11 @@ def _scale(x: torch.Tensor, alpha: float = 2.0) -> torch.Tensor:
     return x * alpha
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: list[Tensor] parameters are not grad-checked by "
-                   "the generated fast path; gradients flow silently")
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: list[Tensor] parameters are not grad-checked by "
+    "the generated fast path; gradients flow silently",
+)
 def test_grad_through_a_tensor_list_parameter_is_refused(make_op):
     """op(x, [y]) with y requiring grad (grad mode on).
 
@@ -68,8 +71,11 @@ def test_list_output_keeps_its_type_when_inputs_require_grad(make_op):
     assert type(op(x)) is list
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Op.dispatch(*args, priority=None, **kwargs) "
-                   "swallows an op parameter named 'priority'")
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Op.dispatch(*args, priority=None, **kwargs) "
+    "swallows an op parameter named 'priority'",
+)
 def test_dispatch_with_an_op_parameter_named_priority(make_op):
     """An op with a parameter ``priority`` (any valid identifier is allowed,
     hotpath renames its own names around them).
@@ -84,8 +90,11 @@ def test_dispatch_with_an_op_parameter_named_priority(make_op):
     assert op.dispatch(torch.ones(1), priority=3.0).provider == "native"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: torch.func.grad over an op gives torch's "
-                   "setup_context error instead of opir's no-backward message")
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: torch.func.grad over an op gives torch's "
+    "setup_context error instead of opir's no-backward message",
+)
 def test_torch_func_grad_gives_the_inference_op_error(make_op):
     """``torch.func.grad(lambda x: op(x).sum())(x)``.
 
@@ -109,8 +118,11 @@ def test_plain_autograd_gives_the_inference_op_error(make_op):
         out.sum().backward()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: eager passes an int for a float parameter, the "
-                   "torch op passes a float: impls and predicates see different types")
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: eager passes an int for a float parameter, the "
+    "torch op passes a float: impls and predicates see different types",
+)
 def test_impls_see_the_same_argument_types_on_both_paths(make_op):
     """``op(x, 3)`` vs ``op.torch_op(x, 3)`` for ``alpha: float``.
 
@@ -134,8 +146,11 @@ def test_impls_see_the_same_argument_types_on_both_paths(make_op):
     assert seen[0] is seen[1]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: torch_library.is_defined uses hasattr on the "
-                   "torch.ops namespace, so attribute names of the namespace read as taken")
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: torch_library.is_defined uses hasattr on the "
+    "torch.ops namespace, so attribute names of the namespace read as taken",
+)
 @pytest.mark.parametrize("name", ["name", "_dir"])
 def test_op_names_that_are_namespace_attributes(make_op, name):
     """register_op(name='name') (a valid name by check_name's regex).

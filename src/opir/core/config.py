@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 ENV_VAR = "OPIR_PRIORITY"
 PriorityConfig = Mapping[str, Sequence[str]]
 _FORMS = (
-    "inline JSON ({\"rms_norm\": [\"cpu\", \"native\"]}), the compact form "
+    'inline JSON ({"rms_norm": ["cpu", "native"]}), the compact form '
     "rms_norm=cpu,native;fused_add_rms_norm=cpu, or the path of a .json/.toml file"
 )
 

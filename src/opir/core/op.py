@@ -336,5 +336,3 @@ class Op(Overload, NumericsMixin):
         """
         _registry.remove(self.name)
         self._torch.library._destroy()
-
-

@@ -56,9 +56,7 @@ class Overload:
         priority = op.current_priority()
         impl = select_in_scope(op.name, self._overload_name, priority, args, scope, "eager")
         fn = self._entries_of(priority, impl)
-        if _grad_enabled() and any(
-            isinstance(a, _Tensor) and a.requires_grad for a in args
-        ):
+        if _grad_enabled() and any(isinstance(a, _Tensor) and a.requires_grad for a in args):
             return self._call_refusing_backward(((None, fn),), args)
         return fn(*args)
 

@@ -20,24 +20,8 @@ impl then runs on private copies (see ``impls.py``).
 
 from __future__ import annotations
 
-import platform
-
-from opir.core.platform import detect
-
-_ARCHES = ("x86_64", "AMD64", "aarch64", "arm64")
-
-
-def _availability() -> tuple[bool, str]:
-    if platform.machine() not in _ARCHES:
-        return False, f"CPU architecture {platform.machine()} is not x86-64 or arm64"
-    if detect().cxx is None:
-        return False, "no C++ compiler found (install g++ or set CXX)"
-    return True, ""
-
-
-SUPPORTED, REASON = _availability()
-
-from opir.providers.cpu import ops as _ops  # noqa: E402,F401  (defines torch.ops.opir_cpu)
-from opir.providers.cpu.impls import extension, kernels  # noqa: E402
+import opir.providers.cpu.ops  # noqa: F401  (defines torch.ops.opir_cpu)
+from opir.providers.cpu.availability import REASON, SUPPORTED
+from opir.providers.cpu.impls import extension, kernels
 
 __all__ = ["SUPPORTED", "REASON", "extension", "kernels"]

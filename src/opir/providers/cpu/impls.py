@@ -17,8 +17,9 @@ import warnings
 
 import torch
 
+import opir.providers.cpu.build as build
 from opir.ops import fused_add_rms_norm, rms_norm, rms_norm_gated
-from opir.providers.cpu import REASON, SUPPORTED, build
+from opir.providers.cpu.availability import REASON, SUPPORTED
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _OPS = (rms_norm, fused_add_rms_norm, rms_norm_gated)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from opir.providers.cpu import build
+import opir.providers.cpu.build as build
 
 LIBRARY = torch.library.Library("opir_cpu", "DEF")
 LIBRARY.define(

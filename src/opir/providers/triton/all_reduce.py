@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
+import opir.providers.triton.norm as norm
 from opir.distributed.collectives import all_reduce
 from opir.ops.norms import _check, _check_like_x, _check_range
-from opir.providers.triton import norm
 
 
 def all_reduce_rms_norm(

@@ -16,8 +16,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+import opir.providers.triton.config as config
 from opir.ops.norms import _check, _check_like_x, _check_range
-from opir.providers.triton import config
 from opir.providers.triton.common import apply_weight, to_out
 
 
