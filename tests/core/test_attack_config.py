@@ -1,7 +1,8 @@
 """Hostile-user tests: priority configuration forms and compile-cache staleness.
 
-Each ``xfail(strict=True)`` test documents a real bug (expected vs actual in
-its docstring); remove the marker once it is fixed (it then XPASSes).
+Each test with an "Expected ... Actual ..." docstring is the regression test of
+a bug found by attacking opir from outside; "Actual" is what it did before
+the fix.
 """
 
 from __future__ import annotations
@@ -28,11 +29,6 @@ def op(make_op):
     return op
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: set_platform_defaults takes a provider string as "
-    "a sequence of characters and silently ignores it",
-)
 def test_platform_defaults_given_a_string(op):
     """``opir.set_platform_defaults({op: "mine"})`` (a string, not a list).
 
@@ -48,7 +44,6 @@ def test_platform_defaults_given_a_string(op):
     assert op.get_priority() == ["mine"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an unknown mode gives a bare KeyError")
 def test_platform_defaults_with_an_unknown_mode(op):
     """Expected: an OpirError naming the valid modes ('eager', 'compile').
     Actual: ``KeyError: 'Eager'`` from registry._platform_defaults[mode]."""
@@ -56,9 +51,6 @@ def test_platform_defaults_with_an_unknown_mode(op):
         opir.set_platform_defaults({op.name: ["mine"]}, mode="Eager")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: OPIR_PRIORITY naming one op twice keeps the last entry silently"
-)
 @pytest.mark.parametrize("form", ["compact", "json"])
 def test_opir_priority_naming_an_op_twice(op, form):
     """``OPIR_PRIORITY="op=mine;op=native"`` (or JSON with a duplicate key).
@@ -87,11 +79,6 @@ def test_opir_priority_unicode_lookalike_op_is_refused():
         resolve_config(parse_env("\uff52ms_norm=native"), "$OPIR_PRIORITY")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: compiled graphs are keyed on the global epoch, "
-    "which any registration or no-op set_default bumps",
-)
 def test_compiled_graph_is_not_relowered_for_unrelated_changes(op, make_op):
     """A model compiled with ``opir.backend``; then an unrelated op is
     registered (the inductor provider registers an impl for it too), and
@@ -104,7 +91,7 @@ def test_compiled_graph_is_not_relowered_for_unrelated_changes(op, make_op):
     and registry.bump_epoch runs on every refresh_priority of every op.
     (No Inductor: options inductor=False.)
     """
-    from opir.compiler.pipeline import Backend
+    from opir.compiler.backend import Backend
 
     backend = Backend(inductor=False)
     f = torch.compile(lambda x: op(x) + 1, backend=backend)

@@ -1,8 +1,8 @@
 """Hostile-user tests of eager dispatch, donation and the backward refusal.
 
-Each ``xfail(strict=True)`` test documents a real bug (expected vs actual in
-its docstring); it starts failing (XPASS) once the bug is fixed, so the
-marker must then be removed.
+Each test with an "Expected ... Actual ..." docstring is the regression test of
+a bug found by attacking opir from outside; "Actual" is what it did before
+the fix.
 """
 
 from __future__ import annotations
@@ -46,11 +46,6 @@ def inplace_op(make_op):
     return op
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _refuse_backward calls requires_grad_() on the "
-    "impl's output, which may be the caller's own input tensor",
-)
 def test_refusing_backward_does_not_flip_requires_grad_of_the_callers_input(make_op):
     """An impl may legitimately return an input unchanged (an alias).
 
@@ -74,11 +69,6 @@ def test_refusing_backward_does_not_flip_requires_grad_of_the_callers_input(make
         y.sum().backward()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _refuse_backward calls requires_grad_() on integer "
-    "outputs; the torch op path handles them",
-)
 def test_grad_inputs_with_an_integer_output_behave_like_the_torch_op(make_op):
     """op(x) -> (float, int64) with x requiring grad.
 
@@ -98,11 +88,6 @@ def test_grad_inputs_with_an_integer_output_behave_like_the_torch_op(make_op):
         out[0].sum().backward()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a scoped Priority is a snapshot; withdraw_impl / "
-    "unregister_impl only rebuild the process-wide one",
-)
 def test_withdrawn_impl_is_not_called_inside_a_scope(make_op):
     """``with op.set_priority(["broken", "native"])`` then ``op.withdraw_impl("broken", ...)``
     (e.g. its lazy C++ build failed on the first call inside the scope).
@@ -127,9 +112,6 @@ def test_withdrawn_impl_is_not_called_inside_a_scope(make_op):
         assert op.get_priority() == ["native"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: unregistered impl keeps running inside an enclosing scope"
-)
 def test_unregistered_impl_is_not_called_inside_a_scope(make_op):
     """Expected: after ``op.unregister_impl("tmp")`` inside ``with op.set_priority(["tmp"])``
     the impl is gone (calls use native, or raise clearly). Actual: 'tmp' still
@@ -149,11 +131,6 @@ def test_unregistered_impl_is_not_called_inside_a_scope(make_op):
         assert all(p in op.impls for p in op.get_priority())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: maybe_inplace does not check that donated "
-    "activations do not alias each other; silent wrong answer",
-)
 def test_donating_the_same_tensor_twice_matches_the_functional_op(inplace_op):
     """``op.maybe_inplace(a, a)`` with an in-place impl.
 
@@ -172,11 +149,6 @@ def test_donating_the_same_tensor_twice_matches_the_functional_op(inplace_op):
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: donating an expanded (stride-0) activation "
-    "crashes inside the impl with torch's internal-overlap error",
-)
 def test_donating_an_expanded_tensor_matches_the_functional_op(inplace_op):
     """``op.maybe_inplace(torch.ones(1).expand(3), y)``.
 
@@ -205,10 +177,6 @@ class _Holder:
         return x * alpha
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: inductor copies native.__code__ and drops the bound self of a bound-method native",
-)
 def test_inductor_provider_on_an_op_whose_native_is_a_bound_method(make_op):
     """register_op accepts a bound method (its signature has no self).
 
@@ -225,11 +193,6 @@ def test_inductor_provider_on_an_op_whose_native_is_a_bound_method(make_op):
     torch.testing.assert_close(out, torch.full((3,), 3.0))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: vmap over maybe_inplace gives torch's batching "
-    "error; the functional op works under vmap",
-)
 def test_vmap_over_maybe_inplace(inplace_op):
     """``torch.vmap(op.maybe_inplace)(a, b)``.
 

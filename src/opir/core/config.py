@@ -93,6 +93,22 @@ def load_priority(path: str | os.PathLike) -> None:
     set_priority(_read_file(Path(path), f"priority file {path}"))
 
 
+def _no_duplicate_ops(source: str):
+    """A ``json.loads`` object hook refusing an op named twice (JSON keeps the last silently)."""
+
+    def hook(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        mapping: dict[str, object] = {}
+        for name, value in pairs:
+            if name in mapping:
+                raise PriorityError(
+                    f"{source}: op '{name}' is named twice; give each op one list of providers"
+                )
+            mapping[name] = value
+        return mapping
+
+    return hook
+
+
 def _read_file(path: Path, source: str) -> PriorityConfig:
     if path.suffix not in (".json", ".toml"):
         raise PriorityError(f"{source}: use a .json or .toml file")
@@ -107,7 +123,9 @@ def _read_file(path: Path, source: str) -> PriorityConfig:
     except (OSError, UnicodeDecodeError) as e:
         raise PriorityError(f"{source}: cannot read it ({e})") from None
     try:
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        if path.suffix == ".toml":  # TOML itself refuses a key given twice
+            return tomllib.loads(text)
+        return json.loads(text, object_pairs_hook=_no_duplicate_ops(source))
     except (ValueError, tomllib.TOMLDecodeError) as e:
         raise PriorityError(f"{source}: not valid {path.suffix[1:].upper()}: {e}") from None
 
@@ -118,7 +136,9 @@ def parse_env(value: str) -> PriorityConfig:
     text = value.strip()
     if text.startswith("{"):
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_no_duplicate_ops(source))
+        except PriorityError:
+            raise
         except ValueError as e:
             raise PriorityError(f"{source}: invalid JSON: {e}; accepted forms: {_FORMS}") from None
     if text.endswith((".json", ".toml")):
@@ -129,6 +149,10 @@ def parse_env(value: str) -> PriorityConfig:
         listed = [p.strip() for p in providers.split(",") if p.strip()]
         if not sep or not name.strip() or not listed:
             raise PriorityError(f"{source}: cannot parse {item!r}; accepted forms: {_FORMS}")
+        if name.strip() in config:
+            raise PriorityError(
+                f"{source}: op '{name.strip()}' is named twice; give each op one list of providers"
+            )
         config[name.strip()] = listed
     return config
 

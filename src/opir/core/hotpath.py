@@ -45,6 +45,7 @@ from opir.core import scope as _scope
 from opir.core.errors import RegistrationError
 
 _PLAIN = frozenset({torch.Tensor, torch.nn.Parameter})
+_PLAIN_OR_NONE = _PLAIN | {type(None)}
 _GLOBALS: dict[str, Any] = {
     "_dynamo_compiling": torch.compiler.is_dynamo_compiling,
     "_dispatch_mode_depth": torch._C._len_torch_dispatch_stack,
@@ -52,7 +53,11 @@ _GLOBALS: dict[str, Any] = {
     "_grad_enabled": torch.is_grad_enabled,
     "_scope_get": _scope.current.get,
     "_PLAIN": _PLAIN,
-    "_PLAIN_OR_NONE": _PLAIN | {type(None)},
+    "_PLAIN_OR_NONE": _PLAIN_OR_NONE,
+    "_plain_list": lambda seq: seq is None or all(type(t) in _PLAIN_OR_NONE for t in seq),
+    "_list_requires_grad": lambda seq: (
+        seq is not None and any(t is not None and t.requires_grad for t in seq)
+    ),
     "type": type,
 }
 _LOCALS = ("self", "scope", "entries", "pred", "fn")
@@ -86,8 +91,17 @@ def make_call(
     signature: inspect.Signature,
     tensor_params: Sequence[str],
     optional_tensor_params: Sequence[str],
+    tensor_list_params: Sequence[str] = (),
+    *,
+    donating: bool = False,
 ) -> Callable[..., Any]:
-    """Build ``__call__(self, <op params>)`` for one op overload."""
+    """Build ``__call__(self, <op params>)`` for one op overload.
+
+    ``tensor_list_params`` (``list[Tensor]`` parameters) get their elements
+    checked (plain tensors, requires_grad). ``donating`` (``maybe_inplace``):
+    under a functorch transform the call is served by the functional op,
+    which transforms support (donation only permits writing, never requires it).
+    """
     params = list(signature.parameters)
     n = _fresh_names(params)
     args = ", ".join(params)
@@ -103,6 +117,8 @@ def make_call(
         else f"{p}.requires_grad"
         for p in tensor_params
     ]
+    type_checks += [f"{n['_plain_list']}({p})" for p in tensor_list_params]
+    grad_checks += [f"{n['_list_requires_grad']}({p})" for p in tensor_list_params]
     eager_ok = " and ".join(
         [f"not {n['_dispatch_mode_depth']}()", f"not {n['_functorch_active']}()", *type_checks]
     )
@@ -124,7 +140,12 @@ def make_call(
         f"        for {pred}, {fn} in {entries}:\n"
         f"            if {pred} is None or {pred}({args}):\n"
         f"                return {fn}({args})\n"
-        f"    return {self_}.torch_op({args})\n"
+        + (
+            f"    if {n['_functorch_active']}():\n        return {self_}.op.torch_op({args})\n"
+            if donating
+            else ""
+        )
+        + f"    return {self_}.torch_op({args})\n"
     )
     namespace: dict[str, Any] = {}
     globals_ = {n[k]: v for k, v in _GLOBALS.items()}

@@ -110,6 +110,7 @@ class Op(Overload, NumericsMixin):
         inplace: bool = False,
         reason: str = "",
         eager: Callable | None = None,
+        aliasing_safe: bool = False,
     ) -> Callable[[Callable], Callable]:
         """Decorator registering ``fn`` as ``provider``'s kernel for this op.
 
@@ -123,6 +124,11 @@ class Op(Overload, NumericsMixin):
         lowering run it); ``eager``, with the same parameters, is what the
         eager fast path calls instead, e.g. a pybind entry point that skips
         the dispatcher. Impls never need to ask whether they are being traced.
+        ``aliasing_safe=True`` declares that an in-place kernel is itself correct
+        when donated activations overlap (each other, or themselves); otherwise
+        opir checks every ``maybe_inplace`` call and serves overlapping ones on
+        clones. Float parameters may arrive as ``int`` on the eager path (as
+        Python's typing allows; the torch op converts them): accept both.
         Returns ``fn`` unchanged.
 
         Example::
@@ -156,7 +162,17 @@ class Op(Overload, NumericsMixin):
             what = f"impl '{provider}' of op '{self.name}'"
             _signature.check_same_schema(fn, self.schema, what)
             self._check_new_provider(provider)
-            impl = Impl(self.name, provider, fn, supported, supports_args, inplace, reason, eager)
+            impl = Impl(
+                self.name,
+                provider,
+                fn,
+                supported,
+                supports_args,
+                inplace,
+                reason,
+                eager,
+                aliasing_safe,
+            )
             self._impls[provider] = impl
             self.refresh_priority()
             return fn
@@ -272,6 +288,9 @@ class Op(Overload, NumericsMixin):
         self._entries = priority.functional
         if self.maybe_inplace is not None:
             self.maybe_inplace._entries = priority.donating
+        _scope.refresh(
+            self, lambda old: build_priority(self, [p for p in old.user if p in self._impls])
+        )
 
     # --------------------------------------------------------------- dispatch
     def complete_args(self, args: tuple, kwargs: Mapping[str, Any] | None = None) -> tuple:
@@ -302,19 +321,19 @@ class Op(Overload, NumericsMixin):
         """
         return explain(priority or self.current_priority(), args)
 
-    def dispatch(self, *args: Any, priority: Priority | None = None, **kwargs: Any) -> Impl:
-        """The impl a call with these (real or fake) arguments would run.
+    def dispatch(self, *args: Any, **kwargs: Any) -> Impl:
+        """The impl a call with these (real or fake) arguments would run in the
+        current scope. It takes exactly the op's own arguments (an op may have a
+        parameter named ``priority``); to ask about another priority use
+        ``op.select(op.complete_args(args), priority)``.
 
         Example: ``opir.ops.rms_norm.dispatch(x, w, 1e-6).provider`` -> ``'cpu'``
         """
-        return self.select(self.complete_args(args, kwargs), priority).impl
+        return self.select(self.complete_args(args, kwargs)).impl
 
     # ----------------------------------------------------------- torch hooks
     def _fake(self, *args: Any) -> Any:
         return self._fake_fn(*args)
-
-    def _refuse_backward(self, ctx: Any, *grads: Any) -> Any:
-        raise RuntimeError(self.backward_error)
 
     def _refuse_grad_donation(self, *args: Any) -> Any:
         if _grad_enabled() and any(isinstance(a, _Tensor) and a.requires_grad for a in args):

@@ -105,11 +105,62 @@ class MaybeInplace(Overload):
         return f"<opir op {self.op.name}.maybe_inplace>"
 
 
+def _differentiable(t: Any) -> bool:
+    return isinstance(t, _Tensor) and (t.is_floating_point() or t.is_complex())
+
+
+def _grad_leaf(t: _Tensor) -> _Tensor:
+    """``t`` itself if it already requires grad, else a fresh alias that does.
+
+    Never ``t.requires_grad_()``: an impl may return one of the caller's own
+    tensors (an alias), and the call must not change the caller's tensors.
+    """
+    return t if t.requires_grad else t.detach().requires_grad_()
+
+
 def _refuse_backward(out: Any, message: str) -> Any:
-    """``out`` with a grad_fn whose backward raises ``message``."""
+    """``out`` with a grad_fn whose backward raises ``message``.
+
+    Only floating-point (and complex) outputs get one, as autograd does;
+    integer outputs come back untouched, and a list stays a list.
+    """
     if type(out) is _Tensor:
-        if not out.requires_grad:
-            out.requires_grad_()
-        return _DelayedError(message, 1)(out)
-    outs = [t.requires_grad_() if not t.requires_grad else t for t in out]
-    return tuple(_DelayedError(message, len(outs))(*outs))
+        if not _differentiable(out):
+            return out
+        return _DelayedError(message, 1)(_grad_leaf(out))
+    items = list(out)
+    slots = [i for i, t in enumerate(items) if _differentiable(t)]
+    if slots:
+        refused = _DelayedError(message, len(slots))(*(_grad_leaf(items[i]) for i in slots))
+        if isinstance(refused, _Tensor):
+            refused = (refused,)
+        for i, t in zip(slots, refused, strict=True):
+            items[i] = t
+    return items if isinstance(out, list) else tuple(items)
+
+
+def refuse_backward_kernel(overload: Overload) -> Callable[..., Any]:
+    """The Autograd-key kernel of an op's functional torch op.
+
+    It runs the op below autograd and, when an input requires grad, gives the
+    outputs a grad_fn that raises the op's "inference op" error. Unlike
+    ``torch.library.register_autograd`` this also works under functorch
+    transforms: ``vmap`` works, and a gradient transform (``torch.func.grad``,
+    ``jacrev``) gets opir's message at once, in the forward, since a
+    transform allows no grad_fn to be attached afterwards.
+    """
+    op = overload.op
+    below_autograd = torch._C._AutoDispatchBelowAutograd
+    any_requires_grad = torch._C._any_requires_grad
+    functorch_active = torch._C._are_functorch_transforms_active
+
+    def kernel(*args: Any) -> Any:
+        with below_autograd():
+            out = overload.torch_op(*args)
+        if _grad_enabled() and any_requires_grad(*args):
+            if functorch_active():  # no requires_grad_ inside a transform: refuse now
+                raise RuntimeError(op.backward_error)
+            return _refuse_backward(out, op.backward_error)
+        return out
+
+    return kernel

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opir.core.errors import PriorityError
-from opir.core.impl import Impl, on_clones
+from opir.core.impl import Impl, guarded_donation, on_clones
 from opir.core.registry import Mode, platform_defaults
 
 if TYPE_CHECKING:
@@ -88,6 +88,14 @@ def functional_fn(impl: Impl, positions: Sequence[int], *, eager: bool) -> Calla
     return on_clones(fn, positions) if impl.inplace else fn
 
 
+def donating_fn(impl: Impl, positions: Sequence[int]) -> Callable[..., Any]:
+    """``impl``'s eager function for ``maybe_inplace`` calls (overlap-guarded unless
+    the impl says it handles overlapping activations itself)."""
+    if impl.inplace and not impl.aliasing_safe:
+        return guarded_donation(impl.eager_fn, positions)
+    return impl.eager_fn
+
+
 def build_priority(op: Op, user: Sequence[str], mode: Mode = "eager") -> Priority:
     """Filter ``user + platform defaults`` for ``op`` into a :class:`Priority`."""
     requested: list[str] = []
@@ -123,5 +131,5 @@ def build_priority(op: Op, user: Sequence[str], mode: Mode = "eager") -> Priorit
         impls=tuple(kept),
         dropped=tuple(dropped),
         functional=tuple((i.supports_args, functional_fn(i, positions, eager=True)) for i in kept),
-        donating=tuple((i.supports_args, i.eager_fn) for i in kept),
+        donating=tuple((i.supports_args, donating_fn(i, positions)) for i in kept),
     )

@@ -17,7 +17,7 @@ from opir.core import torch_library as _torch_library
 from opir.core.errors import RegistrationError
 from opir.core.hotpath import make_call, specialize
 from opir.core.op import Op
-from opir.core.overloads import MaybeInplace
+from opir.core.overloads import MaybeInplace, refuse_backward_kernel
 
 
 @overload
@@ -70,10 +70,13 @@ def _register(
     sig = _signature.analyze(fn, name, activations, allow_inplace)
     # 2. generate the eager fast paths (may still fail; nothing registered yet)
     tensors, optional = sig.tensor_names, sig.optional_tensor_names
-    op_class = specialize(Op, name, make_call(name, sig.signature, tensors, optional))
+    lists = sig.tensor_list_names
+    op_class = specialize(Op, name, make_call(name, sig.signature, tensors, optional, lists))
     inplace_class = None
     if allow_inplace:
-        call = make_call(f"{name}_maybe_inplace", sig.signature, tensors, optional)
+        call = make_call(
+            f"{name}_maybe_inplace", sig.signature, tensors, optional, lists, donating=True
+        )
         inplace_class = specialize(MaybeInplace, name, call)
     # 3. build the Python objects
     op = op_class(fn, name, sig)
@@ -83,7 +86,7 @@ def _register(
     hooks = _torch_library.TorchHooks(
         kernel=op._kernel,
         fake=op._fake,
-        refuse_backward=op._refuse_backward,
+        autograd_kernel=refuse_backward_kernel(op),
         inplace_kernel=op.maybe_inplace._kernel if op.maybe_inplace else None,
         refuse_grad_donation=op._refuse_grad_donation,
     )

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Literal
 
+from opir.core.errors import PriorityError
+
 if TYPE_CHECKING:
     from opir.core.op import Op
 
@@ -72,8 +74,23 @@ def set_platform_defaults(defaults: Mapping[str, Sequence[str]], *, mode: Mode =
 
         opir.set_platform_defaults({"rms_norm": ["triton", "native"]})
     """
+    if mode not in _platform_defaults:
+        raise PriorityError(
+            f"set_platform_defaults: unknown mode {mode!r}; use 'eager' or 'compile'"
+        )
+    checked = {}
     for op_name, providers in defaults.items():
-        _platform_defaults[mode][op_name] = tuple(providers)
+        if isinstance(providers, str) or not all(isinstance(p, str) for p in providers):
+            raise PriorityError(
+                f"set_platform_defaults: the providers of '{op_name}' must be a list of "
+                f"provider names, got {providers!r}; write ['{providers}'] for one provider"
+                if isinstance(providers, str)
+                else f"set_platform_defaults: the providers of '{op_name}' must be a list of "
+                f"provider names (strings), got {providers!r}"
+            )
+        checked[op_name] = tuple(providers)
+    for op_name, providers in checked.items():
+        _platform_defaults[mode][op_name] = providers
         op = ops.get(op_name)
         if op is not None:
             op.refresh_priority()

@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from opir.core.trace import Trace
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Scope:
     """What a ``with`` block changed about dispatch in this thread / task.
 
@@ -54,11 +55,36 @@ class Scope:
 
 current: ContextVar[Scope | None] = ContextVar("opir_scope", default=None)
 
+_live: weakref.WeakSet[Scope] = weakref.WeakSet()
+"""Scopes that override some priority, in any thread (so impl changes reach them)."""
+
+
+def refresh(op: Any, rebuild: Callable[[Priority], Priority]) -> None:
+    """Rebuild ``op``'s priority in every live scope that overrides it.
+
+    A scoped priority is built when the ``with`` block is entered; when the
+    op's impls change later (an impl withdrawn after a failed build, one
+    unregistered, a new one registered) the scopes must not keep calling what
+    the process-wide priority no longer would.
+    """
+    for scope in list(_live):
+        old = scope.priorities.get(op)
+        if old is None:
+            continue
+        new = rebuild(old)
+        scope.priorities[op] = new  # type: ignore[index]  (dicts owned by the scopes)
+        scope.hot_entries[op] = new.functional  # type: ignore[index]
+        if op.maybe_inplace is not None:
+            scope.hot_entries[op.maybe_inplace] = new.donating  # type: ignore[index]
+        scope.__dict__.pop("priority_key", None)
+
 
 @contextlib.contextmanager
 def entered(**changes: Any) -> Iterator[Scope]:
     """Enter a scope derived from the current one; restored on any exit."""
     scope = dataclasses.replace(current.get() or Scope(), **changes)
+    if scope.priorities:
+        _live.add(scope)
     token = current.set(scope)
     try:
         yield scope

@@ -7,6 +7,7 @@ registration step touches torch, so a rejected op leaves no trace behind.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import re
@@ -55,6 +56,8 @@ class OpSignature:
     inplace_schema: str | None  # the maybe_inplace overload's, for allow_inplace ops
     tensor_positions: tuple[int, ...]
     optional_tensor_names: tuple[str, ...]  # tensor parameters that may be None
+    tensor_list_names: tuple[str, ...]  # list[Tensor] parameters (checked element by element)
+    float_positions: tuple[int, ...]  # float parameters (the torch op turns an int into a float)
     activations: tuple[str, ...]
     activation_positions: tuple[int, ...]
 
@@ -86,7 +89,7 @@ def analyze(
     check_parameter_names(name, names)
     schema = infer_schema(fn, f"op '{name}'")
     kinds = [_tensor_kind(p.annotation, fn) for p in params]
-    tensor_positions = tuple(i for i, k in enumerate(kinds) if k)
+    tensor_positions = tuple(i for i, k in enumerate(kinds) if k in ("tensor", "optional"))
     if activations is None:
         activations = [n for n in names if n.startswith("x")]
     unknown = [a for a in activations if a not in names]
@@ -113,6 +116,8 @@ def analyze(
         inplace_schema=inplace_schema,
         tensor_positions=tensor_positions,
         optional_tensor_names=tuple(names[i] for i in tensor_positions if kinds[i] == "optional"),
+        tensor_list_names=tuple(n for n, k in zip(names, kinds, strict=True) if k == "list"),
+        float_positions=tuple(i for i, k in enumerate(kinds) if k == "float"),
         activations=tuple(activations),
         activation_positions=activation_positions,
     )
@@ -149,13 +154,24 @@ def fmt_params(params: list[tuple[str, Any]]) -> str:
 
 
 def _tensor_kind(annotation: Any, fn: Callable) -> str | None:
-    """'tensor', 'optional' (Tensor | None) or None, for one parameter's annotation."""
+    """The kind of one parameter, from its annotation: 'tensor', 'optional'
+    (Tensor | None), 'list' (a list of tensors), 'float' (float or float | None)
+    or None (anything else)."""
     if isinstance(annotation, str):  # postponed annotations: resolve like torch does
         annotation = eval(annotation, fn.__globals__)
     if annotation is torch.Tensor:
         return "tensor"
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = typing.get_args(annotation)
+    if annotation is float:
+        return "float"
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
         if torch.Tensor in args:
             return "optional" if type(None) in args else "tensor"
+        if float in args:
+            return "float"
+        if type(None) in args and len(args) == 2:  # list[Tensor] | None
+            inner = next(a for a in args if a is not type(None))
+            return "list" if _tensor_kind(inner, fn) == "list" else None
+    if origin in (list, collections.abc.Sequence) and args:
+        return "list" if _tensor_kind(args[0], fn) in ("tensor", "optional") else None
     return None

@@ -23,7 +23,7 @@ class TorchHooks:
 
     kernel: Callable[..., Any]  # CompositeExplicitAutograd kernel of the default overload
     fake: Callable[..., Any]
-    refuse_backward: Callable[..., Any]  # the autograd formula: always raises
+    autograd_kernel: Callable[..., Any]  # Autograd key of the default overload: refuses backward
     inplace_kernel: Callable[..., Any] | None = None
     refuse_grad_donation: Callable[..., Any] | None = None  # Autograd key of maybe_inplace
 
@@ -36,7 +36,13 @@ class TorchOp:
 
 
 def is_defined(name: str) -> bool:
-    return hasattr(getattr(torch.ops, NAMESPACE), name)
+    """Whether ``opir::<name>`` exists in torch's dispatcher (asked of the dispatcher
+    itself: the ``torch.ops.opir`` namespace object has attributes such as ``name``)."""
+    try:
+        torch._C._dispatch_find_schema_or_throw(f"{NAMESPACE}::{name}", "")
+    except RuntimeError:
+        return False
+    return True
 
 
 def define(name: str, schema: str, inplace_schema: str | None, hooks: TorchHooks) -> TorchOp:
@@ -60,9 +66,7 @@ def _define(
     library.define(name + schema)
     library.impl(name, hooks.kernel, "CompositeExplicitAutograd")
     torch.library.register_fake(qualname, hooks.fake, lib=library)
-    torch.library.register_autograd(
-        qualname, hooks.refuse_backward, setup_context=_no_setup_context, lib=library
-    )
+    library.impl(name, hooks.autograd_kernel, "Autograd")
     packet = getattr(getattr(torch.ops, NAMESPACE), name)
     donating = None
     if inplace_schema is not None:
@@ -73,7 +77,3 @@ def _define(
         torch.library.register_fake(f"{qualname}.maybe_inplace", hooks.fake, lib=library)
         donating = packet.maybe_inplace
     return TorchOp(library, packet.default, donating)
-
-
-def _no_setup_context(ctx: Any, inputs: Any, output: Any) -> None:
-    return None

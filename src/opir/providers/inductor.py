@@ -31,6 +31,7 @@ outer compiler fuses them.
 from __future__ import annotations
 
 import collections
+import contextlib
 import struct
 import threading
 import types
@@ -73,15 +74,24 @@ class CompiledNative:
         )
         self._lock = threading.Lock()
         self._copies = 0
+        self._floats = frozenset(op.sig.float_positions)
 
     def __call__(self, *args: Any) -> Any:
         args = tuple(
             a.contiguous() if isinstance(a, _Tensor) and not a.is_contiguous() else a for a in args
         )
+        if self._floats:  # an int given for a float parameter is the float's kind
+            args = tuple(
+                float(a) if i in self._floats and type(a) is int else a for i, a in enumerate(args)
+            )
         kind = _kind(args)
         fn = self.compiled.get(kind)
         if fn is None:
             fn = self._compile(kind)
+        else:
+            # least recently *used* goes first; another thread may have evicted it meanwhile
+            with contextlib.suppress(KeyError):
+                self.compiled.move_to_end(kind)
         try:
             return fn(*args)
         except Exception as compile_error:
@@ -97,19 +107,31 @@ class CompiledNative:
         with self._lock:
             fn = self.compiled.get(kind)
             if fn is None:
-                native = self.op.native
                 self._copies += 1
-                code = native.__code__.replace(co_name=f"{native.__name__}_inductor_{self._copies}")
-                copy = types.FunctionType(
-                    code, native.__globals__, code.co_name, native.__defaults__, native.__closure__
+                fn = torch.compile(
+                    _fresh_copy(self.op.native, self._copies), dynamic=True, fullgraph=True
                 )
-                fn = torch.compile(copy, dynamic=True, fullgraph=True)
                 self.compiled[kind] = fn
                 while len(self.compiled) > MAX_KINDS:
                     self.compiled.popitem(last=False)
             else:
                 self.compiled.move_to_end(kind)
             return fn
+
+
+def _fresh_copy(native: Callable[..., Any], n: int) -> Callable[..., Any]:
+    """``native`` with a code object of its own (so its own Dynamo cache and
+    recompile budget); a bound method stays bound to its object."""
+    func = getattr(native, "__func__", native)
+    if not isinstance(func, types.FunctionType):
+        return native  # a callable object: compiled as it is
+    code = func.__code__.replace(co_name=f"{func.__name__}_inductor_{n}")
+    copy = types.FunctionType(code, func.__globals__, code.co_name, func.__defaults__,
+                              func.__closure__)  # fmt: skip
+    copy.__kwdefaults__ = func.__kwdefaults__
+    if func is not native:
+        return types.MethodType(copy, native.__self__)
+    return copy
 
 
 compiled: dict[str, CompiledNative] = {}

@@ -140,6 +140,7 @@ def cpu_rms_norm(
     reason=REASON,
     supports_args=supports_fused_add_rms_norm,
     inplace=True,
+    aliasing_safe=True,  # the kernel detects overlap and runs on private copies
 )
 def cpu_fused_add_rms_norm(
     x: torch.Tensor,
