@@ -55,16 +55,22 @@ def _bench_dispatch(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from opir.bench import dispatch
+    from opir.bench.kernels import default_device
 
+    device = args.device or default_device()
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("timing dispatch", total=2 * args.rounds)
         results = dispatch.run(
-            rounds=args.rounds, number=args.number, on_round=lambda: progress.advance(task)
+            rounds=args.rounds,
+            number=args.number,
+            on_round=lambda: progress.advance(task),
+            device=device,
         )
-        results.append(dispatch.run_trivial(rounds=args.rounds))
+        results.append(dispatch.run_trivial(rounds=args.rounds, device=device))
     for result in results:
         table = Table(
-            title=f"dispatch cost, rms_norm 1x64 fp32, {result.mode}, selected provider "
+            title=f"dispatch cost, rms_norm 1x64 fp32 on {device}, {result.mode}, selected "
+            f"provider "
             f"'{result.provider}' (noise floor {result.noise_floor_us:.3f} µs)"
         )
         table.add_column("call")
@@ -231,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = benches.add_parser("dispatch", help="eager dispatch overhead vs a direct call")
     d.add_argument("--rounds", type=int, default=101, help="interleaved rounds (default 101)")
     d.add_argument("--number", type=int, default=500, help="calls per round (default 500)")
+    d.add_argument(
+        "--device", choices=("cpu", "cuda"), help="default: cuda when a GPU is usable, else cpu"
+    )
     d.set_defaults(run=_bench_dispatch)
     k = benches.add_parser("kernels", help="kernel time per provider next to a plain copy")
     k.add_argument("--short", action="store_true", help="a few shapes only (for `make run`)")

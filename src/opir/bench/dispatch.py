@@ -13,6 +13,12 @@ autograd on, where ``op(...)`` is also timed with an ``x`` that requires grad
 ``run_trivial`` isolates opir's own cost with an op whose impl returns its
 input, and times ``op(...)`` with the process-default priority next to the
 same call inside a scoped priority for that op and for another op.
+
+With ``device="cuda"`` the tensors live on the GPU and what is timed is the
+host's time per call (dispatch plus kernel launch): the device is
+synchronised before every timed loop, outside the timing, and a loop launches
+fewer kernels than the launch queue holds, so idle-waiting on the GPU is
+excluded.
 """
 
 from __future__ import annotations
@@ -79,11 +85,15 @@ def _identity(x: torch.Tensor, weight: torch.Tensor | None, epsilon: float) -> t
     return x
 
 
-def run_trivial(rounds: int = 101, number: int = 2000) -> DispatchResult:
+def _settle(device: str) -> Callable[[], None] | None:
+    return torch.cuda.synchronize if device != "cpu" else None
+
+
+def run_trivial(rounds: int = 101, number: int = 2000, device: str = "cpu") -> DispatchResult:
     """opir's own dispatch cost: an op whose only impl returns its input."""
     op = register_op(name="bench_dispatch_identity")(_identity)
     try:
-        x, weight = torch.ones(1, 64), torch.ones(64)
+        x, weight = torch.ones(1, 64, device=device), torch.ones(64, device=device)
         call = lambda: op(x, weight, 1e-6)  # noqa: E731
         fns = {
             DIRECT: lambda: _identity(x, weight, 1e-6),
@@ -97,7 +107,9 @@ def run_trivial(rounds: int = 101, number: int = 2000) -> DispatchResult:
             SCOPED_OTHER: lambda: rms_norm.set_priority(["native"]),
         }
         with torch.inference_mode():
-            samples = interleave(fns, rounds=rounds, number=number, contexts=contexts)
+            samples = interleave(
+                fns, rounds=rounds, number=number, contexts=contexts, settle=_settle(device)
+            )
     finally:
         op.drop()
     return DispatchResult(
@@ -109,10 +121,16 @@ def run_trivial(rounds: int = 101, number: int = 2000) -> DispatchResult:
 
 
 def run(
-    rounds: int = 101, number: int = 500, on_round: Callable[[], None] | None = None
+    rounds: int = 101,
+    number: int = 500,
+    on_round: Callable[[], None] | None = None,
+    device: str = "cpu",
 ) -> list[DispatchResult]:
     """One result per autograd mode, all candidates interleaved within a mode."""
-    args = rms_norm.sample_inputs(num_tokens=1, hidden_size=64)
+    args = tuple(
+        a.to(device) if isinstance(a, torch.Tensor) else a
+        for a in rms_norm.sample_inputs(num_tokens=1, hidden_size=64)
+    )
     selected = rms_norm.dispatch(*args)
     direct = selected.fn
     predicate = selected.supports_args or (lambda *a: True)
@@ -138,7 +156,9 @@ def run(
                 )
                 if mode == "grad on":
                     fns[GRAD_INPUT] = lambda: rms_norm(*grad_args)
-                samples = interleave(fns, rounds=rounds, number=number, on_round=on_round)
+                samples = interleave(
+                    fns, rounds=rounds, number=number, on_round=on_round, settle=_settle(device)
+                )
             results.append(
                 DispatchResult(
                     mode,

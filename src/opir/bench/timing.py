@@ -43,11 +43,15 @@ def interleave(
     warmup: int = 100,
     on_round: Callable[[], None] | None = None,
     contexts: Mapping[str, Callable[[], ContextManager]] | None = None,
+    settle: Callable[[], None] | None = None,
 ) -> Samples:
     """Time each candidate ``number`` calls per round for ``rounds`` rounds.
 
     ``contexts`` maps a candidate to a context manager factory entered around
     its timed loop (entering it is not timed), e.g. a scoped priority.
+    ``settle`` runs before each timed loop, untimed: ``torch.cuda.synchronize``
+    on a GPU, so host-side time is measured with an idle device queue (with
+    ``number`` below the launch-queue depth the host never waits on the GPU).
     """
     names = list(candidates)
     contexts = contexts or {}
@@ -64,6 +68,8 @@ def interleave(
         for name in names[shift:] + names[:shift]:
             fn = candidates[name]
             with contexts.get(name, no_context)():
+                if settle is not None:
+                    settle()
                 start = clock()
                 for _ in loop:
                     fn()
