@@ -22,9 +22,7 @@ def _brute_force(sizes: tuple[int, ...], strides: tuple[int, ...]) -> bool:
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.lists(st.tuples(st.integers(0, 4), st.integers(0, 12)), min_size=1, max_size=4)
-)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 12)), min_size=1, max_size=4))
 def test_matches_brute_force(dims):
     sizes = tuple(n for n, _ in dims)
     strides = tuple(s for _, s in dims)
