@@ -28,9 +28,6 @@ SEED = int(os.environ.get("OPIR_FUZZ_SEED", "1234"))
 COMPILING_CASES = 3
 SKIP_OPS = {"all_reduce_rms_norm"}  # needs a process group; covered by the TP tests
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-# Known gap (issue 9, "inductor provider ... bad input raises Dynamo internals instead of
-# the native ValueError"), fixed on another branch: drop this entry once that lands.
-INVALID_INPUT_UNCHECKED = {"inductor"}
 
 
 def _pairs():
@@ -180,8 +177,6 @@ def _check(op, provider, seed, inplace):
     try:
         expected = op.native(*_case(op, seed)[0])
     except Exception as e:  # invalid input: the provider must raise the same type
-        if provider in INVALID_INPUT_UNCHECKED:
-            return
         with pytest.raises(type(e)), op.set_priority([provider]):
             (op.maybe_inplace if inplace else op)(*args)
         return
