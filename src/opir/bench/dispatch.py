@@ -73,7 +73,9 @@ def _twin_with_rejecting_first(selected: Impl) -> Iterator[Op]:
         return False
 
     twin.register_impl("bench_rejects", supports_args=rejects)(rms_norm.native)
-    twin.register_impl("bench_selected", supports_args=selected.supports_args)(selected.fn)
+    twin.register_impl(
+        "bench_selected", supports_args=selected.supports_args, eager=selected.eager
+    )(selected.fn)
     try:
         twin.set_default(["bench_rejects", "bench_selected", "native"])
         yield twin
@@ -132,7 +134,7 @@ def run(
         for a in rms_norm.sample_inputs(num_tokens=1, hidden_size=64)
     )
     selected = rms_norm.dispatch(*args)
-    direct = selected.fn
+    direct = selected.eager_fn
     predicate = selected.supports_args or (lambda *a: True)
     torch_op = rms_norm.torch_op
     grad_args = (args[0].clone().requires_grad_(), *args[1:])

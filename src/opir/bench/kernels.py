@@ -172,8 +172,8 @@ def measure(
         if impl.supports_args is not None and not impl.supports_args(*args):
             continue  # this provider does not take this variant
         call_args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
-        impl.fn(*call_args)  # warm up (builds / compiles on first use)
-        candidates[provider] = lambda fn=impl.fn, a=call_args: fn(*a)
+        impl.eager_fn(*call_args)  # warm up (builds / compiles on first use)
+        candidates[provider] = lambda fn=impl.eager_fn, a=call_args: fn(*a)
     number = min(_calls_per_round(fn, cuda=cuda) for fn in candidates.values())
     if cuda:
         samples = interleave_cuda(candidates, rounds=rounds, number=number, warmup=2)

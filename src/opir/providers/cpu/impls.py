@@ -80,9 +80,6 @@ def kernels():
     return torch.ops.opir_cpu
 
 
-_dispatch_mode_depth = torch._C._len_torch_dispatch_stack
-
-
 def _loaded_or_fallback(op):
     """The extension, or (when the build failed and the user did not ask ``op`` for
     ``cpu``) None after withdrawing ``cpu`` with one warning; the caller re-runs ``op``."""
@@ -115,16 +112,8 @@ def _argument_error(op: str, epsilon, sizes: dict, error: TypeError) -> TypeErro
     return error
 
 
-@rms_norm.register_impl("cpu", supported=SUPPORTED, reason=REASON, supports_args=supports_rms_norm)
-def cpu_rms_norm(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    variance_size: int | None = None,
-    weight_bias: float = 0.0,
-) -> torch.Tensor:
-    if _dispatch_mode_depth():
-        return torch.ops.opir_cpu.rms_norm.default(x, weight, epsilon, variance_size, weight_bias)
+def _eager_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0):
+    """The pybind entry point: what eager calls run (no dispatcher)."""
     ext = _extension or _loaded_or_fallback(rms_norm)
     if ext is None:
         return rms_norm(x, weight, epsilon, variance_size, weight_bias)
@@ -134,28 +123,28 @@ def cpu_rms_norm(
         raise _argument_error("rms_norm", epsilon, {"variance_size": variance_size}, e) from None
 
 
-@fused_add_rms_norm.register_impl(
+@rms_norm.register_impl(
     "cpu",
     supported=SUPPORTED,
     reason=REASON,
-    supports_args=supports_fused_add_rms_norm,
-    inplace=True,
-    aliasing_safe=True,  # the kernel detects overlap and runs on private copies
+    supports_args=supports_rms_norm,
+    eager=_eager_rms_norm,
 )
-def cpu_fused_add_rms_norm(
+def cpu_rms_norm(
     x: torch.Tensor,
-    x_residual: torch.Tensor,
     weight: torch.Tensor | None,
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
+    """Traceable: the kernel as a torch custom op (what lowering records)."""
+    return torch.ops.opir_cpu.rms_norm.default(x, weight, epsilon, variance_size, weight_bias)
+
+
+def _eager_fused_add_rms_norm(x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0):
     """In place when x and the residual are separate memory; otherwise (they alias,
     overlap, or x's rows overlap each other) on private copies, which are returned."""
     args = (weight, epsilon, variance_size, weight_bias)
-    if _dispatch_mode_depth():
-        torch.ops.opir_cpu.fused_add_rms_norm_.default(x, x_residual, *args)
-        return x, x_residual
     ext = _extension or _loaded_or_fallback(fused_add_rms_norm)
     if ext is None:
         return fused_add_rms_norm.maybe_inplace(x, x_residual, *args)
@@ -166,6 +155,31 @@ def cpu_fused_add_rms_norm(
         sizes = {"variance_size": variance_size}
         raise _argument_error("fused_add_rms_norm", epsilon, sizes, e) from None
     return _on_private_copies(ext, x, x_residual, *args)
+
+
+@fused_add_rms_norm.register_impl(
+    "cpu",
+    supported=SUPPORTED,
+    reason=REASON,
+    supports_args=supports_fused_add_rms_norm,
+    inplace=True,
+    aliasing_safe=True,  # the kernel detects overlap and runs on private copies
+    eager=_eager_fused_add_rms_norm,
+)
+def cpu_fused_add_rms_norm(
+    x: torch.Tensor,
+    x_residual: torch.Tensor,
+    weight: torch.Tensor | None,
+    epsilon: float,
+    variance_size: int | None = None,
+    weight_bias: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Traceable: the in-place custom op (it refuses overlapping buffers with an error
+    saying "alias"/"overlap"; the eager function serves those on private copies)."""
+    torch.ops.opir_cpu.fused_add_rms_norm_.default(
+        x, x_residual, weight, epsilon, variance_size, weight_bias
+    )
+    return x, x_residual
 
 
 def _on_private_copies(ext, x, x_residual, weight, epsilon, variance_size, weight_bias):
@@ -180,8 +194,23 @@ def _on_private_copies(ext, x, x_residual, weight, epsilon, variance_size, weigh
     return x_out, residual_out
 
 
+def _eager_rms_norm_gated(x, gate, weight, epsilon, group_size=None, norm_before_gate=False):
+    args = (x, gate, weight, epsilon, group_size, norm_before_gate)
+    ext = _extension or _loaded_or_fallback(rms_norm_gated)
+    if ext is None:
+        return rms_norm_gated(*args)
+    try:
+        return ext.rms_norm_gated(*args)
+    except TypeError as e:
+        raise _argument_error("rms_norm_gated", epsilon, {"group_size": group_size}, e) from None
+
+
 @rms_norm_gated.register_impl(
-    "cpu", supported=SUPPORTED, reason=REASON, supports_args=supports_rms_norm_gated
+    "cpu",
+    supported=SUPPORTED,
+    reason=REASON,
+    supports_args=supports_rms_norm_gated,
+    eager=_eager_rms_norm_gated,
 )
 def cpu_rms_norm_gated(
     x: torch.Tensor,
@@ -191,13 +220,7 @@ def cpu_rms_norm_gated(
     group_size: int | None = None,
     norm_before_gate: bool = False,
 ) -> torch.Tensor:
-    args = (x, gate, weight, epsilon, group_size, norm_before_gate)
-    if _dispatch_mode_depth():
-        return torch.ops.opir_cpu.rms_norm_gated.default(*args)
-    ext = _extension or _loaded_or_fallback(rms_norm_gated)
-    if ext is None:
-        return rms_norm_gated(*args)
-    try:
-        return ext.rms_norm_gated(*args)
-    except TypeError as e:
-        raise _argument_error("rms_norm_gated", epsilon, {"group_size": group_size}, e) from None
+    """Traceable: the kernel as a torch custom op."""
+    return torch.ops.opir_cpu.rms_norm_gated.default(
+        x, gate, weight, epsilon, group_size, norm_before_gate
+    )

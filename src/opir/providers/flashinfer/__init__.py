@@ -46,7 +46,6 @@ SUPPORTED, REASON = _availability()
 
 _DTYPES = (torch.float16, torch.bfloat16)
 _BIASES = (0.0, 1.0)
-_dispatch_mode_depth = torch._C._len_torch_dispatch_stack
 
 
 def supports_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0) -> bool:
@@ -114,8 +113,16 @@ def custom_ops():
     return torch.ops.opir_flashinfer
 
 
+def _eager_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0):
+    return (_kernels or _load()).rms_norm(x, weight, epsilon, weight_bias)
+
+
 @rms_norm.register_impl(
-    "flashinfer", supported=SUPPORTED, reason=REASON, supports_args=supports_rms_norm
+    "flashinfer",
+    supported=SUPPORTED,
+    reason=REASON,
+    supports_args=supports_rms_norm,
+    eager=_eager_rms_norm,
 )
 def flashinfer_rms_norm(
     x: torch.Tensor,
@@ -124,9 +131,12 @@ def flashinfer_rms_norm(
     variance_size: int | None = None,
     weight_bias: float = 0.0,
 ) -> torch.Tensor:
-    if _dispatch_mode_depth():
-        return custom_ops().rms_norm.default(x, weight, epsilon, weight_bias)
-    return (_kernels or _load()).rms_norm(x, weight, epsilon, weight_bias)
+    return custom_ops().rms_norm.default(x, weight, epsilon, weight_bias)
+
+
+def _eager_fused_add_rms_norm(x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0):
+    (_kernels or _load()).fused_add_rms_norm_(x, x_residual, weight, epsilon, weight_bias)
+    return x, x_residual
 
 
 @fused_add_rms_norm.register_impl(
@@ -135,6 +145,7 @@ def flashinfer_rms_norm(
     reason=REASON,
     supports_args=supports_fused_add_rms_norm,
     inplace=True,
+    eager=_eager_fused_add_rms_norm,
 )
 def flashinfer_fused_add_rms_norm(
     x: torch.Tensor,
@@ -144,15 +155,20 @@ def flashinfer_fused_add_rms_norm(
     variance_size: int | None = None,
     weight_bias: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if _dispatch_mode_depth():
-        custom_ops().fused_add_rms_norm_.default(x, x_residual, weight, epsilon, weight_bias)
-    else:
-        (_kernels or _load()).fused_add_rms_norm_(x, x_residual, weight, epsilon, weight_bias)
+    custom_ops().fused_add_rms_norm_.default(x, x_residual, weight, epsilon, weight_bias)
     return x, x_residual
 
 
+def _eager_all_reduce_rms_norm(x, x_residual, weight, epsilon, weight_bias=0.0, variance_size=None):
+    return (_kernels or _load()).all_reduce_rms_norm(x, x_residual, weight, epsilon, weight_bias)
+
+
 @all_reduce_rms_norm.register_impl(
-    "flashinfer", supported=SUPPORTED, reason=REASON, supports_args=supports_all_reduce_rms_norm
+    "flashinfer",
+    supported=SUPPORTED,
+    reason=REASON,
+    supports_args=supports_all_reduce_rms_norm,
+    eager=_eager_all_reduce_rms_norm,
 )
 def flashinfer_all_reduce_rms_norm(
     x: torch.Tensor,
@@ -162,6 +178,4 @@ def flashinfer_all_reduce_rms_norm(
     weight_bias: float = 0.0,
     variance_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if _dispatch_mode_depth():
-        return custom_ops().all_reduce_rms_norm.default(x, x_residual, weight, epsilon, weight_bias)
-    return (_kernels or _load()).all_reduce_rms_norm(x, x_residual, weight, epsilon, weight_bias)
+    return custom_ops().all_reduce_rms_norm.default(x, x_residual, weight, epsilon, weight_bias)

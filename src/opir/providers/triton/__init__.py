@@ -33,7 +33,6 @@ __all__ = ["INTERPRET", "REASON", "SUPPORTED"]
 
 _DTYPES = KERNEL_DTYPES
 _CPU = ON_CPU
-_dispatch_mode_depth = torch._C._len_torch_dispatch_stack
 
 
 # Predicates read as few tensor attributes as possible (they run on every
@@ -105,8 +104,16 @@ def kernels():
     return torch.ops.opir_triton
 
 
+def _eager_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0):
+    return (_norm or _load()).rms_norm(x, weight, epsilon, variance_size, weight_bias)
+
+
 @rms_norm.register_impl(
-    "triton", supported=SUPPORTED, reason=REASON, supports_args=supports_rms_norm
+    "triton",
+    supported=SUPPORTED,
+    reason=REASON,
+    supports_args=supports_rms_norm,
+    eager=_eager_rms_norm,
 )
 def triton_rms_norm(
     x: torch.Tensor,
@@ -115,9 +122,15 @@ def triton_rms_norm(
     variance_size: int | None = None,
     weight_bias: float = 0.0,
 ) -> torch.Tensor:
-    if _dispatch_mode_depth():
-        return kernels().rms_norm.default(x, weight, epsilon, variance_size, weight_bias)
-    return (_norm or _load()).rms_norm(x, weight, epsilon, variance_size, weight_bias)
+    """Traceable: the kernel as a ``triton_op`` (Inductor sees the Triton kernel)."""
+    return kernels().rms_norm.default(x, weight, epsilon, variance_size, weight_bias)
+
+
+def _eager_fused_add_rms_norm(x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0):
+    (_norm or _load()).fused_add_rms_norm_(
+        x, x_residual, weight, epsilon, variance_size, weight_bias
+    )
+    return x, x_residual
 
 
 @fused_add_rms_norm.register_impl(
@@ -126,6 +139,7 @@ def triton_rms_norm(
     reason=REASON,
     supports_args=supports_fused_add_rms_norm,
     inplace=True,
+    eager=_eager_fused_add_rms_norm,
 )
 def triton_fused_add_rms_norm(
     x: torch.Tensor,
@@ -135,16 +149,24 @@ def triton_fused_add_rms_norm(
     variance_size: int | None = None,
     weight_bias: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    args = (x, x_residual, weight, epsilon, variance_size, weight_bias)
-    if _dispatch_mode_depth():
-        kernels().fused_add_rms_norm_.default(*args)
-    else:
-        (_norm or _load()).fused_add_rms_norm_(*args)
+    kernels().fused_add_rms_norm_.default(
+        x, x_residual, weight, epsilon, variance_size, weight_bias
+    )
     return x, x_residual
 
 
+def _eager_rms_norm_gated(x, gate, weight, epsilon, group_size=None, norm_before_gate=False):
+    if _gated is None:
+        _load()
+    return _gated.rms_norm_gated(x, gate, weight, epsilon, group_size, norm_before_gate)
+
+
 @rms_norm_gated.register_impl(
-    "triton", supported=SUPPORTED, reason=REASON, supports_args=supports_rms_norm_gated
+    "triton",
+    supported=SUPPORTED,
+    reason=REASON,
+    supports_args=supports_rms_norm_gated,
+    eager=_eager_rms_norm_gated,
 )
 def triton_rms_norm_gated(
     x: torch.Tensor,
@@ -154,16 +176,30 @@ def triton_rms_norm_gated(
     group_size: int | None = None,
     norm_before_gate: bool = False,
 ) -> torch.Tensor:
-    args = (x, gate, weight, epsilon, group_size, norm_before_gate)
-    if _dispatch_mode_depth():
-        return kernels().rms_norm_gated.default(*args)
-    if _gated is None:
-        _load()
-    return _gated.rms_norm_gated(*args)
+    return kernels().rms_norm_gated.default(x, gate, weight, epsilon, group_size, norm_before_gate)
+
+
+def _all_reduce_rms_norm(traceable: bool):
+    def run(x, x_residual, weight, epsilon, weight_bias=0.0, variance_size=None):
+        if _all_reduce is None:
+            _load()
+        return _all_reduce.all_reduce_rms_norm(
+            x, x_residual, weight, epsilon, weight_bias, variance_size, traceable
+        )
+
+    return run
+
+
+_eager_all_reduce_rms_norm = _all_reduce_rms_norm(traceable=False)
+_traced_all_reduce_rms_norm = _all_reduce_rms_norm(traceable=True)
 
 
 @all_reduce_rms_norm.register_impl(
-    "triton", supported=SUPPORTED, reason=REASON, supports_args=supports_all_reduce_rms_norm
+    "triton",
+    supported=SUPPORTED,
+    reason=REASON,
+    supports_args=supports_all_reduce_rms_norm,
+    eager=_eager_all_reduce_rms_norm,
 )
 def triton_all_reduce_rms_norm(
     x: torch.Tensor,
@@ -173,9 +209,4 @@ def triton_all_reduce_rms_norm(
     weight_bias: float = 0.0,
     variance_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if _all_reduce is None:
-        _load()
-    traceable = bool(_dispatch_mode_depth())
-    return _all_reduce.all_reduce_rms_norm(
-        x, x_residual, weight, epsilon, weight_bias, variance_size, traceable
-    )
+    return _traced_all_reduce_rms_norm(x, x_residual, weight, epsilon, weight_bias, variance_size)
