@@ -181,10 +181,11 @@ def _bench_model(args: argparse.Namespace) -> int:
 
     kwargs = {"tokens": (1, 16), "generate": 8, "rounds": 3} if args.short else {}
     with console.status("building, compiling and timing") as status:
-        results = bench.run(layers=args.layers, on_step=status.update, **kwargs)
+        results = bench.run(layers=args.layers, on_step=status.update, grad=args.grad_on, **kwargs)
+    mode = "grad on" if args.grad_on else "inference_mode"
     table = Table(
-        title=f"Qwen3-0.6B-shaped model, {args.layers} layers, random weights: median ms, "
-        "ratio to stock eager (per-round, interleaved)"
+        title=f"Qwen3-0.6B-shaped model, {args.layers} layers, random weights, {mode}: median "
+        "ms, ratio to stock eager (per-round, interleaved)"
     )
     for column in ("dtype", "case", *bench.VARIANTS):
         table.add_column(column, justify="right")
@@ -259,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--layers", type=int, default=4, help="decoder layers (default 4)")
     m.add_argument("--short", action="store_true", help="1/16 tokens, generate 8 (`make run`)")
     m.add_argument("--plot", metavar="FILE.png", help="draw the ratios to stock eager")
+    m.add_argument("--grad-on", action="store_true", help="autograd on (a user who forgot no_grad)")
     m.set_defaults(run=_bench_model)
     t = benches.add_parser("tp", help="collectives and all_reduce_rms_norm on 2 local ranks")
     t.add_argument("--tokens", type=int, default=16)

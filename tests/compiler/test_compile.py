@@ -233,3 +233,19 @@ def test_torch_compile_mode_is_accepted_and_ignored_with_a_warning_without_induc
     with pytest.warns(UserWarning, match="ignores torch.compile's mode='max-autotune'"):
         compiled(torch.randn(2, 8))
     assert backend.report.last.mode is None
+
+
+def test_grad_through_a_compiled_opir_op_is_refused_not_dropped():
+    """A compiled graph whose inputs require grad (a model called without no_grad):
+    opir ops have no backward, so compiling refuses with opir's message. Before,
+    the refusal node was disconnected from the inputs and AOTAutograd silently
+    produced no gradient for the linear layer in front of the norm."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 16)
+    norm = opir.layers.RMSNorm(16)
+    compiled = opir.compile(lambda x: norm(linear(x)), options={"inductor": False})
+    with torch.enable_grad(), pytest.raises(Exception, match="inference op"):
+        compiled(torch.randn(3, 16))
+    with torch.no_grad():  # the forward itself is fine without autograd
+        out = compiled(torch.randn(3, 16))
+    assert not out.requires_grad

@@ -211,3 +211,15 @@ def test_vmap_over_maybe_inplace(inplace_op):
         assert "Batching rule" not in str(e) and inplace_op.name in str(e)
         return
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_autograd_grad_of_an_input_used_only_through_the_op_raises(make_op):
+    """``torch.autograd.grad(loss, [w], allow_unused=True)`` with ``w`` reaching
+    the loss only through an opir op: the refusal node must lie on the path to
+    ``w`` (it takes the inputs that require grad), so this raises instead of
+    returning ``(None,)`` — a silently missing gradient."""
+    op = make_op(_ident)
+    w = torch.ones(3, requires_grad=True)
+    loss = (op(torch.ones(3), w) * 2).sum()
+    with pytest.raises(RuntimeError, match="inference op"):
+        torch.autograd.grad(loss, [w], allow_unused=True)

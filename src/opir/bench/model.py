@@ -102,13 +102,17 @@ def run(
     generate: int = 32,
     rounds: int = 7,
     on_step: Callable[[str], None] | None = None,
+    grad: bool = False,
 ) -> list[ModelResult]:
+    """Time every case; ``grad=True`` runs with autograd on, as a Hugging Face
+    user who forgot ``no_grad`` does (the models' weights require grad)."""
     results = []
+    mode = torch.enable_grad if grad else torch.inference_mode
     for dtype in dtypes:
         dtype_name = str(dtype).removeprefix("torch.")
         models, failed = _variants(build(layers, dtype))
         gen = torch.Generator().manual_seed(0)
-        with torch.inference_mode():
+        with mode():
             for n in tokens:
                 if on_step:
                     on_step(f"{dtype_name}: forward {n} tokens")

@@ -112,41 +112,43 @@ _DIFFERENTIABLE = frozenset(
 )
 
 
-def _grad_leaf(t: _Tensor, args: tuple) -> _Tensor:
-    """``t``, requiring grad, without changing any tensor the caller passed in.
-
-    An impl may return one of its arguments unchanged (an alias): that object
-    gets a fresh alias instead of ``requires_grad_()`` (detaching costs ~0.7 µs
-    with grad on, so only then).
-    """
-    if t.requires_grad:
-        return t
+def _requiring_grad(args: tuple) -> list[_Tensor]:
+    """The arguments (and list elements) that require grad."""
+    found = []
     for a in args:
-        if a is t or (type(a) is list and any(e is t for e in a)):
-            return t.detach().requires_grad_()
-    return t.requires_grad_()
+        if isinstance(a, _Tensor):
+            if a.requires_grad:
+                found.append(a)
+        elif type(a) is list:
+            found.extend(t for t in a if isinstance(t, _Tensor) and t.requires_grad)
+    return found
 
 
 def _refuse_backward(out: Any, message: str, args: tuple) -> Any:
     """``out`` with a grad_fn whose backward raises ``message``.
 
-    Only floating-point (and complex) outputs get one, as autograd does;
-    integer outputs come back untouched, and a list stays a list.
+    One ``DelayedError`` node takes the floating-point outputs *and* every
+    input that requires grad: its outputs alias ours (nothing is copied, no
+    tensor of the caller is changed), and because the node's edges lead to
+    those inputs, any backward or ``autograd.grad`` that would need a gradient
+    through this op reaches it and raises — also when AOTAutograd traces a
+    compiled graph's backward. Integer outputs come back untouched; a list
+    stays a list.
     """
-    if type(out) is _Tensor:
+    inputs = _requiring_grad(args)
+    if isinstance(out, _Tensor):  # also FakeTensor and other subclasses
         if out.dtype not in _DIFFERENTIABLE:
             return out
-        return _DelayedError(message, 1)(_grad_leaf(out, args))
+        return _DelayedError(message, 1 + len(inputs))(out, *inputs)[0] if inputs else out
     items = list(out)
     slots = [
         i for i, t in enumerate(items) if isinstance(t, _Tensor) and t.dtype in _DIFFERENTIABLE
     ]
-    if slots:
-        leaves = (_grad_leaf(items[i], args) for i in slots)
-        refused = _DelayedError(message, len(slots))(*leaves)
-        if isinstance(refused, _Tensor):
-            refused = (refused,)
-        for i, t in zip(slots, refused, strict=True):
+    if slots and inputs:
+        refused = _DelayedError(message, len(slots) + len(inputs))(
+            *(items[i] for i in slots), *inputs
+        )
+        for i, t in zip(slots, refused, strict=False):
             items[i] = t
     return items if isinstance(out, list) else tuple(items)
 
