@@ -19,7 +19,7 @@ CASES = [(f, d) for f in FAMILIES for d in DTYPES]
 IDS = [f"{f}-{str(d).removeprefix('torch.')}" for f, d in CASES]
 IDS_INPUT = torch.randint(3, 128, (1, 10), generator=torch.Generator().manual_seed(0))
 
-# Known exception, verified by apply's probe and reported (see docs/notes/hf.md):
+# Known exception, verified by apply's probe and reported (see docs/transformers.md):
 # OLMo-2 multiplies the fp32-normalised x by a bf16 weight before rounding once;
 # opir's rms_norm with a same-dtype weight rounds first (Llama's contract).
 LEFT_ALONE = {("olmo2", torch.bfloat16): "Olmo2RMSNorm"}

@@ -68,6 +68,14 @@ def _variants(stock: torch.nn.Module) -> tuple[dict[str, torch.nn.Module], dict[
     return models, failed
 
 
+def _reason(error: BaseException) -> str:
+    """One line: the innermost cause (a backend's error is wrapped by Dynamo)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line for line in str(error).splitlines() if line.strip()] or [""]
+    return f"{type(error).__name__}: {lines[0]}"[:160]
+
+
 def _time(
     dtype_name: str,
     case: str,
@@ -83,7 +91,7 @@ def _time(
         try:
             fn()  # compile / warm up once, outside the timing
         except Exception as error:
-            failed[name] = f"{type(error).__name__}: {error}".splitlines()[0][:160]
+            failed[name] = _reason(error)
             del calls[name]
     samples = interleave(calls, rounds=rounds, number=number, warmup=1)
     return ModelResult(
@@ -108,6 +116,13 @@ def run(
     user who forgot ``no_grad`` does (the models' weights require grad)."""
     results = []
     mode = torch.enable_grad if grad else torch.inference_mode
+    # Both compiled variants, both dtypes and every cache state share the code
+    # object of the model's forward, hence one Dynamo cache; past its default
+    # limit of 8 entries Dynamo would quietly run the rest eagerly.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    torch._dynamo.config.accumulated_recompile_limit = max(
+        torch._dynamo.config.accumulated_recompile_limit, 512
+    )
     for dtype in dtypes:
         dtype_name = str(dtype).removeprefix("torch.")
         models, failed = _variants(build(layers, dtype))

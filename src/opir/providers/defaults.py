@@ -12,7 +12,7 @@ plain torch.compile vs 1.02-1.10x). Ops not in that table (``rms_norm_gated``)
 use the eager order until measured.
 
 On a CUDA/ROCm machine (NOT yet measured: no GPU was available when these
-were written; docs/notes/triton.md): eager puts ``triton`` first — it covers
+were written; docs/gpu-providers.md): eager puts ``triton`` first — it covers
 every dtype/weight combination and matches the contract's roundings exactly —
 then ``flashinfer`` (where its predicate accepts; it rounds once where the
 contract rounds twice, held to the op tolerance), then ``native``. For

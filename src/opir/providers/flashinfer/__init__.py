@@ -17,7 +17,7 @@ workspace budget (``kernels.MAX_FUSED_BYTES``) run the unfused native path
 inside the impl, so the predicate never depends on the token count.
 
 Rounding differs from opir's contract (held to the op tolerance, see
-docs/notes/triton.md): with a weight of x's dtype FlashInfer rounds once
+docs/gpu-providers.md): with a weight of x's dtype FlashInfer rounds once
 (contract: round, multiply, round), and ``gemma_fused_add_rmsnorm`` normalises
 the sum after rounding it to x's dtype (contract: the unrounded fp32 sum).
 """

@@ -22,7 +22,7 @@ scaling, so each element is read once; 16 warps (512 threads) hold 32 fp32
 values per thread at 16384. Longer rows loop over 4096-wide chunks twice
 (sum of squares, then scale and store): one more read of the row. The warps
 follow the usual rule for memory-bound row kernels (Liger, vLLM); they are
-NOT yet measured on a GPU (docs/notes/triton.md).
+NOT yet measured on a GPU (docs/gpu-providers.md).
 """
 
 from __future__ import annotations
