@@ -70,8 +70,11 @@ def _variants(stock: torch.nn.Module) -> tuple[dict[str, torch.nn.Module], dict[
 
 def _reason(error: BaseException) -> str:
     """One line: the innermost cause (a backend's error is wrapped by Dynamo)."""
-    while error.__cause__ is not None:
-        error = error.__cause__
+    while True:
+        inner = getattr(error, "inner_exception", None) or error.__cause__
+        if inner is None:
+            break
+        error = inner
     lines = [line for line in str(error).splitlines() if line.strip()] or [""]
     return f"{type(error).__name__}: {lines[0]}"[:160]
 
