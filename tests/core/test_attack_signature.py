@@ -46,6 +46,17 @@ def test_grad_through_a_tensor_list_parameter_is_refused(make_op):
     assert y.grad is None
 
 
+def test_grad_through_a_tensor_list_parameter_is_refused_inside_a_trace(make_op):
+    """The full-selection path (tracing / strict scopes) checks list elements too."""
+    op = make_op(_list_input)
+    y = torch.ones(2, requires_grad=True)
+    with opir.trace():
+        out = op(torch.ones(2), [y])
+    with pytest.raises(RuntimeError, match="inference op"):
+        out.sum().backward()
+    assert y.grad is None
+
+
 def test_torch_op_refuses_grad_through_a_tensor_list_parameter(make_op):
     """The torch op path is right (the reference for the test above)."""
     op = make_op(_list_input)

@@ -117,15 +117,16 @@ def run(
 ) -> list[ModelResult]:
     """Time every case; ``grad=True`` runs with autograd on, as a Hugging Face
     user who forgot ``no_grad`` does (the models' weights require grad)."""
-    results = []
     mode = torch.enable_grad if grad else torch.inference_mode
     # Both compiled variants, both dtypes and every cache state share the code
     # object of the model's forward, hence one Dynamo cache; past its default
     # limit of 8 entries Dynamo would quietly run the rest eagerly.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    torch._dynamo.config.accumulated_recompile_limit = max(
-        torch._dynamo.config.accumulated_recompile_limit, 512
-    )
+    with torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=512):
+        return _run(layers, dtypes, tokens, generate, rounds, on_step, mode)
+
+
+def _run(layers, dtypes, tokens, generate, rounds, on_step, mode) -> list[ModelResult]:
+    results = []
     for dtype in dtypes:
         dtype_name = str(dtype).removeprefix("torch.")
         models, failed = _variants(build(layers, dtype))

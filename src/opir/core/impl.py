@@ -103,17 +103,17 @@ def guarded_donation(fn: Callable[..., Any], positions: Sequence[int]) -> Callab
     ``is_contiguous`` per activation, plus one overlap test per pair.
     """
     positions = tuple(positions)
+    pairs = tuple((i, j) for k, i in enumerate(positions) for j in positions[k + 1 :])
     cloning = on_clones(fn, positions)
 
-    def writable_apart(acts: list[Any]) -> bool:
-        if any(overlaps_itself(a) for a in acts):
-            return False
-        return all(not _overlaps(a, b) for i, a in enumerate(acts) for b in acts[i + 1 :])
-
     def guarded(*args: Any) -> Any:
-        if writable_apart([args[i] for i in positions]):
-            return fn(*args)
-        return cloning(*args)
+        for i in positions:
+            if overlaps_itself(args[i]):
+                return cloning(*args)
+        for i, j in pairs:
+            if _overlaps(args[i], args[j]):
+                return cloning(*args)
+        return fn(*args)
 
     guarded.__name__ = f"{getattr(fn, '__name__', 'impl')}_guarded"
     return guarded

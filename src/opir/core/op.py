@@ -35,7 +35,7 @@ from opir.core import signature as _signature
 from opir.core.impl import Impl
 from opir.core.impl_table import ImplTable
 from opir.core.numerics import NumericsMixin
-from opir.core.overloads import MaybeInplace, Overload
+from opir.core.overloads import MaybeInplace, Overload, requiring_grad
 from opir.core.priority import Priority, build_priority, validate_providers
 from opir.core.selection import Selection, explain
 from opir.core.tolerances import Tolerance
@@ -201,7 +201,7 @@ class Op(ImplTable, Overload, NumericsMixin):
         return self._fake_fn(*args)
 
     def _refuse_grad_donation(self, *args: Any) -> Any:
-        if _grad_enabled() and any(isinstance(a, _Tensor) and a.requires_grad for a in args):
+        if _grad_enabled() and requiring_grad(args):
             raise RuntimeError(
                 f"{self.name}.maybe_inplace donates its inputs and cannot be used with tensors "
                 "that require grad; run under torch.inference_mode() / torch.no_grad() or call "

@@ -56,7 +56,7 @@ class Overload:
         priority = op.current_priority()
         impl = select_in_scope(op.name, self._overload_name, priority, args, scope, "eager")
         fn = self._entries_of(priority, impl)
-        if _grad_enabled() and any(isinstance(a, _Tensor) and a.requires_grad for a in args):
+        if _grad_enabled() and requiring_grad(args):
             return self._call_refusing_backward(((None, fn),), args)
         return fn(*args)
 
@@ -112,7 +112,7 @@ _DIFFERENTIABLE = frozenset(
 )
 
 
-def _requiring_grad(args: tuple) -> list[_Tensor]:
+def requiring_grad(args: tuple) -> list[_Tensor]:
     """The arguments (and list elements) that require grad."""
     found = []
     for a in args:
@@ -135,7 +135,7 @@ def _refuse_backward(out: Any, message: str, args: tuple) -> Any:
     compiled graph's backward. Integer outputs come back untouched; a list
     stays a list.
     """
-    inputs = _requiring_grad(args)
+    inputs = requiring_grad(args)
     if isinstance(out, _Tensor):  # also FakeTensor and other subclasses
         if out.dtype not in _DIFFERENTIABLE:
             return out

@@ -80,13 +80,15 @@ def set_platform_defaults(defaults: Mapping[str, Sequence[str]], *, mode: Mode =
         )
     checked = {}
     for op_name, providers in defaults.items():
-        if isinstance(providers, str) or not all(isinstance(p, str) for p in providers):
+        if isinstance(providers, str):
             raise PriorityError(
-                f"set_platform_defaults: the providers of '{op_name}' must be a list of "
-                f"provider names, got {providers!r}; write ['{providers}'] for one provider"
-                if isinstance(providers, str)
-                else f"set_platform_defaults: the providers of '{op_name}' must be a list of "
-                f"provider names (strings), got {providers!r}"
+                f"set_platform_defaults: the providers of '{op_name}' must be a list, got "
+                f"the string {providers!r}; write [{providers!r}] for one provider"
+            )
+        if not all(isinstance(p, str) for p in providers):
+            raise PriorityError(
+                f"set_platform_defaults: the providers of '{op_name}' must be provider "
+                f"names (strings), got {providers!r}"
             )
         checked[op_name] = tuple(providers)
     for op_name, providers in checked.items():

@@ -88,7 +88,7 @@ def analyze(
     names = tuple(p.name for p in params)
     check_parameter_names(name, names)
     schema = infer_schema(fn, f"op '{name}'")
-    kinds = [_tensor_kind(p.annotation, fn) for p in params]
+    kinds = [_param_kind(p.annotation, fn) for p in params]
     tensor_positions = tuple(i for i, k in enumerate(kinds) if k in ("tensor", "optional"))
     if activations is None:
         activations = [n for n in names if n.startswith("x")]
@@ -153,7 +153,7 @@ def fmt_params(params: list[tuple[str, Any]]) -> str:
     return "(" + ", ".join(n if d is empty else f"{n}={d!r}" for n, d in params) + ")"
 
 
-def _tensor_kind(annotation: Any, fn: Callable) -> str | None:
+def _param_kind(annotation: Any, fn: Callable) -> str | None:
     """The kind of one parameter, from its annotation: 'tensor', 'optional'
     (Tensor | None), 'list' (a list of tensors), 'float' (float or float | None)
     or None (anything else)."""
@@ -171,7 +171,7 @@ def _tensor_kind(annotation: Any, fn: Callable) -> str | None:
             return "float"
         if type(None) in args and len(args) == 2:  # list[Tensor] | None
             inner = next(a for a in args if a is not type(None))
-            return "list" if _tensor_kind(inner, fn) == "list" else None
+            return "list" if _param_kind(inner, fn) == "list" else None
     if origin in (list, collections.abc.Sequence) and args:
-        return "list" if _tensor_kind(args[0], fn) in ("tensor", "optional") else None
+        return "list" if _param_kind(args[0], fn) in ("tensor", "optional") else None
     return None
