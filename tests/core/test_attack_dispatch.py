@@ -223,3 +223,20 @@ def test_autograd_grad_of_an_input_used_only_through_the_op_raises(make_op):
     loss = (op(torch.ones(3), w) * 2).sum()
     with pytest.raises(RuntimeError, match="inference op"):
         torch.autograd.grad(loss, [w], allow_unused=True)
+
+
+@pytest.mark.parametrize(
+    "views",
+    [
+        lambda buf: (buf[:, :4], buf[:, 2:6]),  # partly overlapping columns
+        lambda buf: (buf[:, :4], buf[:, 4:8]),  # disjoint slices of one buffer
+        lambda buf: (buf[:, :4], buf[:, :4].t().t()),  # the same memory, another view object
+    ],
+    ids=["overlapping", "disjoint", "same_memory"],
+)
+def test_donating_views_of_one_buffer_matches_the_functional_op(inplace_op, views):
+    """Donated activations that are views of one buffer give the functional op's values."""
+    buf = torch.arange(24.0).reshape(3, 8)
+    ref = inplace_op(*(v.clone() for v in views(buf.clone())))
+    out = inplace_op.maybe_inplace(*views(buf.clone()))
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
