@@ -227,8 +227,15 @@ def _build(_: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from opir import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opir", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"opir {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="platform facts and the ops x providers table").set_defaults(
         run=_info
