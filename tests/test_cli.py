@@ -17,7 +17,7 @@ from opir import cli
 def test_info_lists_platform_ops_and_priorities(capsys):
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
-    for expected in ("torch", "2.13", "c++ compiler", "rms_norm", "fused_add_rms_norm", "native"):
+    for expected in ("torch", "2.13", "c++ compiler", "C++20", "rms_norm", "fused_add_rms_norm"):
         assert expected in out
 
 

@@ -35,6 +35,9 @@ console = Console()  # tables and verdicts: stdout
 progress_console = Console(stderr=True)  # transient progress: stderr, never in --json output
 
 
+CXX_REQUIREMENT = "a C++20 compiler (g++ >= 10 or clang >= 13)"
+
+
 class UsageError(OpirError, ValueError):
     """The command line asks for something that cannot be done; the message says what to do."""
 
@@ -114,6 +117,7 @@ def _info(args: argparse.Namespace) -> int:
                 "version": opir.__version__,
                 "platform": dataclasses.asdict(platform),
                 "cache_dir": str(cache_root()),
+                "cpu_build_requires": CXX_REQUIREMENT,
                 "ops": {
                     op.name: {
                         "providers": {
@@ -134,8 +138,8 @@ def _info(args: argparse.Namespace) -> int:
     facts.add_column(overflow="fold")
     for name, value in platform.facts():
         facts.add_row(name, value)
-    if platform.cxx is None:
-        facts.add_row("", "the cpu provider needs a C++20 compiler (g++ >= 10 or clang >= 13)")
+    found = "found" if platform.cxx else "[red]not found[/red]: install g++ or set CXX"
+    facts.add_row("cpu build", f"needs {CXX_REQUIREMENT}: {found}")
     facts.add_row("cache", str(cache_root()))
     console.print(facts)
 

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -382,3 +383,46 @@ def test_lock_of_a_live_current_owner_is_waited_for(tmp_path, monkeypatch):
     with build_lock(path, poll=0.05):
         pass
     assert time.monotonic() - start > 0.5  # held until the bound, not broken early
+
+
+# --- the first build is never silent ---------------------------------------------------
+
+
+def test_a_build_announces_itself_reports_progress_and_its_duration(
+    monkeypatch, tmp_path, capfd, fresh_state
+):
+    import logging
+    import threading
+    import types
+
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("OPIR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(build, "_HEARTBEAT_S", 0.02)
+    heartbeat = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record):
+            if "still building" in record.getMessage():
+                heartbeat.set()
+
+    watch = Watch()
+    logging.getLogger("opir").addHandler(watch)
+
+    def fake_compiler(name, sources, build_directory, **kwargs):
+        assert heartbeat.wait(30), "no progress message while the compiler ran"
+        (Path(build_directory) / f"{name}.so").write_bytes(b"not really a library")
+        return types.ModuleType(name)
+
+    monkeypatch.setattr(cpp_extension, "load", fake_compiler)
+    try:
+        module = build.load("norms")
+    finally:
+        logging.getLogger("opir").removeHandler(watch)
+    key = build.build_key("norms")
+    assert module.__file__ == str(tmp_path / f"cpu-norms-{key}" / f"opir_cpu_norms_{key}.so")
+    err = capfd.readouterr().err
+    assert "opir: building the 'cpu' provider's norms kernels in" in err
+    assert "`opir build` does this ahead of time" in err
+    assert "opir: still building the norms kernels" in err
+    assert "opir: built the norms kernels in" in err
