@@ -251,7 +251,9 @@ def test_compile_model_and_tp_json(capsys, monkeypatch):
     from opir.bench import compile as bench_compile
     from opir.bench import model, tp
 
-    compiled = bench_compile.CompileResult(16, {"eager": 1.5}, {"eager": 1.2})
+    compiled = bench_compile.CompileResult(
+        16, {"eager": 1.5}, {"eager": 1.2}, spread={"eager": 0.07}
+    )
     monkeypatch.setattr(bench_compile, "run", lambda **kw: [compiled])
     ran = model.ModelResult("bf16", "forward 1 tokens", {"stock": 2.0}, {"stock": 1.0}, {})
     monkeypatch.setattr(model, "run", lambda **kw: [ran])
@@ -262,3 +264,24 @@ def test_compile_model_and_tp_json(capsys, monkeypatch):
     assert json.loads(capsys.readouterr().out)["results"][0]["case"] == "forward 1 tokens"
     assert cli.main(["bench", "tp", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["median_us"] == {"all_reduce": 12.5}
+
+
+def test_compile_and_model_tables_state_the_noise_floor_first(capsys, monkeypatch):
+    from opir.bench import compile as bench_compile
+    from opir.bench import model
+
+    compiled = bench_compile.CompileResult(
+        16, {"eager": 1.5}, {"eager": 1.2}, spread={"eager": 0.07}
+    )
+    monkeypatch.setattr(bench_compile, "run", lambda **kw: [compiled])
+    stock = {model.STOCK: 2.0}
+    ran = model.ModelResult(
+        "bf16", "forward 1 tokens", stock, {model.STOCK: 1.0}, {}, {model.STOCK: 0.3}
+    )
+    monkeypatch.setattr(model, "run", lambda **kw: [ran])
+    assert cli.main(["bench", "compile", "--short"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.index("noise floor: times vary by 7% between rounds") < out.index("decoder stack")
+    assert cli.main(["bench", "model", "--short"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.index("noise floor: times vary by 30% between rounds") < out.index("Qwen3")

@@ -49,6 +49,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _noise_line(spreads: list[float]) -> str:
+    """The noise floor of a benchmark, printed before its numbers."""
+    import statistics
+
+    known = [s for s in spreads if s == s]
+    if not known:
+        return "noise floor: unknown (one round); time more rounds before reading a difference"
+    return (
+        f"noise floor: times vary by {statistics.median(known):.0%} between rounds (median over "
+        f"every measurement; worst {max(known):.0%}); a difference smaller than that is not a "
+        "verdict"
+    )
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -287,10 +301,7 @@ def _bench_kernels(args: argparse.Namespace) -> int:
                 *cells,
             )
         console.print(table)
-    console.print(
-        f"noise floor: times vary by {median_noise:.0%} between rounds (median over every "
-        f"measurement; worst {max_noise:.0%}); a miss smaller than that is not a verdict"
-    )
+    console.print(_noise_line([s for r in results for s in r.spread.values()]))
     for target in targets:
         if target.met:
             mark = "[green]met[/green]"
@@ -324,6 +335,7 @@ def _bench_compile(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(results)
         return 0
+    console.print(_noise_line([v for r in results for v in r.spread.values()]))
     names = list(results[0].median_ms)
     table = Table(
         title="decoder stack (hidden 1024, bf16): median ms per forward, ratio to torch.compile"
@@ -362,6 +374,7 @@ def _bench_model(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"layers": args.layers, "grad": args.grad_on, "results": results})
         return 0
+    console.print(_noise_line([v for r in results for v in r.spread.values()]))
     mode = "grad on" if args.grad_on else "inference_mode"
     table = Table(
         title=f"Qwen3-0.6B-shaped model, {args.layers} layers, random weights, {mode}: median "

@@ -37,6 +37,8 @@ class CompileResult:
     # the norms left unfused with the reason
     fusions: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     unfused: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    # relative spread between rounds (IQR / median) per variant: the noise floor
+    spread: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def run(
@@ -93,6 +95,7 @@ def run(
                         name: [f"{u.module or u.node}: {u.reason}" for u in r.unfused]
                         for name, r in reports.items()
                     },
+                    {name: samples.spread(name) for name in variants},
                 )
             )
     return results
