@@ -291,7 +291,8 @@ def check_targets(results: Sequence[KernelResult]) -> list[Target]:
             ratio = r.speedup(name, over)
             if ratio < threshold or (strict and ratio <= threshold):
                 quiet = ratio * (1 + r.noise(name, over)) >= threshold
-                misses.append((f"{shape(r)}: {ratio:.2f}x", quiet))
+                shown = f"{ratio:.0%} of copy bandwidth" if over == COPY else f"{ratio:.2f}x"
+                misses.append((f"{shape(r)}: {shown}", quiet))
         return misses
 
     if "triton" in have:  # the GPU goals (issue 11)

@@ -251,8 +251,8 @@ def _compile(family: str, name: str, directory: Path, library: Path, manifest: P
     from torch.utils import cpp_extension
 
     _log.info(
-        "building the 'cpu' provider's %s kernels in %s (once per install, ~1 min; "
-        "`opir build` does this ahead of time)...",
+        "building the 'cpu' provider's %s kernels in %s (once per install: about a minute "
+        "on an idle machine, several under load; `opir build` does this ahead of time)...",
         family,
         directory,
     )
