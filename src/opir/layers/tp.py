@@ -20,7 +20,7 @@ from opir.ops import all_reduce_rms_norm, rms_norm_gated
 
 class TPNormCase(enum.IntEnum):
     """How a gated group norm runs when its hidden dim is split over TP ranks
-    (DESIGN §6; the values are the section's case numbers)."""
+    (the cases of docs/distributed.md, numbered as there). Prints its name."""
 
     ALL_REDUCE_SUM_OF_SQUARES = 1
     """One group, tp > 1: all-reduce the fp32 sum of squares, normalise locally."""
@@ -31,6 +31,12 @@ class TPNormCase(enum.IntEnum):
     normalise the full row per group, keep this rank's slice."""
     LOCAL_GROUPS = 4
     """``n_groups % tp == 0``: every group lives on one rank; the gated op locally."""
+
+    def __str__(self) -> str:  # an IntEnum would print its number
+        return f"{type(self).__name__}.{self.name}"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
     @classmethod
     def choose(cls, n_groups: int, tp_size: int) -> TPNormCase:
