@@ -1,6 +1,6 @@
 # Two entry points do all the set-up on a fresh machine:
 #   make run   - install into .venv, then print platform facts and benchmarks
-#   make test  - install if needed, lint, then run the whole test suite
+#   make test  - install if needed, lint, type-check, then run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.opir-installed
 export OPIR_CACHE_DIR ?= $(CURDIR)/.cache/opir
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint typecheck clean
 
 install: $(STAMP)
 
@@ -33,7 +33,11 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP) lint
+# mypy on src/opir and tests/typing (the files and settings are in pyproject.toml)
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: $(STAMP) lint typecheck
 	$(VENV)/bin/pytest
 
 clean:
