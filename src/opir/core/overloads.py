@@ -38,7 +38,7 @@ class Overload(Generic[P, R]):
     overload is called like its native function (``P`` -> ``R``).
     """
 
-    op: Op[P, R]
+    op: Op
     torch_op: torch._ops.OpOverload
     _entries: tuple[Entry, ...]
     _donating: bool
@@ -103,7 +103,7 @@ class MaybeInplace(Overload[P, R]):
     _donating = True
     _overload_name = "maybe_inplace"
 
-    def __init__(self, op: Op[P, R]) -> None:
+    def __init__(self, op: Op) -> None:
         self.op = op
         self._entries = ()  # set by op.refresh_priority(); torch_op once defined
 

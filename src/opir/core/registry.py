@@ -26,7 +26,7 @@ ops: dict[str, Op] = {}
 """Every registered op by name, in registration order."""
 
 _epoch = 0
-_listeners: list[Callable[[Op], object]] = []
+_listeners: list[Callable[[Op], None]] = []
 _platform_defaults: dict[str, dict[str, tuple[str, ...]]] = {"eager": {}, "compile": {}}
 
 
@@ -47,7 +47,7 @@ def add(op: Op) -> None:
         listener(op)
 
 
-def on_register(listener: Callable[[Op], object]) -> None:
+def on_register(listener: Callable[[Op], None]) -> None:
     """Call ``listener(op)`` for every op, registered already or later.
 
     How a provider that serves *every* op (``inductor``) learns of ops it was

@@ -20,7 +20,7 @@ from opir.ops import all_reduce_rms_norm, rms_norm_gated
 
 class TPNormCase(enum.IntEnum):
     """How a gated group norm runs when its hidden dim is split over TP ranks
-    (the cases of docs/distributed.md, numbered as there). Prints its name."""
+    (DESIGN §6; the values are the section's case numbers)."""
 
     ALL_REDUCE_SUM_OF_SQUARES = 1
     """One group, tp > 1: all-reduce the fp32 sum of squares, normalise locally."""

@@ -152,4 +152,8 @@ def register(op: Op) -> CompiledNative:
     return impl
 
 
-on_register(register)
+def _serve(op: Op) -> None:
+    register(op)
+
+
+on_register(_serve)
