@@ -17,9 +17,11 @@ Rules for fenced code blocks (the language is the first word of the info string)
 - A block right after ``<!-- gpu: reason -->`` runs only where CUDA is
   available; elsewhere it is a skipped test that shows the reason.
 
-Links: every markdown link or image target that is not an anchor must be a
-relative path that resolves to a file inside the repo (anchors into markdown
-files are checked against their headings); no ``http(s)://`` text at all.
+Links: every markdown link or image target must be a relative path that
+resolves to a file inside the repo (anchors into markdown files are checked
+against their headings), and no ``http(s)://`` address may appear outside code:
+an address inside a command (a package index for ``pip``) is an argument, not
+a link.
 Pages that other branches add (``PAGES_FROM_OTHER_BRANCHES``) may be missing
 until those branches are merged; once present they are checked like any other.
 """
@@ -44,6 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 USER_SCRIPT = ROOT / "tests" / "typing" / "user_script.py"  # mypy checks it; here it runs
 PAGES_FROM_OTHER_BRANCHES = {
+    "docs/install.md",
     "docs/providers.md",
     "docs/writing-a-provider.md",
     "docs/activations.md",
@@ -303,9 +306,10 @@ def anchors(path: Path) -> set[str]:
 def test_links_resolve_inside_the_repo(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
     problems = []
-    if re.search(r"https?://", text):
-        problems.append("contains an http(s) address; link only to files in the repo")
-    for target in LINK.findall(_outside_code(text)):
+    prose = _outside_code(text)
+    if re.search(r"https?://", prose):
+        problems.append("an http(s) address outside code; link only to files in the repo")
+    for target in LINK.findall(prose):
         file_part, _, anchor = target.partition("#")
         if re.match(r"^[a-z][a-z0-9+.-]*:", file_part):
             problems.append(f"{target}: not a relative path")
