@@ -1,7 +1,8 @@
 # Two entry points do all the set-up on a fresh machine:
 #   make run   - install opir with what the benchmarks need into .venv, then print
 #                platform facts and benchmarks
-#   make test  - install with the test tools too, lint, then run the whole test suite
+#   make test  - install with the test tools too, lint, type-check, then run the whole
+#                test suite
 # Requirements: Python >= 3.11 and a C++20 compiler (g++ >= 10 or clang >= 13) for
 # the cpu provider (docs/install.md).
 PYTHON ?= python3
@@ -13,7 +14,7 @@ TEST_STAMP := $(VENV)/.opir-test-installed
 # script all use the same default (OPIR_CACHE_DIR, else $XDG_CACHE_HOME/opir,
 # else ~/.cache/opir), so what `make run` builds is reused everywhere.
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint typecheck clean
 
 install: $(STAMP)
 
@@ -41,7 +42,11 @@ run: $(STAMP)
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(TEST_STAMP) lint
+# mypy on src/opir and tests/typing (the files and settings are in pyproject.toml)
+typecheck: $(TEST_STAMP)
+	$(VENV)/bin/mypy
+
+test: $(TEST_STAMP) lint typecheck
 	$(VENV)/bin/pytest
 
 clean:

@@ -11,6 +11,7 @@ use ``dynamic=True``, so one compile serves every token count.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -75,7 +76,7 @@ def run(
                 # sanity: every variant computes the same model
                 torch.testing.assert_close(got, reference, atol=50 * tol.atol, rtol=10 * tol.rtol)
             samples = interleave(
-                {name: (lambda fn=fn, x=x: fn(x)) for name, fn in variants.items()},
+                {name: functools.partial(fn, x) for name, fn in variants.items()},
                 rounds=rounds,
                 number=max(1, 20 // max(1, count // 16)),
                 warmup=3,

@@ -29,8 +29,10 @@ that row.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -181,7 +183,7 @@ def measure(
             continue  # this provider does not take this variant
         call_args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
         impl.eager_fn(*call_args)  # warm up (builds / compiles on first use)
-        candidates[provider] = lambda fn=impl.eager_fn, a=call_args: fn(*a)
+        candidates[provider] = functools.partial(impl.eager_fn, *call_args)
     number = min(_calls_per_round(fn, cuda=cuda) for fn in candidates.values())
     if cuda:
         samples = interleave_cuda(candidates, rounds=rounds, number=number, warmup=2)
@@ -230,12 +232,18 @@ def run(
 def _usable(provider: str, ops: Sequence[Op], device: str) -> bool:
     """Registered and supported for every op, on a kernel that runs on ``device``
     (Triton's CPU interpreter is a correctness tool, not something to time)."""
-    impls = [op.impls.get(provider) for op in ops]
-    if any(impl is None or not impl.supported for impl in impls):
+    found = [op.impls.get(provider) for op in ops]
+    impls = [impl for impl in found if impl is not None]
+    if len(impls) != len(found) or not all(impl.supported for impl in impls):
         return False
     if provider == "triton" and device == "cpu":
         return False
-    probe_kw = {"dtype": torch.bfloat16, "num_tokens": 1, "hidden_size": 64, "device": device}
+    probe_kw: dict[str, Any] = {
+        "dtype": torch.bfloat16,
+        "num_tokens": 1,
+        "hidden_size": 64,
+        "device": device,
+    }
     return any(
         impl.supports_args is None or impl.supports_args(*op.sample_inputs(**probe_kw))
         for op, impl in zip(ops, impls, strict=True)

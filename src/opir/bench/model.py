@@ -84,7 +84,7 @@ def _reason(error: BaseException) -> str:
 def _time(
     dtype_name: str,
     case: str,
-    calls: dict[str, Callable[[], object]],
+    calls: dict[str, Callable[..., object]],  # called without arguments
     failed: dict,
     rounds: int,
     number: int,

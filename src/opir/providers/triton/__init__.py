@@ -158,7 +158,9 @@ def triton_fused_add_rms_norm(
 def _eager_rms_norm_gated(x, gate, weight, epsilon, group_size=None, norm_before_gate=False):
     if _gated is None:
         _load()
-    return _gated.rms_norm_gated(x, gate, weight, epsilon, group_size, norm_before_gate)
+    return _gated.rms_norm_gated(  # type: ignore[union-attr]  # _load() has set it
+        x, gate, weight, epsilon, group_size, norm_before_gate
+    )
 
 
 @rms_norm_gated.register_impl(
@@ -183,7 +185,7 @@ def _all_reduce_rms_norm(traceable: bool):
     def run(x, x_residual, weight, epsilon, weight_bias=0.0, variance_size=None):
         if _all_reduce is None:
             _load()
-        return _all_reduce.all_reduce_rms_norm(
+        return _all_reduce.all_reduce_rms_norm(  # type: ignore[union-attr]  # set by _load()
             x, x_residual, weight, epsilon, weight_bias, variance_size, traceable
         )
 
