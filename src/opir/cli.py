@@ -1,4 +1,4 @@
-"""The ``opir`` command: ``info``, ``build``, ``bench dispatch|kernels|compile|model|tp``."""
+"""The ``opir`` command: ``info``, ``build``, ``check``, ``bench dispatch|kernels|compile|model|tp``."""
 
 from __future__ import annotations
 
@@ -227,6 +227,12 @@ def _build(_: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from opir.check.command import run
+
+    return run(args, console)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opir", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -269,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "build", help="build the cpu provider's C++ kernels now instead of at first use"
     ).set_defaults(run=_build)
+    ch = commands.add_parser("check", help="run the conformance grid on one provider's impls")
+    ch.add_argument("provider", help="a built-in provider or one a plugin registers")
+    ch.add_argument("--op", action="append", metavar="NAME", help="only this op (repeatable)")
+    ch.add_argument("--json", action="store_true", help="print the results as JSON")
+    ch.add_argument("--full", action="store_true", help="the big grid (every dtype/shape/layout)")
+    ch.set_defaults(run=_check)
     return parser
 
 
