@@ -43,8 +43,14 @@ class Check:
     run: Callable[[Op, Impl, Settings], Outcome]
 
 
-def _over(op: Op, check: str, cases: Iterable[Case], run_one: Runner) -> Outcome:
-    """Run ``run_one`` on each case's fresh arguments; the first failure is the detail."""
+def _over(
+    op: Op, check: str, cases: Iterable[Case], run_one: Runner, *, declining_passes: bool = False
+) -> Outcome:
+    """Run ``run_one`` on each case's fresh arguments; the first failure is the detail.
+
+    ``declining_passes``: declining every case is this check's right answer (bad
+    inputs), not a reason to skip it.
+    """
     start = time.perf_counter()
     ran = declined = 0
     failures: list[str] = []
@@ -67,7 +73,7 @@ def _over(op: Op, check: str, cases: Iterable[Case], run_one: Runner) -> Outcome
         return Outcome(op.name, check, "fail", failures[0] + more, ran, declined, seconds)
     if ran == 0:
         return Outcome(op.name, check, "skip", "no case applies to this op", 0, 0, seconds)
-    if declined == ran:
+    if declined == ran and not declining_passes:
         why = f"supports_args declined all {ran} cases"
         return Outcome(op.name, check, "skip", why, ran, declined, seconds)
     return Outcome(op.name, check, "pass", "", ran, declined, seconds)
@@ -138,7 +144,8 @@ def check_bad_inputs(op: Op, impl: Impl, s: Settings) -> Outcome:
         cases += [
             dataclasses.replace(c, label=f"{c.label} maybe_inplace", donate=True) for c in cases
         ]
-    return _over(op, "bad_inputs", cases, _bind(_raises_like_native, op, impl))
+    run = _bind(_raises_like_native, op, impl)
+    return _over(op, "bad_inputs", cases, run, declining_passes=True)
 
 
 def check_inplace(op: Op, impl: Impl, s: Settings) -> Outcome:

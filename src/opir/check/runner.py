@@ -53,13 +53,15 @@ def check_provider(
     *,
     full: bool = False,
     random_cases: int | None = None,
+    checks: Sequence[str] | None = None,
     on_result: Callable[[Outcome], None] | None = None,
 ) -> Report:
     """Run every check on ``provider``'s impl of each op in ``ops`` (default: all of them).
 
     An impl that is not supported here (``supported=False``) has every check
     skipped with its reason. ``full`` runs the big grid (every dtype, shape and
-    layout, 40 random cases per op instead of 8).
+    layout, 40 random cases per op instead of 8). ``checks`` picks checks by
+    name (default: all of :data:`~opir.check.checks.CHECKS`).
 
     Example::
 
@@ -67,12 +69,17 @@ def check_provider(
         assert report.ok, report.failures
     """
     names = resolve(provider, ops)
+    known = [c.name for c in CHECKS]
+    unknown = sorted(set(checks or ()) - set(known))
+    if unknown:
+        raise CheckError(f"unknown check(s) {', '.join(unknown)}; checks: {', '.join(known)}")
+    chosen = [c for c in CHECKS if checks is None or c.name in checks]
     settings = Settings(full=full, random_cases=random_cases or (40 if full else 8))
     report = Report(provider)
     for name in names:
         op = registry[name]
         impl = op.impls[provider]
-        for check in CHECKS:
+        for check in chosen:
             if not impl.supported:
                 why = f"provider not supported here: {impl.reason or 'no reason given'}"
                 outcome = Outcome(name, check.name, "skip", why)
