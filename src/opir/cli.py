@@ -1,4 +1,4 @@
-"""The ``opir`` command: ``info``, ``build``, ``check``, ``bench dispatch|kernels|compile|model|tp``."""
+"""The ``opir`` command: ``info``, ``build``, ``bench dispatch|kernels|compile|model|tp``."""
 
 from __future__ import annotations
 

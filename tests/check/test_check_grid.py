@@ -15,6 +15,7 @@ import opir
 from opir.check import CheckError, check_provider, providers
 from opir.ops import fused_add_rms_norm, rms_norm
 
+
 def _rms(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -276,11 +277,11 @@ def test_an_unsupported_provider_is_skipped_with_its_reason():
 
 
 def test_unknown_names_are_rejected_with_the_valid_ones():
-    with pytest.raises(CheckError, match="unknown provider 'nope'.*cpu"):
+    with pytest.raises(CheckError, match=r"unknown provider 'nope'.*cpu"):
         check_provider("nope")
     with pytest.raises(CheckError, match="reference"):
         check_provider("native")
-    with pytest.raises(CheckError, match="unknown op 'nope'.*rms_norm"):
+    with pytest.raises(CheckError, match=r"unknown op 'nope'.*rms_norm"):
         check_provider("cpu", ["nope"])
     with pytest.raises(CheckError, match="no impl of op 'all_reduce_rms_norm'"):
         check_provider("cpu", ["all_reduce_rms_norm"])
