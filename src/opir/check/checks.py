@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from opir.check import cases as _cases
+import opir.check.cases as _cases
 from opir.check.cases import Case, clone_args, describe
 from opir.check.compare import accepts, assert_close_to, assert_untouched, call, outputs
 from opir.check.report import Outcome
