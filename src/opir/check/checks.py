@@ -218,7 +218,10 @@ def _compiled(op: Op, impl: Impl, case: Case, args: tuple) -> str:
     verdict = ACCEPTED if accepts(impl, args) else DECLINED
     expected = op.native(*clone_args(args))
     options = {"inductor": False, "priority": {op.name: [impl.provider]}}
-    compiled = opir_compile(lambda *a: overload(*a), options=options)
+    # A new code object per call: Dynamo caches per code object and stops compiling a
+    # function after a few recompiles, so one shared lambda would end up running eagerly.
+    fresh = eval("lambda *a: overload(*a)", {"overload": overload})
+    compiled = opir_compile(fresh, options=options)
     got = compiled(*args)
     lowered = [lo.provider for g in compiled.opir_report.graphs for lo in g.lowered]
     if verdict == ACCEPTED and impl.provider not in lowered:
