@@ -426,6 +426,12 @@ def _build(_: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from opir.check.command import run
+
+    return run(args, console)
+
+
 # --- the parser ----------------------------------------------------------------------------
 
 
@@ -489,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "build", help="build the cpu provider's C++ kernels now instead of at first use"
     ).set_defaults(run=_build)
+    ch = commands.add_parser("check", help="run the conformance grid on one provider's impls")
+    ch.add_argument("provider", help="a built-in provider or one a plugin registers")
+    ch.add_argument("--op", action="append", metavar="NAME", help="only this op (repeatable)")
+    _json_flag(ch)
+    ch.add_argument("--full", action="store_true", help="the big grid (every dtype/shape/layout)")
+    ch.set_defaults(run=_check)
     return parser
 
 
