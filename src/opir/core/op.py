@@ -35,7 +35,7 @@ from opir.core import signature as _signature
 from opir.core.impl import Impl
 from opir.core.impl_table import ImplTable
 from opir.core.numerics import NumericsMixin
-from opir.core.overloads import MaybeInplace, Overload, requiring_grad
+from opir.core.overloads import MaybeInplace, Overload, refuse_forward_ad, requiring_grad
 from opir.core.priority import Priority, build_priority, validate_providers
 from opir.core.selection import Selection, explain
 from opir.core.tolerances import Tolerance
@@ -201,6 +201,7 @@ class Op(ImplTable, Overload, NumericsMixin):
         return self._fake_fn(*args)
 
     def _refuse_grad_donation(self, *args: Any) -> Any:
+        refuse_forward_ad(self, args)
         if _grad_enabled() and requiring_grad(args):
             raise RuntimeError(
                 f"{self.name}.maybe_inplace donates its inputs and cannot be used with tensors "
