@@ -151,3 +151,58 @@ def test_a_tuple_for_a_tensor_list_parameter_does_not_escape_the_grad_check(make
         y = op((a, a), w)
     with pytest.raises(RuntimeError, match="inference op and has no backward"):
         y.sum().backward()
+
+
+@pytest.fixture
+def pointer_writing_op(make_op):
+    """An in-place impl that writes like a C++ or triton kernel: through memory
+    autograd does not see (``.data`` shares the storage, not the version counter)."""
+    op = make_op(_add_scale, allow_inplace=True)
+
+    @op.register_impl("kernel", inplace=True, aliasing_safe=True)
+    def kernel(x: torch.Tensor, x_other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x.data.add_(x_other.data)
+        x_other.data.copy_(x.data).mul_(2)
+        return x, x_other
+
+    @op.register_impl("guarded_kernel", inplace=True)
+    def guarded_kernel(x: torch.Tensor, x_other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return kernel(x, x_other)
+
+    return op
+
+
+@pytest.mark.parametrize("provider", ["kernel", "guarded_kernel"])
+@pytest.mark.parametrize("path", ["eager", "torch_op"])
+def test_donating_a_tensor_saved_for_backward_makes_that_backward_raise(
+    pointer_writing_op, provider, path
+):
+    """Expected: torch's "modified by an inplace operation" error, as for any
+    in-place torch op. Actual: C++ / triton kernels bumped no version counter and
+    the backward silently used the overwritten values."""
+    pointer_writing_op.set_default([provider])
+    w = torch.randn(4, requires_grad=True)
+    x, other = torch.randn(4), torch.randn(4)
+    z = x * w  # saves x for w's gradient
+    call = pointer_writing_op.maybe_inplace
+    (call if path == "eager" else call.torch_op)(x, other)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.sum().backward()
+
+
+def test_donating_to_the_cpu_kernel_bumps_version_counters():
+    op = opir.ops.fused_add_rms_norm
+    w = torch.randn(8, requires_grad=True)
+    x, r = torch.randn(2, 8), torch.randn(2, 8)
+    versions = x._version, r._version
+    z = (x + r) * w
+    with op.set_priority(["cpu"]):
+        assert op.dispatch(x, r, w.detach(), 1e-6).provider == "cpu"
+        op.maybe_inplace(x, r, w.detach(), 1e-6)
+    assert x._version > versions[0] and r._version > versions[1]
+    z.sum().backward()  # z saved neither x nor r: still fine
+    z = x * w
+    with op.set_priority(["cpu"]):
+        op.maybe_inplace(x, r, w.detach(), 1e-6)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        z.sum().backward()

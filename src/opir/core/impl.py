@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 _overlaps = torch._C._overlaps  # conservative: True unless provably disjoint
+_increment_version = torch._C._increment_version
 
 
 def overlaps_itself(t: torch.Tensor) -> bool:
@@ -117,3 +118,26 @@ def guarded_donation(fn: Callable[..., Any], positions: Sequence[int]) -> Callab
 
     guarded.__name__ = f"{getattr(fn, '__name__', 'impl')}_guarded"
     return guarded
+
+
+def marking_donated(fn: Callable[..., Any], positions: Sequence[int]) -> Callable[..., Any]:
+    """In-place ``fn`` that bumps the version counter of every donated activation.
+
+    A kernel that writes through a data pointer (C++, triton) leaves autograd's
+    version counters alone; a donated tensor that autograd saved for a backward
+    (``z = x * w`` with ``w`` requiring grad saves ``x``) would then feed the
+    overwritten values into that backward, a silently wrong gradient. Donation
+    means "may hold anything afterwards", so every donated activation counts
+    as modified, written or not, and such a backward raises torch's own "modified
+    by an inplace operation" error. Bumping twice (an impl that also used an
+    in-place torch op) is harmless; inference tensors have no counter to bump.
+    """
+    positions = tuple(positions)
+
+    def marked(*args: Any) -> Any:
+        out = fn(*args)
+        _increment_version([a for a in (args[i] for i in positions) if a is not None])
+        return out
+
+    marked.__name__ = f"{getattr(fn, '__name__', 'impl')}_marked"
+    return marked

@@ -15,7 +15,7 @@ import torch
 import torch.autograd.forward_ad as _fwad
 
 from opir.core import scope as _scope
-from opir.core.impl import Impl
+from opir.core.impl import Impl, marking_donated
 from opir.core.priority import Entry, Priority, functional_fn
 from opir.core.selection import select_in_scope
 
@@ -48,9 +48,10 @@ class Overload:
 
     def _traceable(self, impl: Impl) -> Callable[..., Any]:
         """The traceable function of ``impl`` for this overload (the torch op's kernel)."""
+        positions = self.op.activation_positions
         if self._donating:
-            return impl.fn
-        return functional_fn(impl, self.op.activation_positions, eager=False)
+            return marking_donated(impl.fn, positions) if impl.inplace else impl.fn
+        return functional_fn(impl, positions, eager=False)
 
     def _call_selecting(self, args: tuple) -> Any:
         """Eager call inside a tracing or strict scope: the full selection."""

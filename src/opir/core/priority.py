@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opir.core.errors import PriorityError
-from opir.core.impl import Impl, guarded_donation, on_clones
+from opir.core.impl import Impl, guarded_donation, marking_donated, on_clones
 from opir.core.registry import Mode, platform_defaults
 
 if TYPE_CHECKING:
@@ -89,11 +89,13 @@ def functional_fn(impl: Impl, positions: Sequence[int], *, eager: bool) -> Calla
 
 
 def donating_fn(impl: Impl, positions: Sequence[int]) -> Callable[..., Any]:
-    """``impl``'s eager function for ``maybe_inplace`` calls (overlap-guarded unless
-    the impl says it handles overlapping activations itself)."""
-    if impl.inplace and not impl.aliasing_safe:
-        return guarded_donation(impl.eager_fn, positions)
-    return impl.eager_fn
+    """``impl``'s eager function for ``maybe_inplace`` calls: for in-place impls,
+    overlap-guarded unless the impl says it handles overlapping activations itself,
+    and marking the donated activations as modified for autograd."""
+    if not impl.inplace:
+        return impl.eager_fn
+    fn = impl.eager_fn if impl.aliasing_safe else guarded_donation(impl.eager_fn, positions)
+    return marking_donated(fn, positions)
 
 
 def build_priority(op: Op, user: Sequence[str], mode: Mode = "eager") -> Priority:
