@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-_overlaps = torch._C._overlaps  # conservative: True unless provably disjoint
 _increment_version = torch._C._increment_version
 
 
@@ -46,7 +45,8 @@ class Impl:
     what the eager fast path calls instead (e.g. a pybind entry point or a
     compiled function that skips the dispatcher). ``aliasing_safe`` in-place
     impls stay correct themselves when the donated activations overlap each
-    other or themselves; for the others opir checks each ``maybe_inplace``
+    other, themselves or another tensor argument (also through another storage
+    over the same memory); for the others opir checks each ``maybe_inplace``
     call and runs overlapping ones on clones (see :func:`guarded_donation`).
     """
 
@@ -93,18 +93,57 @@ def on_clones(fn: Callable[..., Any], positions: Sequence[int]) -> Callable[...,
     return cloning
 
 
-def guarded_donation(fn: Callable[..., Any], positions: Sequence[int]) -> Callable[..., Any]:
+def byte_extent(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes ``[first, end)`` that ``t``'s elements may occupy (``(0, 0)`` when empty).
+
+    By address, not by storage: one memory can be reached through two storages
+    (``torch.from_numpy`` twice on one array, ``torch.frombuffer``), which
+    storage-identity checks such as ``torch._C._overlaps`` take for disjoint.
+    """
+    n = t.numel()
+    if not n:
+        return 0, 0
+    first = t.data_ptr()
+    if t.is_contiguous():
+        return first, first + n * t.element_size()
+    reach = 1 + sum(st * (sz - 1) for st, sz in zip(t.stride(), t.shape, strict=True))
+    return first, first + reach * t.element_size()
+
+
+def may_share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Conservative: False only when ``a`` and ``b`` provably touch no common byte
+    (disjoint address extents, or different devices)."""
+    a0, a1 = byte_extent(a)
+    b0, b1 = byte_extent(b)
+    return a0 < b1 and b0 < a1 and a.device == b.device
+
+
+def guarded_donation(
+    fn: Callable[..., Any],
+    positions: Sequence[int],
+    read_positions: Sequence[int] = (),
+    list_positions: Sequence[int] = (),
+) -> Callable[..., Any]:
     """In-place ``fn`` for ``maybe_inplace`` calls, run on clones when writing into
     the donated activations in place would give a wrong answer.
 
     That is when an activation overlaps itself (an expanded or strided view
-    whose elements share memory) or two activations may share memory (the same
-    tensor passed twice, overlapping views). Donation only permits writing, so
-    serving such a call on clones keeps the promise of equal results. Cost: one
-    ``is_contiguous`` per activation, plus one overlap test per pair.
+    whose elements share memory), or when a donated activation may share memory
+    with any other tensor argument the kernel reads: another activation (the
+    same tensor passed twice, overlapping views), a weight or a gate that is a
+    view of an activation (earlier rows would overwrite what later rows read),
+    or an element of a ``list[Tensor]`` argument. Overlap is decided by address
+    (:func:`may_share_memory`), so two storages over one memory count too.
+    Donation only permits writing, so serving such a call on clones keeps the
+    promise of equal results. ``read_positions`` are the other tensor
+    parameters, ``list_positions`` the ``list[Tensor]`` ones. Cost: one
+    ``is_contiguous`` per activation, plus one address comparison per
+    (activation, other tensor) pair.
     """
     positions = tuple(positions)
-    pairs = tuple((i, j) for k, i in enumerate(positions) for j in positions[k + 1 :])
+    others = [j for j in read_positions if j not in positions]
+    pairs = tuple((i, j) for k, i in enumerate(positions) for j in (*positions[k + 1 :], *others))
+    list_pairs = tuple((i, j) for i in positions for j in list_positions)
     cloning = on_clones(fn, positions)
 
     def guarded(*args: Any) -> Any:
@@ -112,7 +151,12 @@ def guarded_donation(fn: Callable[..., Any], positions: Sequence[int]) -> Callab
             if overlaps_itself(args[i]):
                 return cloning(*args)
         for i, j in pairs:
-            if _overlaps(args[i], args[j]):
+            a, b = args[i], args[j]
+            if b is not None and a is not None and may_share_memory(a, b):
+                return cloning(*args)
+        for i, j in list_pairs:
+            a, seq = args[i], args[j]
+            if seq and any(b is not None and may_share_memory(a, b) for b in seq):
                 return cloning(*args)
         return fn(*args)
 
