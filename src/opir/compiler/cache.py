@@ -16,7 +16,9 @@ AOTAutograd's cache (keyed before any of this) step aside.
 
 Within a process: each compiled graph remembers the state its lowering
 depended on — the compile priority and impl identity of the ops *it* lowered
-(:func:`lowering_state`) — and recompiles only when that changes, keeping at
+(:func:`lowering_state`; identity is the Impl's never-reused ``serial``, not
+``id(fn)``, which a re-registered function can get again once the old one is
+freed) — and recompiles only when that changes, keeping at
 most :data:`MAX_VARIANTS` variants (least recently used goes first). The
 state is recomputed only when the registry epoch or the scope changes, so the
 per-call cost is a counter and a context variable read.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import inspect
+import marshal
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,8 @@ def kernel_digest(impl: Impl) -> str:
         for sibling in sorted(path.parent.iterdir()):
             if sibling.suffix in _KERNEL_SUFFIXES:
                 digest.update(sibling.name.encode() + sibling.read_bytes())
+    elif hasattr(impl.fn, "__code__"):  # no source file (a notebook cell, exec): the code
+        digest.update(marshal.dumps(impl.fn.__code__))
     version = getattr(impl.fn, "__opir_kernel_version__", None)
     if callable(version):
         version = version()
@@ -63,7 +68,7 @@ def lowering_state(ops: Iterable[Op], fixed: Mapping[Op, tuple[str, ...]]) -> tu
     state = []
     for op in sorted(set(ops), key=lambda o: o.name):
         priority = op.compile_priority(fixed.get(op))
-        state.append((op.name, tuple((i.provider, id(i.fn)) for i in priority.impls)))
+        state.append((op.name, tuple((i.provider, i.serial) for i in priority.impls)))
     return tuple(state)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +34,9 @@ def overlaps_itself(t: torch.Tensor) -> bool:
     return False
 
 
+_serials = itertools.count(1)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Impl:
     """A registered kernel.
@@ -48,6 +52,8 @@ class Impl:
     other, themselves or another tensor argument (also through another storage
     over the same memory); for the others opir checks each ``maybe_inplace``
     call and runs overlapping ones on clones (see :func:`guarded_donation`).
+    ``serial`` is unique per Impl object in this process, never reused (unlike
+    ``id(fn)`` once a function is freed): what caches key an impl's identity on.
     """
 
     op_name: str
@@ -59,6 +65,9 @@ class Impl:
     reason: str = ""
     eager: Callable | None = None
     aliasing_safe: bool = False
+    serial: int = dataclasses.field(
+        default_factory=lambda: next(_serials), init=False, repr=False, compare=False
+    )
 
     @property
     def eager_fn(self) -> Callable:
