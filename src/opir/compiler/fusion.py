@@ -87,7 +87,7 @@ def _insert(graph: fx.Graph, anchor: fx.Node, fused: Fused) -> fx.Node | str:
     with graph.inserting_after(last_input):
         call = graph.call_function(fused.op.torch_op, fused.args)
     call.meta["val"] = fused.out_vals
-    for key in ("nn_module_stack", "stack_trace"):
+    for key in ("nn_module_stack", "stack_trace", "custom"):  # custom: in-graph priorities
         if key in anchor.meta:
             call.meta[key] = anchor.meta[key]
     previous = call

@@ -3,7 +3,8 @@
 The impl is picked by ``op.select`` on the node's fake arguments with the
 *compile* priority (the user's priority, then the platform defaults measured
 for compiled graphs), so eager and compiled code agree whenever the user set a
-priority; the reasons the providers before it were passed over are kept for
+priority; a priority scope written inside the compiled code pins its nodes
+(``node_priority``); the reasons the providers before it were passed over are kept for
 the report. The impl is traced with ``make_fx`` on those fake values, inside
 the graph's fake mode, and its nodes are copied in place of the opir node. An
 in-place impl is traced behind clones of the activations (core's
@@ -29,8 +30,12 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from opir.compiler.clones import CLONE_META
 from opir.compiler.fx_utils import calls_custom_kernel, getitem_users, module_of, opir_nodes, val
 from opir.compiler.workarounds import contiguous_copy, contiguous_inputs
+from opir.core.errors import PriorityError
 from opir.core.impl import Impl, on_clones
 from opir.core.op import Op
+from opir.core.priority import validate_providers
+from opir.core.registry import ops as _registered_ops
+from opir.core.scope import PRIORITY_ANNOTATION, annotated_priority
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +120,43 @@ def _contiguous(graph: fx.Graph, node: fx.Node, op: Op, args: tuple) -> tuple[tu
     return tuple(args), names
 
 
+def _check_in_graph_priorities(graph: fx.Graph) -> None:
+    """Validate the priorities pinned inside the compiled code (``op.set_priority`` /
+    ``opir.priority`` blocks traced by Dynamo), which nothing checked at trace time."""
+    seen: set[tuple[str, Any]] = set()
+    for node in graph.nodes:
+        custom = node.meta.get("custom")
+        if not isinstance(custom, Mapping):
+            continue
+        for key, providers in custom.items():
+            if not isinstance(key, str) or not key.startswith(PRIORITY_ANNOTATION):
+                continue
+            name = key.removeprefix(PRIORITY_ANNOTATION)
+            if (name, providers) in seen:
+                continue
+            seen.add((name, providers))
+            where = f"priority scope inside compiled code (node {node.name})"
+            op = _registered_ops.get(name)
+            if op is None:
+                raise PriorityError(
+                    f"{where}: unknown op '{name}'; registered ops are {sorted(_registered_ops)}"
+                )
+            try:
+                validate_providers(op, list(providers))
+            except PriorityError as e:
+                raise PriorityError(f"{where}: {e}") from None
+
+
+def node_priority(
+    node: fx.Node, op: Op, fixed: Mapping[Op, tuple[str, ...]]
+) -> tuple[str, ...] | None:
+    """The user priority that decides ``node``: an in-graph scope around the call
+    (innermost, as eagerly), else the compile options' ``priority``, else None
+    (the priority in effect when the graph is lowered)."""
+    pinned = annotated_priority(node.meta, op.name)
+    return tuple(pinned) if pinned is not None else fixed.get(op)
+
+
 def lower(
     graph: fx.Graph,
     fixed: Mapping[Op, tuple[str, ...]] | None = None,
@@ -130,12 +172,13 @@ def lower(
     (RuntimeWarning) naming any opir node that is still in the graph.
     """
     fixed = fixed or {}
+    _check_in_graph_priorities(graph)
     chosen: list[Lowered] = []
     for node, op, overload in opir_nodes(graph):
         if overload != "default":
             continue  # maybe_inplace nodes are rewritten by the pre-grad pass
         args = op.complete_args(tuple(node.args), dict(node.kwargs))
-        priority = op.compile_priority(fixed.get(op))
+        priority = op.compile_priority(node_priority(node, op, fixed))
         selection = op.select(tuple(val(a) for a in args), priority)
         gm, node_positions = _trace(op, selection.impl, args)
         made_contiguous: tuple[str, ...] = ()

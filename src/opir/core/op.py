@@ -101,15 +101,24 @@ class Op(ImplTable, Overload, NumericsMixin):
         self._user_priority = validate_providers(self, providers)
         self.refresh_priority()
 
-    @contextlib.contextmanager
-    def set_priority(self, providers: Sequence[str]) -> Iterator[None]:
+    def set_priority(self, providers: Sequence[str]) -> contextlib.AbstractContextManager:
         """Scoped priority for this op: this thread / asyncio task only, nestable.
+
+        Inside a ``torch.compile`` region (``fullgraph=True`` included) the block
+        pins the priority of the op calls it contains when the graph is lowered
+        (see :func:`opir.core.scope.annotated`).
 
         Example::
 
             with opir.ops.rms_norm.set_priority(["native"]):
                 y = opir.ops.rms_norm(x, w, 1e-6)
         """
+        if _scope.compiling():
+            return _scope.annotated({self.name: providers})
+        return self._scoped_priority(providers)
+
+    @contextlib.contextmanager
+    def _scoped_priority(self, providers: Sequence[str]) -> Iterator[None]:
         priority = build_priority(self, validate_providers(self, providers))
         with _scope.overriding({self: priority}):
             yield
