@@ -70,3 +70,52 @@ def test_a_typo_in_a_scope_inside_compiled_code_is_a_clear_error(op):
 
     with pytest.raises(Exception, match="unknown op 'no_such_op'"):
         _compiled(fn2)(torch.zeros(3))
+
+
+def _add_norm(x, r, w):
+    h = x + r  # fusion turns this and the rms_norm into fused_add_rms_norm
+    return opir.ops.rms_norm(h, w, 1e-6), h
+
+
+def _compile_add_norm(options):
+    torch._dynamo.reset()
+    compiled = opir.compile(_add_norm, options={"inductor": False, **options}, fullgraph=True)
+    x, r, w = torch.randn(3, 8), torch.randn(3, 8), torch.randn(8)
+    with torch.no_grad():
+        compiled(x, r, w)
+    (graph,) = compiled.opir_report.graphs
+    assert graph.fusions == {"add_rms_norm": 1}
+    (entry,) = graph.lowered
+    assert entry.op == "fused_add_rms_norm"
+    return entry, str(compiled.opir_report)
+
+
+def test_a_pin_on_an_op_fusion_replaced_carries_over_to_the_fused_op():
+    """Expected: pinning rms_norm to cpu pins the norm fusion made of it too, and the
+    report says so. Actual: the fused norm ran on native, with no word in the report."""
+    entry, text = _compile_add_norm({"priority": {"rms_norm": ["cpu"]}})
+    assert entry.provider == "cpu"
+    assert "carried over from rms_norm's pin ['cpu']" in text
+
+
+def test_an_in_graph_pin_carries_over_to_the_fused_op():
+    def fn(x, r, w):
+        with opir.ops.rms_norm.set_priority(["cpu"]):
+            return _add_norm(x, r, w)
+
+    torch._dynamo.reset()
+    compiled = opir.compile(fn, options={"inductor": False}, fullgraph=True)
+    with torch.no_grad():
+        compiled(torch.randn(3, 8), torch.randn(3, 8), torch.randn(8))
+    assert compiled.opir_report.providers() == [("fused_add_rms_norm", "cpu")]
+
+
+def test_a_pin_the_fused_op_cannot_honour_is_reported():
+    rms_norm = opir.ops.rms_norm
+    rms_norm.register_impl("only_plain")(rms_norm.native)
+    try:
+        entry, text = _compile_add_norm({"priority": {"rms_norm": ["only_plain"]}})
+    finally:
+        rms_norm.unregister_impl("only_plain")
+    assert entry.provider != "only_plain"
+    assert "pin ['only_plain'] not carried over" in text

@@ -28,6 +28,7 @@ from torch._inductor.decomposition import select_decomp_table
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from opir.compiler.clones import CLONE_META
+from opir.compiler.fusion import FUSED_FROM
 from opir.compiler.fx_utils import calls_custom_kernel, getitem_users, module_of, opir_nodes, val
 from opir.compiler.workarounds import contiguous_copy, contiguous_inputs
 from opir.core.errors import PriorityError
@@ -49,6 +50,7 @@ class Lowered:
     constants: tuple = ()  # the node's non-tensor arguments (epsilon, weight_bias, ...)
     module: str = ""  # the module it came from (nn_module_stack), if known
     made_contiguous: tuple[str, ...] = ()  # inputs copied to dodge an Inductor bug
+    note: str = ""  # how a priority pinned on an op fusion replaced was (or was not) used
 
 
 def _traceable(op: Op, impl: Impl):
@@ -149,12 +151,41 @@ def _check_in_graph_priorities(graph: fx.Graph) -> None:
 
 def node_priority(
     node: fx.Node, op: Op, fixed: Mapping[Op, tuple[str, ...]]
-) -> tuple[str, ...] | None:
-    """The user priority that decides ``node``: an in-graph scope around the call
-    (innermost, as eagerly), else the compile options' ``priority``, else None
-    (the priority in effect when the graph is lowered)."""
+) -> tuple[tuple[str, ...] | None, str]:
+    """The user priority that decides ``node``, and a note for the report.
+
+    An in-graph scope around the call (innermost, as eagerly) comes first, then
+    the compile options' ``priority`` for the op; None means the priority in
+    effect when the graph is lowered. A node fusion created (a
+    ``fused_add_rms_norm`` that was an ``rms_norm``) with no pin of its own
+    takes the pin of an op it replaced, keeping the providers the fused op
+    has: pinning ``rms_norm`` to ``cpu`` pins the fused norm to ``cpu`` too.
+    When the fused op has none of them, the note says so.
+    """
     pinned = annotated_priority(node.meta, op.name)
-    return tuple(pinned) if pinned is not None else fixed.get(op)
+    if pinned is not None:
+        return tuple(pinned), ""
+    if op in fixed:
+        return fixed[op], ""
+    note = ""
+    for source in node.meta.get(FUSED_FROM, ()):
+        source_op = _registered_ops.get(source)
+        pin = annotated_priority(node.meta, source)
+        if pin is None and source_op is not None:
+            pin = fixed.get(source_op)
+        if not pin or source == op.name:
+            continue
+        carried = tuple(p for p in pin if p in op.impls)
+        if carried:
+            return carried, (
+                f"priority {list(carried)} carried over from {source}'s pin {list(pin)} "
+                f"(fused into {op.name})"
+            )
+        note = note or (
+            f"{source}'s pin {list(pin)} not carried over: {op.name} (what fusion made of "
+            f"it) has none of those providers (it has {sorted(op.impls)})"
+        )
+    return None, note
 
 
 def lower(
@@ -178,7 +209,8 @@ def lower(
         if overload != "default":
             continue  # maybe_inplace nodes are rewritten by the pre-grad pass
         args = op.complete_args(tuple(node.args), dict(node.kwargs))
-        priority = op.compile_priority(node_priority(node, op, fixed))
+        user, note = node_priority(node, op, fixed)
+        priority = op.compile_priority(user)
         selection = op.select(tuple(val(a) for a in args), priority)
         gm, node_positions = _trace(op, selection.impl, args)
         made_contiguous: tuple[str, ...] = ()
@@ -197,6 +229,7 @@ def lower(
             tuple(a for a in args if not isinstance(a, fx.Node)),
             module_of(node),
             made_contiguous,
+            note,
         )
         _splice(graph, node, gm, [args[i] for i in node_positions])
         chosen.append(lowered)

@@ -100,6 +100,8 @@ class CompileReport:
                 where = f" in {entry.module}" if entry.module else ""
                 console.print(f"  unfused {entry.op} '{entry.node}'{where}: {entry.reason}")
             for entry in graph.lowered:
+                if entry.note:
+                    console.print(f"  {entry.node} ({entry.op} on {entry.provider}): {entry.note}")
                 if entry.made_contiguous:
                     console.print(
                         f"  {entry.node}: {', '.join(entry.made_contiguous)} made contiguous "
