@@ -120,8 +120,9 @@ PRIORITY_ANNOTATION = "opir_priority:"
 
 
 def compiling() -> bool:
-    """Whether Dynamo is tracing this code (it folds the call to True)."""
-    return torch.compiler.is_compiling()
+    """Whether Dynamo is tracing this code (it folds the call to True). Not other
+    tracers: make_fx and non-strict export run the eager scope, which they see."""
+    return torch.compiler.is_dynamo_compiling()
 
 
 def annotated(priorities: Mapping[str, Sequence[str]]) -> Any:
