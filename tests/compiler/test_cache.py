@@ -112,6 +112,28 @@ def test_only_a_change_to_an_op_in_the_graph_recompiles_and_variants_are_bounded
         fused_add_rms_norm.set_default([])
 
 
+def test_a_re_registered_impl_recompiles_even_when_its_function_id_is_reused(make_op):
+    """Expected: after unregister_impl + register_impl (a re-run notebook cell) the
+    compiled function runs the new code. Actual: variants were keyed on
+    ``id(impl.fn)``; a freed function's id was reused and the old code ran."""
+    op = make_op(_double)
+    fn = _adding(4)
+    op.register_impl("cell")(fn)
+    op.set_default(["cell"])
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: op(x), backend=opir.backend(inductor=False))
+    x = torch.zeros(2)
+    torch.testing.assert_close(compiled(x), x + 4)
+    op.unregister_impl("cell")
+    # The new cell's function at the old one's address, as CPython reuses a
+    # freed id: here deterministically, the same object with new behaviour.
+    fn.__closure__[0].cell_contents = 5
+    op.register_impl("cell")(fn)
+    op.set_default(["cell"])
+    torch.testing.assert_close(op(x), x + 5)
+    torch.testing.assert_close(compiled(x), x + 5)
+
+
 def test_each_compiled_object_keeps_its_own_report():
     model = opir.layers.RMSNorm(8)
     torch._dynamo.reset()

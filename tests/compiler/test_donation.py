@@ -93,3 +93,21 @@ def test_error_reaches_plain_torch_compile_with_inductor():
     compiled = torch.compile(misuse, backend=opir.backend())
     with pytest.raises(DonationError, match="Clone it before the call"):
         compiled(*_inputs())
+
+
+def test_an_expanded_donated_input_keeps_its_clone():
+    """Expected: RMSNorm(x, residual) with an expanded x gives the eager answer under
+    opir.compile, as eagerly. Actual: clone elimination dropped x's clone (x is a
+    donated input) and the cpu kernel refused to write x in place ("x and residual
+    alias or overlap")."""
+    norm = opir.layers.RMSNorm(16)
+    x, r = torch.randn(1, 16).expand(4, 16), torch.randn(4, 16)
+    with torch.no_grad():
+        ref = norm(x, r.clone())
+        torch._dynamo.reset()
+        options = {"inductor": False, "priority": {"fused_add_rms_norm": ["cpu"]}}
+        compiled = opir.compile(norm, options=options)
+        out = compiled(x, r.clone())
+    torch.testing.assert_close(out, ref)
+    (graph,) = compiled.opir_report.graphs
+    assert graph.clones_kept >= 1

@@ -166,3 +166,17 @@ def test_op_names_that_are_namespace_attributes(make_op, name):
         assert "already registered" not in str(e)
         return
     torch.testing.assert_close(op(torch.ones(1)), torch.full((1,), 2.0))
+
+
+@pytest.mark.parametrize("name", ["lambda", "yield", "async", "await", "nonlocal"])
+def test_python_keywords_are_refused_as_op_and_provider_names(make_op, name):
+    """Expected: a RegistrationError at registration. Actual: accepted and working
+    eagerly, then opir.compile and torch.fx failed with an internal SyntaxError
+    (fx names a node after its op)."""
+    with pytest.raises(opir.RegistrationError, match="Python keyword"):
+        make_op(_scale, name=name)
+    assert name not in opir.registry
+    op = make_op(_scale)
+    with pytest.raises(opir.RegistrationError, match="Python keyword"):
+        op.register_impl(name)(_scale)
+    assert name not in op.impls

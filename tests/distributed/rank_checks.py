@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 
 import torch
 
@@ -178,22 +179,41 @@ def _tp_error(fn, arg) -> str:
     return "no error"
 
 
-def raises_before_all_reduce(rank: int, world: int) -> str:
+def _group_formed() -> None:
+    """Every rank has joined: one collective all ranks complete before any of them
+    fails on purpose. Without it, on a loaded machine a rank could fail before its
+    peer finished joining, and the peer would (correctly) report "could not join
+    the TP group" instead of the failure under test."""
+    all_reduce(torch.ones(1))
+
+
+def _survivor(rank: int) -> tuple[str, float]:
+    """Rank 0's side: the collective a failed peer abandons, its error, the seconds
+    it waited (measured here, free of process start-up time)."""
+    start = time.monotonic()
+    try:
+        all_reduce(torch.ones(4))
+    except opir.distributed.TPError as e:
+        return str(e), time.monotonic() - start
+    return "no error", time.monotonic() - start
+
+
+def raises_before_all_reduce(rank: int, world: int) -> tuple[str, float]:
     """Rank 1 raises (the process lives on and tears down); rank 0 waits in a collective."""
+    _group_formed()
     if rank == 1:
         raise RuntimeError("rank 1 failed on purpose")
-    try:
-        all_reduce(torch.ones(4))
-    except opir.distributed.TPError as e:
-        return str(e)
-    return "no error"
+    return _survivor(rank)
 
 
-def dies_before_all_reduce(rank: int, world: int) -> str:
+def dies_before_all_reduce(rank: int, world: int) -> tuple[str, float]:
+    """Rank 1 dies (os._exit) once the group is formed; rank 0 waits in a collective."""
+    _group_formed()
     if rank == 1:
         os._exit(3)
-    try:
-        all_reduce(torch.ones(4))
-    except opir.distributed.TPError as e:
-        return str(e)
-    return "no error"
+    return _survivor(rank)
+
+
+def never_joined(rank: int, world: int) -> str:
+    """Run by a lone rank of a group of two: init_tp itself must fail, so never here."""
+    return "joined a group whose peer was never started"

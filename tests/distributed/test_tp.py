@@ -6,7 +6,13 @@ import time
 
 import pytest
 import torch
-from rank_checks import HIDDEN, dies_before_all_reduce, everything, raises_before_all_reduce
+from rank_checks import (
+    HIDDEN,
+    dies_before_all_reduce,
+    everything,
+    never_joined,
+    raises_before_all_reduce,
+)
 
 from opir.distributed import shard, tp_rank, tp_world_size
 from opir.distributed.launch import run_on_ranks as run_ranks
@@ -83,32 +89,39 @@ def test_dtype_and_every_dim_are_checked(ranks):
         )
 
 
+# The multi-process tests below must pass on a busy 2-core machine every time:
+# ranks fail only after the group is formed (rank_checks._group_formed), the
+# survivor's wait is measured inside the survivor (process start-up under load
+# can take many seconds and says nothing about release times), and whole-run
+# bounds are generous but finite (the launcher kills stragglers at its deadline).
+
+
 def test_peer_that_raises_releases_the_survivor_quickly():
-    start = time.monotonic()
     results = run_ranks(2, raises_before_all_reduce, tp_timeout=30)
-    elapsed = time.monotonic() - start
     assert results[1][0] == "error" and "rank 1 failed on purpose" in results[1][1]
-    status, message = results[0]
-    assert status == "ok" and message.startswith("all_reduce failed on rank 0 of 2"), message
-    assert elapsed < 20, f"survivor held {elapsed:.1f}s (collective timeout is 30s)"
+    status, value = results[0]
+    assert status == "ok", value
+    message, waited = value
+    assert message.startswith("all_reduce failed on rank 0 of 2"), message
+    assert waited < 20, f"survivor held {waited:.1f}s (collective timeout is 30s)"
 
 
 def test_dead_rank_gives_a_clear_error_quickly():
-    start = time.monotonic()
     results = run_ranks(2, dies_before_all_reduce, tp_timeout=20)
-    status, message = results[0]
-    assert status == "ok", message
+    status, value = results[0]
+    assert status == "ok", value
+    message, waited = value
     assert message.startswith("all_reduce failed on rank 0 of 2") and "peer rank" in message
-    assert time.monotonic() - start < 60
+    assert waited < 40, f"survivor held {waited:.1f}s (collective timeout is 20s)"
 
 
 def test_rank_that_never_joins_times_out_with_a_clear_error():
     start = time.monotonic()
-    results = run_ranks(2, dies_before_all_reduce, ranks=[0], tp_timeout=5)
+    results = run_ranks(2, never_joined, ranks=[0], tp_timeout=5)
     status, message = results[0]
-    assert status == "error"
+    assert status == "error", message
     assert "TPError: rank 0 of 2 could not join the TP group within 5s" in message
-    assert time.monotonic() - start < 60
+    assert time.monotonic() - start < 150  # start-up under load, then the 5 s limit
 
 
 def test_without_a_group_everything_is_world_size_one():
@@ -168,7 +181,7 @@ def test_torchrun_example_agrees_on_every_rank():
         [str(torchrun), "--standalone", "--nproc-per-node", "2", str(example)],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=400,  # two processes importing torch on a loaded 2-core machine
     )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("rank ")]

@@ -189,6 +189,27 @@ else:
         out, residual_out = _check(fused_add_rms_norm, args, donate=True)
         assert out is x and residual_out is residual  # results written in place
 
+    @pytest.mark.parametrize("weight_of", ["x", "residual", "x_other_storage"])
+    def test_maybe_inplace_with_a_weight_viewing_a_donated_input(weight_of):
+        """Expected: native's values. Actual: the kernel overwrote the weight (a view
+        of x or the residual, or the same memory through a second storage) while later
+        rows still read it (the core donation guard now serves such calls on clones)."""
+        import numpy as np
+
+        g = torch.Generator().manual_seed(0)
+        x, residual = (torch.randn(6, 64, generator=g) for _ in range(2))
+        if weight_of == "x_other_storage":
+            array = x.numpy()
+            x, weight = torch.from_numpy(array), torch.from_numpy(array)[1]
+            assert not np.shares_memory(array, residual.numpy())
+        else:
+            weight = (x if weight_of == "x" else residual)[1]
+        args = (x, residual, weight, 1e-6)
+        expected = fused_add_rms_norm.native(*clone_args(args[:2]), weight.clone(), 1e-6)
+        with fused_add_rms_norm.set_priority(["triton"]), opir.strict():
+            got = fused_add_rms_norm.maybe_inplace(*args)
+        torch.testing.assert_close(got, expected)
+
     def test_long_rows_take_the_two_pass_kernel(monkeypatch):
         """Rows longer than one block loop twice over the row (sum, then scale)."""
         from opir.providers.triton import config

@@ -16,10 +16,15 @@ AOTAutograd's cache (keyed before any of this) step aside.
 
 Within a process: each compiled graph remembers the state its lowering
 depended on — the compile priority and impl identity of the ops *it* lowered
-(:func:`lowering_state`) — and recompiles only when that changes, keeping at
+(:func:`lowering_state`; identity is the Impl's never-reused ``serial``, not
+``id(fn)``, which a re-registered function can get again once the old one is
+freed) — and recompiles only when that changes, keeping at
 most :data:`MAX_VARIANTS` variants (least recently used goes first). The
 state is recomputed only when the registry epoch or the scope changes, so the
-per-call cost is a counter and a context variable read.
+per-call cost is a counter and a context variable read. Threads calling one
+compiled function with different scoped priorities each get their own variant;
+recomputing and (re)lowering hold Dynamo's compile lock, so they never run
+concurrently with each other or with Dynamo compiling.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import inspect
+import marshal
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,15 @@ from opir.core.op import Op
 from opir.core.registry import epoch
 
 MAX_VARIANTS = 4
+
+
+def _compile_lock() -> Any:
+    """Dynamo's compile lock (imported late: Dynamo is heavy and loaded on first compile)."""
+    from torch._dynamo.convert_frame import compile_lock
+
+    return compile_lock
+
+
 _KERNEL_SUFFIXES = (".cpp", ".cc", ".c", ".cu", ".cuh", ".h", ".hpp")
 
 
@@ -50,6 +65,8 @@ def kernel_digest(impl: Impl) -> str:
         for sibling in sorted(path.parent.iterdir()):
             if sibling.suffix in _KERNEL_SUFFIXES:
                 digest.update(sibling.name.encode() + sibling.read_bytes())
+    elif hasattr(impl.fn, "__code__"):  # no source file (a notebook cell, exec): the code
+        digest.update(marshal.dumps(impl.fn.__code__))
     version = getattr(impl.fn, "__opir_kernel_version__", None)
     if callable(version):
         version = version()
@@ -63,7 +80,7 @@ def lowering_state(ops: Iterable[Op], fixed: Mapping[Op, tuple[str, ...]]) -> tu
     state = []
     for op in sorted(set(ops), key=lambda o: o.name):
         priority = op.compile_priority(fixed.get(op))
-        state.append((op.name, tuple((i.provider, id(i.fn)) for i in priority.impls)))
+        state.append((op.name, tuple((i.provider, i.serial) for i in priority.impls)))
     return tuple(state)
 
 
@@ -89,8 +106,16 @@ class Variants:
 
     def current(self) -> Callable[..., Any]:
         key = dispatch_key()
-        if self._last is not None and self._last[0] == key:
-            return self._last[1]
+        last = self._last  # one read: another thread may replace it at any time
+        if last is not None and last[0] == key:
+            return last[1]
+        # Lowering traces with FX and compiles, which is neither thread-safe nor
+        # safe beside Dynamo compiling another frame: hold Dynamo's own compile
+        # lock (reentrant: a lowering started inside a Dynamo compile proceeds).
+        with _compile_lock():
+            return self._current(key)
+
+    def _current(self, key: tuple) -> Callable[..., Any]:
         state = lowering_state(self._ops, self._fixed)
         fn = self._by_state.get(state)
         if fn is None:

@@ -7,6 +7,9 @@ then writes into ``src``) only if all of these hold:
 * ``src`` owns its buffer in this graph: no earlier node's value shares its
   storage (so it is not a view), or it is a graph input the user donated
   (``maybe_inplace``);
+* ``src``'s elements do not share memory (a donated input may be an expanded
+  or otherwise self-overlapping view: the kernel cannot write it in place,
+  and the eager path serves such a call on clones too);
 * nothing reading that storage — ``src`` itself or any alias of it, the
   graph's output included — comes after the clone, other than the clone;
 * nothing reads the clone before the in-place kernel (its first user) writes it.
@@ -23,7 +26,8 @@ from collections.abc import Collection
 import torch
 from torch import fx
 
-from opir.compiler.fx_utils import Aliases
+from opir.compiler.fx_utils import Aliases, val
+from opir.core.impl import overlaps_itself
 
 CLONE_META = "opir_donation_clone"  # marks the clones lowering made for in-place impls
 
@@ -41,6 +45,18 @@ def _written_first(clone: fx.Node, order: dict[fx.Node, int]) -> bool:
     )
 
 
+def _overlaps_itself(node: fx.Node) -> bool:
+    """Whether ``node``'s (fake) value may have elements sharing memory; True when
+    its layout cannot be decided."""
+    value = val(node)
+    if not isinstance(value, torch.Tensor):
+        return True
+    try:
+        return bool(overlaps_itself(value))
+    except Exception:  # an undecidable symbolic layout: keep the clone
+        return True
+
+
 def eliminate_clones(graph: fx.Graph, donated_inputs: Collection[int] = ()) -> tuple[int, int]:
     """Remove provably unneeded donation clones; return (removed, kept)."""
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -49,8 +65,10 @@ def eliminate_clones(graph: fx.Graph, donated_inputs: Collection[int] = ()) -> t
     aliases = Aliases(graph)
     for clone in [n for n in graph.nodes if n.meta.get(CLONE_META)]:
         src = clone.args[0]
-        owns_buffer = isinstance(src, fx.Node) and (
-            src in donated if src.op == "placeholder" else aliases.owns_storage(src)
+        owns_buffer = (
+            isinstance(src, fx.Node)
+            and (src in donated if src.op == "placeholder" else aliases.owns_storage(src))
+            and not _overlaps_itself(src)
         )
         late = owns_buffer and any(
             reader is not clone and aliases.order[reader] > aliases.order[clone]

@@ -10,6 +10,9 @@ order is the priority: supersets first), inserts the fused call, points the
 replaced nodes' later users at its outputs and erases what became dead.
 
 Adding a rule is one entry in ``RULES`` (:mod:`opir.compiler.fusion_rules`).
+
+The fused call records the opir ops it replaced (``node.meta[FUSED_FROM]``), so
+lowering can carry a priority pinned on them over to the fused op.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from opir.compiler.fx_utils import module_of, nodes_by_target, positions
+from opir.compiler.fx_utils import module_of, nodes_by_target, op_targets, positions
 from opir.core.op import Op
 
 
@@ -40,6 +43,7 @@ class Fused:
 
 
 Match = Callable[[fx.Node, tuple], "Fused | str | None"]
+FUSED_FROM = "opir_fused_from"  # node meta: names of the opir ops a fused call replaced
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +92,12 @@ def _insert(graph: fx.Graph, anchor: fx.Node, fused: Fused) -> fx.Node | str:
     with graph.inserting_after(last_input):
         call = graph.call_function(fused.op.torch_op, fused.args)
     call.meta["val"] = fused.out_vals
-    for key in ("nn_module_stack", "stack_trace"):
+    targets = op_targets()
+    replaced = (anchor, *fused.outputs.values(), *fused.dead)
+    call.meta[FUSED_FROM] = tuple(
+        dict.fromkeys(targets[n.target][0].name for n in replaced if n.target in targets)
+    )
+    for key in ("nn_module_stack", "stack_trace", "custom"):  # custom: in-graph priorities
         if key in anchor.meta:
             call.meta[key] = anchor.meta[key]
     previous = call

@@ -3,7 +3,8 @@
 The impl is picked by ``op.select`` on the node's fake arguments with the
 *compile* priority (the user's priority, then the platform defaults measured
 for compiled graphs), so eager and compiled code agree whenever the user set a
-priority; the reasons the providers before it were passed over are kept for
+priority; a priority scope written inside the compiled code pins its nodes
+(``node_priority``); the reasons the providers before it were passed over are kept for
 the report. The impl is traced with ``make_fx`` on those fake values, inside
 the graph's fake mode, and its nodes are copied in place of the opir node. An
 in-place impl is traced behind clones of the activations (core's
@@ -27,10 +28,15 @@ from torch._inductor.decomposition import select_decomp_table
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from opir.compiler.clones import CLONE_META
+from opir.compiler.fusion import FUSED_FROM
 from opir.compiler.fx_utils import calls_custom_kernel, getitem_users, module_of, opir_nodes, val
 from opir.compiler.workarounds import contiguous_copy, contiguous_inputs
+from opir.core.errors import PriorityError
 from opir.core.impl import Impl, on_clones
 from opir.core.op import Op
+from opir.core.priority import validate_providers
+from opir.core.registry import ops as _registered_ops
+from opir.core.scope import PRIORITY_ANNOTATION, annotated_priority
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +50,7 @@ class Lowered:
     constants: tuple = ()  # the node's non-tensor arguments (epsilon, weight_bias, ...)
     module: str = ""  # the module it came from (nn_module_stack), if known
     made_contiguous: tuple[str, ...] = ()  # inputs copied to dodge an Inductor bug
+    note: str = ""  # how a priority pinned on an op fusion replaced was (or was not) used
 
 
 def _traceable(op: Op, impl: Impl):
@@ -115,6 +122,72 @@ def _contiguous(graph: fx.Graph, node: fx.Node, op: Op, args: tuple) -> tuple[tu
     return tuple(copied), names
 
 
+def _check_in_graph_priorities(graph: fx.Graph) -> None:
+    """Validate the priorities pinned inside the compiled code (``op.set_priority`` /
+    ``opir.priority`` blocks traced by Dynamo), which nothing checked at trace time."""
+    seen: set[tuple[str, Any]] = set()
+    for node in graph.nodes:
+        custom = node.meta.get("custom")
+        if not isinstance(custom, Mapping):
+            continue
+        for key, providers in custom.items():
+            if not isinstance(key, str) or not key.startswith(PRIORITY_ANNOTATION):
+                continue
+            name = key.removeprefix(PRIORITY_ANNOTATION)
+            if (name, providers) in seen:
+                continue
+            seen.add((name, providers))
+            where = f"priority scope inside compiled code (node {node.name})"
+            op = _registered_ops.get(name)
+            if op is None:
+                raise PriorityError(
+                    f"{where}: unknown op '{name}'; registered ops are {sorted(_registered_ops)}"
+                )
+            try:
+                validate_providers(op, list(providers))
+            except PriorityError as e:
+                raise PriorityError(f"{where}: {e}") from None
+
+
+def node_priority(
+    node: fx.Node, op: Op, fixed: Mapping[Op, tuple[str, ...]]
+) -> tuple[tuple[str, ...] | None, str]:
+    """The user priority that decides ``node``, and a note for the report.
+
+    An in-graph scope around the call (innermost, as eagerly) comes first, then
+    the compile options' ``priority`` for the op; None means the priority in
+    effect when the graph is lowered. A node fusion created (a
+    ``fused_add_rms_norm`` that was an ``rms_norm``) with no pin of its own
+    takes the pin of an op it replaced, keeping the providers the fused op
+    has: pinning ``rms_norm`` to ``cpu`` pins the fused norm to ``cpu`` too.
+    When the fused op has none of them, the note says so.
+    """
+    pinned = annotated_priority(node.meta, op.name)
+    if pinned is not None:
+        return tuple(pinned), ""
+    if op in fixed:
+        return fixed[op], ""
+    note = ""
+    for source in node.meta.get(FUSED_FROM, ()):
+        source_op = _registered_ops.get(source)
+        pin = annotated_priority(node.meta, source)
+        if pin is None and source_op is not None:
+            pin = fixed.get(source_op)
+        if not pin or source == op.name:
+            continue
+        carried = tuple(p for p in pin if p in op.impls)
+        if carried:
+            return carried, (
+                f"priority {list(carried)} carried over from {source}'s pin {list(pin)} "
+                f"(fused into {op.name})"
+            )
+        note = note or (
+            f"{source}'s pin {list(pin)} not carried over: {op.name} (what fusion made of "
+            f"it) has none of those providers (it has {sorted(op.impls)})"
+        )
+    return None, note
+
+
 def lower(
     graph: fx.Graph,
     fixed: Mapping[Op, tuple[str, ...]] | None = None,
@@ -130,12 +203,14 @@ def lower(
     (RuntimeWarning) naming any opir node that is still in the graph.
     """
     fixed = fixed or {}
+    _check_in_graph_priorities(graph)
     chosen: list[Lowered] = []
     for node, op, overload in opir_nodes(graph):
         if overload != "default":
             continue  # maybe_inplace nodes are rewritten by the pre-grad pass
         args = op.complete_args(tuple(node.args), dict(node.kwargs))
-        priority = op.compile_priority(fixed.get(op))
+        user, note = node_priority(node, op, fixed)
+        priority = op.compile_priority(user)
         selection = op.select(tuple(val(a) for a in args), priority)
         gm, node_positions = _trace(op, selection.impl, args)
         made_contiguous: tuple[str, ...] = ()
@@ -154,6 +229,7 @@ def lower(
             tuple(a for a in args if not isinstance(a, fx.Node)),
             module_of(node),
             made_contiguous,
+            note,
         )
         _splice(graph, node, gm, [args[i] for i in node_positions])
         chosen.append(lowered)

@@ -63,15 +63,25 @@ def set_priority(config: PriorityConfig) -> None:
         op.set_default(providers)
 
 
-@contextlib.contextmanager
-def priority(config: PriorityConfig) -> Iterator[None]:
+def priority(config: PriorityConfig) -> contextlib.AbstractContextManager:
     """Scoped priority for several ops (this thread / asyncio task only, nestable).
+
+    Inside a ``torch.compile`` region (``fullgraph=True`` included) the block
+    pins the priority of the op calls it contains when the graph is lowered
+    (see :func:`opir.core.scope.annotated`).
 
     Example::
 
         with opir.priority({"rms_norm": ["native"], "fused_add_rms_norm": ["native"]}):
             model(x)
     """
+    if _scope.compiling():
+        return _scope.annotated({getattr(k, "name", k): p for k, p in config.items()})
+    return _scoped_priority(config)
+
+
+@contextlib.contextmanager
+def _scoped_priority(config: PriorityConfig) -> Iterator[None]:
     resolved = resolve_config(config, "priority")
     with _scope.overriding({op: build_priority(op, p) for op, p in resolved.items()}):
         yield

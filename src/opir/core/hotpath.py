@@ -11,6 +11,7 @@ parameters. The generated body, for ``rms_norm(x, weight, epsilon, ...)``::
     if _dynamo_compiling():                  # Dynamo folds this to True
         return self.torch_op(x, weight, epsilon, ...)
     if (not _dispatch_mode_depth() and not _functorch_active()
+            and _fwad._current_level < 0     # no forward-mode AD level open
             and type(x) in _PLAIN and type(weight) in _PLAIN_OR_NONE):
         scope = _scope_get()
         if scope is None:                    # no `with` block: the process default
@@ -40,6 +41,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as _fwad
 
 from opir.core import scope as _scope
 from opir.core.errors import RegistrationError
@@ -50,6 +52,7 @@ _GLOBALS: dict[str, Any] = {
     "_dynamo_compiling": torch.compiler.is_dynamo_compiling,
     "_dispatch_mode_depth": torch._C._len_torch_dispatch_stack,
     "_functorch_active": torch._C._are_functorch_transforms_active,
+    "_fwad": _fwad,
     "_grad_enabled": torch.is_grad_enabled,
     "_scope_get": _scope.current.get,
     "_PLAIN": _PLAIN,
@@ -120,7 +123,12 @@ def make_call(
     type_checks += [f"{n['_plain_list']}({p})" for p in tensor_list_params]
     grad_checks += [f"{n['_list_requires_grad']}({p})" for p in tensor_list_params]
     eager_ok = " and ".join(
-        [f"not {n['_dispatch_mode_depth']}()", f"not {n['_functorch_active']}()", *type_checks]
+        [
+            f"not {n['_dispatch_mode_depth']}()",
+            f"not {n['_functorch_active']}()",
+            f"{n['_fwad']}._current_level < 0",
+            *type_checks,
+        ]
     )
     self_, scope, entries, pred, fn = (n[k] for k in _LOCALS)
     source = (

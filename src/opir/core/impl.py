@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-_overlaps = torch._C._overlaps  # conservative: True unless provably disjoint
+_increment_version = torch._C._increment_version
 
 
 def overlaps_itself(t: torch.Tensor) -> bool:
@@ -33,6 +34,9 @@ def overlaps_itself(t: torch.Tensor) -> bool:
     return False
 
 
+_serials = itertools.count(1)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Impl:
     """A registered kernel.
@@ -45,8 +49,11 @@ class Impl:
     what the eager fast path calls instead (e.g. a pybind entry point or a
     compiled function that skips the dispatcher). ``aliasing_safe`` in-place
     impls stay correct themselves when the donated activations overlap each
-    other or themselves; for the others opir checks each ``maybe_inplace``
+    other, themselves or another tensor argument (also through another storage
+    over the same memory); for the others opir checks each ``maybe_inplace``
     call and runs overlapping ones on clones (see :func:`guarded_donation`).
+    ``serial`` is unique per Impl object in this process, never reused (unlike
+    ``id(fn)`` once a function is freed): what caches key an impl's identity on.
     """
 
     op_name: str
@@ -58,6 +65,9 @@ class Impl:
     reason: str = ""
     eager: Callable | None = None
     aliasing_safe: bool = False
+    serial: int = dataclasses.field(
+        default_factory=lambda: next(_serials), init=False, repr=False, compare=False
+    )
 
     @property
     def eager_fn(self) -> Callable:
@@ -92,18 +102,57 @@ def on_clones(fn: Callable[..., Any], positions: Sequence[int]) -> Callable[...,
     return cloning
 
 
-def guarded_donation(fn: Callable[..., Any], positions: Sequence[int]) -> Callable[..., Any]:
+def byte_extent(t: torch.Tensor) -> tuple[int, int]:
+    """The bytes ``[first, end)`` that ``t``'s elements may occupy (``(0, 0)`` when empty).
+
+    By address, not by storage: one memory can be reached through two storages
+    (``torch.from_numpy`` twice on one array, ``torch.frombuffer``), which
+    storage-identity checks such as ``torch._C._overlaps`` take for disjoint.
+    """
+    n = t.numel()
+    if not n:
+        return 0, 0
+    first = t.data_ptr()
+    if t.is_contiguous():
+        return first, first + n * t.element_size()
+    reach = 1 + sum(st * (sz - 1) for st, sz in zip(t.stride(), t.shape, strict=True))
+    return first, first + reach * t.element_size()
+
+
+def may_share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Conservative: False only when ``a`` and ``b`` provably touch no common byte
+    (disjoint address extents, or different devices)."""
+    a0, a1 = byte_extent(a)
+    b0, b1 = byte_extent(b)
+    return a0 < b1 and b0 < a1 and a.device == b.device
+
+
+def guarded_donation(
+    fn: Callable[..., Any],
+    positions: Sequence[int],
+    read_positions: Sequence[int] = (),
+    list_positions: Sequence[int] = (),
+) -> Callable[..., Any]:
     """In-place ``fn`` for ``maybe_inplace`` calls, run on clones when writing into
     the donated activations in place would give a wrong answer.
 
     That is when an activation overlaps itself (an expanded or strided view
-    whose elements share memory) or two activations may share memory (the same
-    tensor passed twice, overlapping views). Donation only permits writing, so
-    serving such a call on clones keeps the promise of equal results. Cost: one
-    ``is_contiguous`` per activation, plus one overlap test per pair.
+    whose elements share memory), or when a donated activation may share memory
+    with any other tensor argument the kernel reads: another activation (the
+    same tensor passed twice, overlapping views), a weight or a gate that is a
+    view of an activation (earlier rows would overwrite what later rows read),
+    or an element of a ``list[Tensor]`` argument. Overlap is decided by address
+    (:func:`may_share_memory`), so two storages over one memory count too.
+    Donation only permits writing, so serving such a call on clones keeps the
+    promise of equal results. ``read_positions`` are the other tensor
+    parameters, ``list_positions`` the ``list[Tensor]`` ones. Cost: one
+    ``is_contiguous`` per activation, plus one address comparison per
+    (activation, other tensor) pair.
     """
     positions = tuple(positions)
-    pairs = tuple((i, j) for k, i in enumerate(positions) for j in positions[k + 1 :])
+    others = [j for j in read_positions if j not in positions]
+    pairs = tuple((i, j) for k, i in enumerate(positions) for j in (*positions[k + 1 :], *others))
+    list_pairs = tuple((i, j) for i in positions for j in list_positions)
     cloning = on_clones(fn, positions)
 
     def guarded(*args: Any) -> Any:
@@ -111,9 +160,37 @@ def guarded_donation(fn: Callable[..., Any], positions: Sequence[int]) -> Callab
             if overlaps_itself(args[i]):
                 return cloning(*args)
         for i, j in pairs:
-            if _overlaps(args[i], args[j]):
+            a, b = args[i], args[j]
+            if b is not None and a is not None and may_share_memory(a, b):
+                return cloning(*args)
+        for i, j in list_pairs:
+            a, seq = args[i], args[j]
+            if seq and any(b is not None and may_share_memory(a, b) for b in seq):
                 return cloning(*args)
         return fn(*args)
 
     guarded.__name__ = f"{getattr(fn, '__name__', 'impl')}_guarded"
     return guarded
+
+
+def marking_donated(fn: Callable[..., Any], positions: Sequence[int]) -> Callable[..., Any]:
+    """In-place ``fn`` that bumps the version counter of every donated activation.
+
+    A kernel that writes through a data pointer (C++, triton) leaves autograd's
+    version counters alone; a donated tensor that autograd saved for a backward
+    (``z = x * w`` with ``w`` requiring grad saves ``x``) would then feed the
+    overwritten values into that backward, a silently wrong gradient. Donation
+    means "may hold anything afterwards", so every donated activation counts
+    as modified, written or not, and such a backward raises torch's own "modified
+    by an inplace operation" error. Bumping twice (an impl that also used an
+    in-place torch op) is harmless; inference tensors have no counter to bump.
+    """
+    positions = tuple(positions)
+
+    def marked(*args: Any) -> Any:
+        out = fn(*args)
+        _increment_version([a for a in (args[i] for i in positions) if a is not None])
+        return out
+
+    marked.__name__ = f"{getattr(fn, '__name__', 'impl')}_marked"
+    return marked

@@ -35,7 +35,7 @@ from opir.core import signature as _signature
 from opir.core.impl import Impl
 from opir.core.impl_table import ImplTable
 from opir.core.numerics import NumericsMixin
-from opir.core.overloads import MaybeInplace, Overload, P, R, requiring_grad
+from opir.core.overloads import MaybeInplace, Overload, P, R, refuse_forward_ad, requiring_grad
 from opir.core.priority import Priority, build_priority, validate_providers
 from opir.core.selection import Selection, explain
 from opir.core.tolerances import Tolerance
@@ -109,15 +109,24 @@ class Op(ImplTable, Overload[P, R], NumericsMixin):
         self._user_priority = validate_providers(self, providers)
         self.refresh_priority()
 
-    @contextlib.contextmanager
-    def set_priority(self, providers: Sequence[str]) -> Iterator[None]:
+    def set_priority(self, providers: Sequence[str]) -> contextlib.AbstractContextManager:
         """Scoped priority for this op: this thread / asyncio task only, nestable.
+
+        Inside a ``torch.compile`` region (``fullgraph=True`` included) the block
+        pins the priority of the op calls it contains when the graph is lowered
+        (see :func:`opir.core.scope.annotated`).
 
         Example::
 
             with opir.ops.rms_norm.set_priority(["native"]):
                 y = opir.ops.rms_norm(x, w, 1e-6)
         """
+        if _scope.compiling():
+            return _scope.annotated({self.name: providers})
+        return self._scoped_priority(providers)
+
+    @contextlib.contextmanager
+    def _scoped_priority(self, providers: Sequence[str]) -> Iterator[None]:
         priority = build_priority(self, validate_providers(self, providers))
         with _scope.overriding({self: priority}):
             yield
@@ -209,6 +218,7 @@ class Op(ImplTable, Overload[P, R], NumericsMixin):
         return self._fake_fn(*args)
 
     def _refuse_grad_donation(self, *args: Any) -> Any:
+        refuse_forward_ad(self, args)
         if _grad_enabled() and requiring_grad(args):
             raise RuntimeError(
                 f"{self.name}.maybe_inplace donates its inputs and cannot be used with tensors "

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import torch
+import torch.autograd.forward_ad as _fwad
 
 from opir.core import scope as _scope
-from opir.core.impl import Impl
+from opir.core.impl import Impl, marking_donated
 from opir.core.priority import Entry, Priority, functional_fn
 from opir.core.selection import select_in_scope
 
@@ -25,6 +26,7 @@ _Tensor = torch.Tensor
 _grad_enabled = torch.is_grad_enabled
 _scope_get = _scope.current.get
 _DelayedError = torch._C._functions.DelayedError
+_unpack_dual = torch._VF._unpack_dual
 
 P = ParamSpec("P")  # the native function's parameters
 R = TypeVar("R")  # the native function's result
@@ -50,9 +52,10 @@ class Overload(Generic[P, R]):
 
     def _traceable(self, impl: Impl) -> Callable[..., Any]:
         """The traceable function of ``impl`` for this overload (the torch op's kernel)."""
+        positions = self.op.activation_positions
         if self._donating:
-            return impl.fn
-        return functional_fn(impl, self.op.activation_positions, eager=False)
+            return marking_donated(impl.fn, positions) if impl.inplace else impl.fn
+        return functional_fn(impl, positions, eager=False)
 
     def _call_selecting(self, args: tuple) -> Any:
         """Eager call inside a tracing or strict scope: the full selection."""
@@ -122,15 +125,51 @@ _DIFFERENTIABLE = frozenset(
 
 
 def requiring_grad(args: tuple) -> list[_Tensor]:
-    """The arguments (and list elements) that require grad."""
+    """The arguments (and elements of list or tuple arguments) that require grad."""
     found = []
     for a in args:
         if isinstance(a, _Tensor):
             if a.requires_grad:
                 found.append(a)
-        elif type(a) is list:
+        elif isinstance(a, (list, tuple)):  # a list[Tensor] parameter may get a tuple
             found.extend(t for t in a if isinstance(t, _Tensor) and t.requires_grad)
     return found
+
+
+def _tensors(args: tuple) -> list[_Tensor]:
+    """The tensor arguments, list and tuple elements included."""
+    found = []
+    for a in args:
+        if isinstance(a, _Tensor):
+            found.append(a)
+        elif isinstance(a, (list, tuple)):
+            found.extend(t for t in a if isinstance(t, _Tensor))
+    return found
+
+
+def carrying_tangent(args: tuple) -> bool:
+    """Whether forward-mode AD is on (``forward_ad.dual_level``, which ``torch.func.jvp``
+    and ``jacfwd`` enter too) and some argument is a dual tensor of that level."""
+    level = _fwad._current_level
+    if level < 0:
+        return False
+    return any(_unpack_dual(t, level)[1] is not None for t in _tensors(args))
+
+
+def forward_ad_error(name: str) -> str:
+    """The error for an op reached by forward-mode AD (kernels have no tangent formula)."""
+    return (
+        f"opir op '{name}' is an inference op and has no forward-mode derivative either "
+        "(torch.func.jvp / jacfwd / torch.autograd.forward_ad): its kernels compute no "
+        f"tangents. Differentiate the spec instead: opir.ops.{name}.native(...), or call "
+        "the op on plain (non-dual) tensors"
+    )
+
+
+def refuse_forward_ad(op: Op, args: tuple) -> None:
+    """Raise the forward-AD error when an argument carries a tangent."""
+    if carrying_tangent(args):
+        raise RuntimeError(forward_ad_error(op.name))
 
 
 def _refuse_backward(out: Any, message: str, args: tuple) -> Any:
@@ -170,7 +209,10 @@ def refuse_backward_kernel(overload: Overload) -> Callable[..., Any]:
     ``torch.library.register_autograd`` this also works under functorch
     transforms: ``vmap`` works, and a gradient transform (``torch.func.grad``,
     ``jacrev``) gets opir's message at once, in the forward, since a
-    transform allows no grad_fn to be attached afterwards.
+    transform allows no grad_fn to be attached afterwards. Forward-mode AD
+    (dual tensors, ``jvp``, ``jacfwd``) reaches this kernel too and is refused
+    before anything runs: the kernels below compute no tangents, and a missing
+    or zero tangent would be a silently wrong derivative.
     """
     op = overload.op
     below_autograd = torch._C._AutoDispatchBelowAutograd
@@ -178,6 +220,7 @@ def refuse_backward_kernel(overload: Overload) -> Callable[..., Any]:
     functorch_active = torch._C._are_functorch_transforms_active
 
     def kernel(*args: Any) -> Any:
+        refuse_forward_ad(op, args)
         with below_autograd():
             out = overload.torch_op(*args)
         if _grad_enabled() and any_requires_grad(*args):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opir.core.errors import PriorityError
-from opir.core.impl import Impl, guarded_donation, on_clones
+from opir.core.impl import Impl, guarded_donation, marking_donated, on_clones
 from opir.core.registry import Mode, platform_defaults
 
 if TYPE_CHECKING:
@@ -88,12 +88,18 @@ def functional_fn(impl: Impl, positions: Sequence[int], *, eager: bool) -> Calla
     return on_clones(fn, positions) if impl.inplace else fn
 
 
-def donating_fn(impl: Impl, positions: Sequence[int]) -> Callable[..., Any]:
-    """``impl``'s eager function for ``maybe_inplace`` calls (overlap-guarded unless
-    the impl says it handles overlapping activations itself)."""
-    if impl.inplace and not impl.aliasing_safe:
-        return guarded_donation(impl.eager_fn, positions)
-    return impl.eager_fn
+def donating_fn(impl: Impl, op: Op) -> Callable[..., Any]:
+    """``impl``'s eager function for ``maybe_inplace`` calls: for in-place impls,
+    overlap-guarded unless the impl says it handles overlapping arguments itself,
+    and marking the donated activations as modified for autograd."""
+    if not impl.inplace:
+        return impl.eager_fn
+    sig, positions = op.sig, op.activation_positions
+    fn = impl.eager_fn
+    if not impl.aliasing_safe:
+        lists = [sig.names.index(n) for n in sig.tensor_list_names]
+        fn = guarded_donation(fn, positions, sig.tensor_positions, lists)
+    return marking_donated(fn, positions)
 
 
 def build_priority(op: Op, user: Sequence[str], mode: Mode = "eager") -> Priority:
@@ -131,5 +137,5 @@ def build_priority(op: Op, user: Sequence[str], mode: Mode = "eager") -> Priorit
         impls=tuple(kept),
         dropped=tuple(dropped),
         functional=tuple((i.supports_args, functional_fn(i, positions, eager=True)) for i in kept),
-        donating=tuple((i.supports_args, donating_fn(i, positions)) for i in kept),
+        donating=tuple((i.supports_args, donating_fn(i, op)) for i in kept),
     )

@@ -9,6 +9,13 @@ at creation, which gives the isolation the priority API promises.
 A scope that only overrides priorities stays on the fast path: it carries,
 per overload, the entries the hot path walks (``hot_entries``), so a scoped
 call costs one dict lookup more than an unscoped one.
+
+Inside a ``torch.compile`` region a priority scope is not a ContextVar (Dynamo
+cannot trace ``ContextVar.get``, and a graph break would defeat
+``fullgraph=True``): ``op.set_priority`` and ``opir.priority`` become
+:func:`annotated`, which Dynamo traces, and the opir nodes created inside carry
+the priority as node metadata; lowering resolves it per node, where it takes
+precedence over every other priority (as the innermost scope does eagerly).
 """
 
 from __future__ import annotations
@@ -17,9 +24,11 @@ import contextlib
 import dataclasses
 import functools
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 if TYPE_CHECKING:
     from opir.core.priority import Entry, Priority
@@ -104,3 +113,31 @@ def overriding(priorities: Mapping[Any, Priority]) -> Iterator[None]:
             hot[op.maybe_inplace] = priority.donating
     with entered(priorities=merged, hot_entries=hot):
         yield
+
+
+PRIORITY_ANNOTATION = "opir_priority:"
+"""Node metadata key prefix (``node.meta["custom"]``) of an in-graph scoped priority."""
+
+
+def compiling() -> bool:
+    """Whether Dynamo is tracing this code (it folds the call to True). Not other
+    tracers: make_fx and non-strict export run the eager scope, which they see."""
+    return torch.compiler.is_dynamo_compiling()
+
+
+def annotated(priorities: Mapping[str, Sequence[str]]) -> Any:
+    """The in-graph form of a priority scope: a ``torch.fx.traceback.annotate`` block
+    whose nodes carry ``{PRIORITY_ANNOTATION + op name: providers}``. One key per op,
+    so nested blocks for different ops combine and an inner block for the same op
+    wins. Providers are validated when the graph is lowered."""
+    return torch.fx.traceback.annotate(
+        {PRIORITY_ANNOTATION + name: tuple(providers) for name, providers in priorities.items()}
+    )
+
+
+def annotated_priority(meta: Mapping[str, Any], op_name: str) -> tuple[str, ...] | None:
+    """The in-graph priority recorded in a node's ``meta`` for ``op_name``, if any."""
+    custom = meta.get("custom")
+    if not isinstance(custom, Mapping):
+        return None
+    return custom.get(PRIORITY_ANNOTATION + op_name)

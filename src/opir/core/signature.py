@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import inspect
+import keyword
 import re
 import types
 import typing
@@ -31,6 +32,12 @@ def check_name(kind: str, name: object) -> str:
         raise RegistrationError(
             f"invalid {kind} name {name!r}: use lowercase letters, digits and '_', "
             "not starting with a digit (regex ^[a-z_][a-z0-9_]*$)"
+        )
+    if keyword.iskeyword(name):  # torch.fx and compiled code name values after the op
+        raise RegistrationError(
+            f"invalid {kind} name {name!r}: it is a Python keyword, which torch.fx and "
+            f"opir.compile cannot use as a name in generated code; choose another name "
+            f"(e.g. {name + '_'!r})"
         )
     return name
 

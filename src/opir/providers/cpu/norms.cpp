@@ -166,10 +166,11 @@ inline std::pair<uintptr_t, uintptr_t> byte_extent(const at::Tensor& t) {
   return {first, first + static_cast<uintptr_t>(span * t.element_size())};
 }
 
-// Conservative: true when a and b share a storage and their byte extents intersect.
+// Conservative: true when the byte extents of a and b intersect. By address, not
+// by storage: two storages can hold one memory (torch.from_numpy twice on one
+// array, torch.frombuffer), and every tensor here is on the CPU.
 inline bool may_overlap(const at::Tensor& a, const at::Tensor& b) {
   if (a.numel() == 0 || b.numel() == 0) return false;
-  if (!a.storage().is_alias_of(b.storage())) return false;
   auto [a0, a1] = byte_extent(a);
   auto [b0, b1] = byte_extent(b);
   return a0 < b1 && b0 < a1;
