@@ -40,7 +40,6 @@ from opir.core.priority import Priority, build_priority, validate_providers
 from opir.core.selection import Selection, explain
 from opir.core.tolerances import Tolerance
 
-_Tensor = torch.Tensor
 _grad_enabled = torch.is_grad_enabled
 _scope_get = _scope.current.get
 
