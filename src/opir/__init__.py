@@ -8,7 +8,7 @@ any of them).
 from opir import distributed, layers, ops, providers
 from opir.compiler import DonationError, backend, compile
 from opir.core.config import apply_env as _apply_env
-from opir.core.config import get_priority, load_priority, priority, set_priority
+from opir.core.config import get_priority, load_priority, priority, set_default, set_priority
 from opir.core.errors import DispatchError, OpirError, PriorityError, RegistrationError
 from opir.core.impl import Impl
 from opir.core.op import Op
@@ -56,6 +56,7 @@ __all__ = [
     "providers",
     "register_op",
     "registry",
+    "set_default",
     "set_platform_defaults",
     "set_priority",
     "strict",
