@@ -149,6 +149,16 @@ class ImplTable:
         self._impls[provider] = dataclasses.replace(impl, supported=False, reason=reason)
         self.refresh_priority()
 
+    def set_eager(self, provider: str, eager: Callable) -> None:
+        """Point ``provider``'s eager entry at ``eager`` (e.g. the launcher a provider
+        loaded on its first call), so later calls skip the loading wrapper.
+
+        ``eager`` takes the op's parameters positionally; priorities are rebuilt.
+        """
+        impl = self._impls[provider]
+        self._impls[provider] = dataclasses.replace(impl, eager=eager)
+        self.refresh_priority()
+
     def explicitly_requested(self, provider: str) -> bool:
         """True if the user listed ``provider`` for this op (process default or scope),
         as opposed to reaching it through the platform defaults.

@@ -1,41 +1,107 @@
-"""``torch.ops.opir_cpu.*``: the kernels as torch custom ops, defined from Python.
+"""The cpu kernels: launchers around the C++ extension, and ``torch.ops.opir_cpu.*``.
 
-The schemas, fake (meta) functions and CPU implementations are registered when
-``opir.providers.cpu`` is imported, before any C++ is built or loaded. Code
-that Inductor cached in an earlier process calls ``torch.ops.opir_cpu.*``
-directly; the CPU implementations here load (building if needed) the
-extension on first use and call its pybind functions, so such code works in a
-fresh process. Eager dispatch does not come through here (see ``impls.py``).
+The custom ops (the norm ops' schemas, their fakes) are defined when
+``opir.providers.cpu`` is imported, before any C++ is built or loaded:
+code that Inductor cached in an earlier process calls ``torch.ops.opir_cpu.*``
+directly, and their implementations build or load the extension on first
+use, so such code works in a fresh process. Eager calls do not go through
+the dispatcher: ``load()`` returns the launchers, which call the pybind
+functions directly (about 1 µs per call).
 """
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 import opir.providers.cpu.build as build
+from opir.core.op import Op
+from opir.ops import fused_add_rms_norm, rms_norm, rms_norm_gated
+from opir.providers.kit import define
 
-LIBRARY = torch.library.Library("opir_cpu", "DEF")
-LIBRARY.define(
-    "rms_norm(Tensor x, Tensor? weight, float epsilon, SymInt? variance_size, "
-    "float weight_bias=0.0) -> Tensor"
-)
-LIBRARY.define(
-    "fused_add_rms_norm_(Tensor(a!) x, Tensor(b!) residual, Tensor? weight, float epsilon, "
-    "SymInt? variance_size, float weight_bias=0.0) -> ()"
-)
-LIBRARY.define(
-    "rms_norm_gated(Tensor x, Tensor? gate, Tensor? weight, float epsilon, SymInt? group_size, "
-    "bool norm_before_gate) -> Tensor"
-)
+NAMESPACE = "opir_cpu"
+FAMILY = "norms"
+"""The kernel source family these ops live in (``norms.cpp``)."""
+
+_extension = None
 
 
-def _rms_norm(x, weight, epsilon, variance_size, weight_bias=0.0):
-    return build.load().rms_norm(x, weight, epsilon, variance_size, weight_bias)
+def extension() -> Any:
+    """The pybind module of the kernels, after building/loading it once."""
+    global _extension
+    if _extension is None:
+        _extension = build.load()  # the one call into the build (one extension per FAMILY)
+    return _extension
 
 
-def _fused_add_rms_norm_(x, residual, weight, epsilon, variance_size, weight_bias=0.0):
-    ext = build.load()
-    if not ext.fused_add_rms_norm_(x, residual, weight, epsilon, variance_size, weight_bias):
+def load() -> types.SimpleNamespace:
+    """The eager launchers by op name (builds the extension; ``ProviderBuildError`` if
+    that fails)."""
+    ext = extension()
+    return types.SimpleNamespace(
+        rms_norm=_typed(ext.rms_norm, rms_norm),
+        fused_add_rms_norm=_typed(
+            _in_place_or_on_copies(ext.fused_add_rms_norm_), fused_add_rms_norm
+        ),
+        rms_norm_gated=_typed(ext.rms_norm_gated, rms_norm_gated),
+    )
+
+
+def _typed(fn: Callable[..., Any], op: Op) -> Callable[..., Any]:
+    """``fn`` with pybind's "incompatible function arguments" turned into a TypeError
+    naming the argument."""
+
+    def launch(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except TypeError as e:
+            raise _argument_error(op, args, e) from None
+
+    launch.__name__ = f"cpu_{op.name}"
+    return launch
+
+
+def _argument_error(op: Op, args: tuple, error: TypeError) -> TypeError:
+    for param, value in zip(op.signature.parameters.values(), args, strict=False):
+        kind = str(param.annotation)
+        if kind == "float" and (isinstance(value, bool) or not isinstance(value, (float, int))):
+            return TypeError(f"{op.name}: {param.name} must be a float, got {type(value).__name__}")
+        if (
+            "int" in kind
+            and value is not None
+            and (isinstance(value, bool) or not isinstance(value, int))
+        ):
+            return TypeError(
+                f"{op.name}: {param.name} must be an int or None, got {type(value).__name__}"
+            )
+    return error
+
+
+def _in_place_or_on_copies(kernel: Callable[..., bool]) -> Callable[..., Any]:
+    """In place when x and the residual are separate memory; otherwise (the kernel
+    reports that they alias, overlap, or x's rows overlap each other) on private
+    copies, which are returned."""
+
+    def launch(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if kernel(*args):
+            return args[0], args[1]
+        copies = [a.clone(memory_format=torch.contiguous_format) for a in args[:2]]
+        weight = None if args[2] is None else args[2].clone()
+        if not kernel(*copies, weight, *args[3:]):
+            raise AssertionError("opir cpu: fresh buffers reported as overlapping (a bug)")
+        return copies[0], copies[1]
+
+    return launch
+
+
+# --- torch custom ops: what tracing (make_fx, lowering, Inductor) records ------------
+
+
+def _refusing_overlap(*args: Any) -> None:
+    if not extension().fused_add_rms_norm_(*args):
         raise ValueError(
             "opir_cpu::fused_add_rms_norm_: x and residual alias or overlap (or x's rows "
             "overlap each other), so they cannot be written in place; pass separate, "
@@ -43,25 +109,8 @@ def _fused_add_rms_norm_(x, residual, weight, epsilon, variance_size, weight_bia
         )
 
 
-def _rms_norm_gated(x, gate, weight, epsilon, group_size, norm_before_gate):
-    return build.load().rms_norm_gated(x, gate, weight, epsilon, group_size, norm_before_gate)
-
-
-LIBRARY.impl("rms_norm", _rms_norm, "CPU")
-LIBRARY.impl("fused_add_rms_norm_", _fused_add_rms_norm_, "CPU")
-LIBRARY.impl("rms_norm_gated", _rms_norm_gated, "CPU")
-
-
-@torch.library.register_fake("opir_cpu::rms_norm", lib=LIBRARY)
-def _rms_norm_fake(x, weight, epsilon, variance_size, weight_bias=0.0):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-
-
-@torch.library.register_fake("opir_cpu::fused_add_rms_norm_", lib=LIBRARY)
-def _fused_add_fake(x, residual, weight, epsilon, variance_size, weight_bias=0.0):
-    return None
-
-
-@torch.library.register_fake("opir_cpu::rms_norm_gated", lib=LIBRARY)
-def _gated_fake(x, gate, weight, epsilon, group_size, norm_before_gate):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+define(NAMESPACE, rms_norm, lambda *args: extension().rms_norm(*args), device_types="cpu")
+define(NAMESPACE, fused_add_rms_norm, _refusing_overlap, inplace=True, device_types="cpu")
+define(
+    NAMESPACE, rms_norm_gated, lambda *args: extension().rms_norm_gated(*args), device_types="cpu"
+)
