@@ -19,10 +19,10 @@ from opir.core.priority import Priority
 from opir.core.register import register_op
 from opir.core.registry import ops as registry
 from opir.core.registry import set_platform_defaults
-from opir.core.scope import Scope
+from opir.core.scope import Scope, strict, trace
 from opir.core.selection import Selection
 from opir.core.tolerances import Tolerance
-from opir.core.trace import DispatchRecord, Trace, strict, trace
+from opir.core.trace import DispatchRecord, Trace
 
 _load_plugins()
 _apply_env()

@@ -72,10 +72,19 @@ class ImplTable:
         Python's typing allows; the torch op converts them): accept both.
         Returns ``fn`` unchanged.
 
-        Example::
+        Example (``fn`` is annotated like the op: its schema must match)::
 
             @opir.ops.rms_norm.register_impl("mine", supports_args=my_check)
-            def my_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0): ...
+            def my_rms_norm(
+                x: torch.Tensor,
+                weight: torch.Tensor | None,
+                epsilon: float,
+                variance_size: int | None = None,
+                weight_bias: float = 0.0,
+            ) -> torch.Tensor: ...
+
+        Providers with kernels of their own use ``opir.providers.kit.Provider``,
+        which derives all of this from the op's signature (docs/providers.md).
         """
         _signature.check_name("provider", provider)
         if provider in RESERVED_PROVIDERS:

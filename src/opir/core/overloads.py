@@ -9,17 +9,15 @@ generated per op by :mod:`opir.core.hotpath`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from opir.core import scope as _scope
 from opir.core.impl import Impl
 from opir.core.priority import Entry, Priority, functional_fn
+from opir.core.protocols import OpLike
 from opir.core.selection import select_in_scope
-
-if TYPE_CHECKING:
-    from opir.core.op import Op
 
 _Tensor = torch.Tensor
 _grad_enabled = torch.is_grad_enabled
@@ -34,7 +32,7 @@ class Overload:
     per-op subclass; everything off that path lives here.
     """
 
-    op: Op
+    op: OpLike
     torch_op: torch._ops.OpOverload
     _entries: tuple[Entry, ...]
     _donating: bool
@@ -94,7 +92,7 @@ class MaybeInplace(Overload):
     _donating = True
     _overload_name = "maybe_inplace"
 
-    def __init__(self, op: Op) -> None:
+    def __init__(self, op: OpLike) -> None:
         self.op = op
         self._entries = ()  # set by op.refresh_priority(); torch_op once defined
 

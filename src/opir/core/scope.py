@@ -1,4 +1,6 @@
-"""The per-thread / per-asyncio-task dispatch scope.
+"""The per-thread / per-asyncio-task dispatch scope, and the ``with`` blocks that
+change it: ``trace()`` and ``strict()`` (priority overrides: ``op.set_priority``,
+``opir.priority``).
 
 One ContextVar holds everything a ``with`` block can change about dispatch:
 priority overrides, the active tracer and strict mode. Its default is None,
@@ -21,9 +23,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from opir.core.trace import Trace
+
 if TYPE_CHECKING:
     from opir.core.priority import Entry, Priority
-    from opir.core.trace import Trace
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -103,4 +106,39 @@ def overriding(priorities: Mapping[Any, Priority]) -> Iterator[None]:
         if op.maybe_inplace is not None:
             hot[op.maybe_inplace] = priority.donating
     with entered(priorities=merged, hot_entries=hot):
+        yield
+
+
+@contextlib.contextmanager
+def trace(*, strict: bool = False) -> Iterator[Trace]:
+    """Record every dispatch in this thread/task; ``strict=True`` also enables strict mode.
+
+    Example::
+
+        with opir.trace() as t:
+            opir.ops.rms_norm(x, w, 1e-6)
+        print(t)  # a table: op, provider that ran, providers rejected and why
+    """
+    tracer = Trace()
+    changes: dict[str, Any] = {"tracer": tracer}
+    if strict:
+        changes["strict"] = True
+    with entered(**changes):
+        yield tracer
+
+
+@contextlib.contextmanager
+def strict() -> Iterator[None]:
+    """Raise DispatchError instead of running anything but an op's preferred provider.
+
+    The preferred provider is the first entry of the op's effective priority.
+    A provider dropped as unsupported, or whose predicate rejects the call,
+    makes the call fail with the reason instead of falling back silently.
+
+    Example::
+
+        with opir.strict():
+            opir.ops.rms_norm(x, w, 1e-6)  # DispatchError if 'cpu' cannot take x
+    """
+    with entered(strict=True):
         yield
