@@ -5,8 +5,9 @@ not), and a ``load`` function returning its *kernels* (a module of launchers,
 imported or built on first use, never at ``import opir``). Each impl is then
 one :meth:`Provider.register` call naming, for one op, the launcher in the
 kernels (what eager calls run) and the provider's custom op (what tracers
-record), plus the predicate. Everything else comes from the op's own
-signature, so no provider restates it:
+record), plus the predicate; both are found by the op's name unless told
+otherwise. Everything else comes from the op's own signature, so no
+provider restates it:
 
 - the custom op's schema is the op's schema (``define``); an in-place kernel's
   is the op's ``maybe_inplace`` schema returning nothing, its ``_`` name says
@@ -161,25 +162,27 @@ class Provider:
     def register(
         self,
         op: Op,
-        *,
         supports_args: Callable[..., bool] | None,
-        eager: str | None = None,
-        custom_op: str | None = None,
-        traceable: str | None = None,
+        *,
         inplace: bool = False,
         aliasing_safe: bool = False,
+        eager: str | None = "",
+        custom_op: str = "",
+        traceable: str | None = None,
     ) -> None:
-        """Register this provider's impl of ``op``.
+        """Register this provider's impl of ``op``; by convention everything is found
+        by the op's name, so most impls are ``PROVIDER.register(op, supports_op)``.
 
-        ``eager``: the launcher's name in the kernels (what eager calls run).
-        ``custom_op``: the name of this provider's custom op for ``op`` (see
-        ``define``), what tracers record; or ``traceable``: the name of a
-        launcher in the kernels that is itself traceable. ``inplace`` and
-        ``aliasing_safe`` are ``op.register_impl``'s.
+        ``eager``: the launcher in the kernels that eager calls run (default: the
+        op's name; None: eager calls run the traceable impl). ``custom_op``: this
+        provider's custom op that tracers record (default: the op's name, ``<op>_``
+        in place; see ``define``); or ``traceable``: a launcher in the kernels that
+        is itself traceable. ``inplace`` and ``aliasing_safe`` are ``op.register_impl``'s.
         """
-        if (custom_op is None) == (traceable is None):
-            raise ValueError("give exactly one of custom_op= and traceable=")
-        traced = self._traceable(op, custom_op, traceable, inplace)
+        if traceable is None:
+            custom_op = custom_op or (f"{op.name}_" if inplace else op.name)
+        eager = op.name if eager == "" else eager
+        traced = self._traceable(op, custom_op or None, traceable, inplace)
         op.register_impl(
             self.name,
             supported=self.supported,

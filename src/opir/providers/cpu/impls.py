@@ -73,21 +73,10 @@ def supports_rms_norm_gated(
     return weight is None or weight.dtype is dtype or weight.dtype in _DTYPES
 
 
-PROVIDER.register(rms_norm, supports_args=supports_rms_norm, eager="rms_norm", custom_op="rms_norm")
-PROVIDER.register(
-    fused_add_rms_norm,
-    supports_args=supports_fused_add_rms_norm,
-    eager="fused_add_rms_norm",
-    custom_op="fused_add_rms_norm_",
-    inplace=True,
-    aliasing_safe=True,  # the launcher detects overlap and runs on private copies
-)
-PROVIDER.register(
-    rms_norm_gated,
-    supports_args=supports_rms_norm_gated,
-    eager="rms_norm_gated",
-    custom_op="rms_norm_gated",
-)
+PROVIDER.register(rms_norm, supports_rms_norm)
+# the launcher detects overlap and runs on private copies
+PROVIDER.register(fused_add_rms_norm, supports_fused_add_rms_norm, inplace=True, aliasing_safe=True)
+PROVIDER.register(rms_norm_gated, supports_rms_norm_gated)
 
 
 def extension():

@@ -72,17 +72,6 @@ def supports_all_reduce_rms_norm(
     return _fused_all_reduce_available(tp_world_size())
 
 
-PROVIDER.register(rms_norm, supports_args=supports_rms_norm, eager="rms_norm", custom_op="rms_norm")
-PROVIDER.register(
-    fused_add_rms_norm,
-    supports_args=supports_fused_add_rms_norm,
-    eager="fused_add_rms_norm",
-    custom_op="fused_add_rms_norm_",
-    inplace=True,
-)
-PROVIDER.register(
-    all_reduce_rms_norm,
-    supports_args=supports_all_reduce_rms_norm,
-    eager="all_reduce_rms_norm",
-    custom_op="all_reduce_rms_norm",
-)
+PROVIDER.register(rms_norm, supports_rms_norm)
+PROVIDER.register(fused_add_rms_norm, supports_fused_add_rms_norm, inplace=True)
+PROVIDER.register(all_reduce_rms_norm, supports_all_reduce_rms_norm)

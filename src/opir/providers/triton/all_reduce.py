@@ -16,16 +16,11 @@ from opir.ops.checks import check_all_reduce_args
 
 
 def all_reduce_rms_norm(
-    x: torch.Tensor,
-    x_residual: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    variance_size: int | None = None,
-    weight_bias: float = 0.0,
-    traceable: bool = False,
+    x, x_residual, weight, epsilon, variance_size, weight_bias, traceable=False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``all_reduce_rms_norm`` contract. ``traceable``: call the custom ops
-    (for make_fx / lowering) instead of launching the kernel directly."""
+    """The ``all_reduce_rms_norm`` contract (the op's parameters positionally).
+    ``traceable``: call the custom ops (for make_fx / lowering) instead of
+    launching the kernel directly."""
     check_all_reduce_args(x, x_residual, weight, variance_size, weight_bias)
     reduced = all_reduce(x)
     args = (weight, epsilon, variance_size, weight_bias)

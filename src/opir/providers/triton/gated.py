@@ -95,15 +95,10 @@ traceable_kernel = wrap_triton(gated_kernel)
 
 
 def rms_norm_gated(
-    x: torch.Tensor,
-    gate: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    group_size: int | None = None,
-    norm_before_gate: bool = False,
-    kernel=gated_kernel,
+    x, gate, weight, epsilon, group_size, norm_before_gate, kernel=gated_kernel
 ) -> torch.Tensor:
-    """The ``rms_norm_gated`` contract; returns a new contiguous tensor."""
+    """The ``rms_norm_gated`` contract (the op's parameters positionally, then the
+    kernel); returns a new contiguous tensor."""
     check_x_weight(x, weight, "rms_norm_gated")
     if gate is not None:
         check_gate(x, gate)

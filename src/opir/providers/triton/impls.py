@@ -76,23 +76,11 @@ def supports_all_reduce_rms_norm(
     return weight is None or weight.dtype in _DTYPES
 
 
-PROVIDER.register(rms_norm, supports_args=supports_rms_norm, eager="rms_norm", custom_op="rms_norm")
-PROVIDER.register(
-    fused_add_rms_norm,
-    supports_args=supports_fused_add_rms_norm,
-    eager="fused_add_rms_norm",
-    custom_op="fused_add_rms_norm_",
-    inplace=True,
-)
-PROVIDER.register(
-    rms_norm_gated,
-    supports_args=supports_rms_norm_gated,
-    eager="rms_norm_gated",
-    custom_op="rms_norm_gated",
-)
+PROVIDER.register(rms_norm, supports_rms_norm)
+PROVIDER.register(fused_add_rms_norm, supports_fused_add_rms_norm, inplace=True)
+PROVIDER.register(rms_norm_gated, supports_rms_norm_gated)
 PROVIDER.register(
     all_reduce_rms_norm,
-    supports_args=supports_all_reduce_rms_norm,
-    eager="all_reduce_rms_norm",
-    traceable="traceable_all_reduce_rms_norm",
+    supports_all_reduce_rms_norm,
+    traceable="traceable_all_reduce_rms_norm",  # the collective, then the custom ops
 )

@@ -167,14 +167,12 @@ def launch(
     )
 
 
-def rms_norm(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    variance_size: int | None = None,
-    weight_bias: float = 0.0,
-    kernel=norm_kernel,
-) -> torch.Tensor:
+# The launchers take the op's parameters positionally (see opir.ops.norms for
+# their types), then the kernel: ``norm_kernel``, or ``traceable_kernel`` inside
+# a custom op.
+
+
+def rms_norm(x, weight, epsilon, variance_size, weight_bias, kernel=norm_kernel) -> torch.Tensor:
     """The ``rms_norm`` contract; returns a new contiguous tensor."""
     check_x_weight(x, weight, "rms_norm")
     check_size(variance_size, x.shape[-1], "variance_size", "rms_norm")
@@ -184,13 +182,7 @@ def rms_norm(
 
 
 def fused_add_rms_norm_(
-    x: torch.Tensor,
-    x_residual: torch.Tensor,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    variance_size: int | None = None,
-    weight_bias: float = 0.0,
-    kernel=norm_kernel,
+    x, x_residual, weight, epsilon, variance_size, weight_bias, kernel=norm_kernel
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``fused_add_rms_norm`` contract in place: out -> x, residual_out -> x_residual."""
     _check_add(x, x_residual, weight, variance_size)
@@ -199,14 +191,7 @@ def fused_add_rms_norm_(
 
 
 def add_rms_norm(
-    x: torch.Tensor,
-    x_residual: torch.Tensor,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    variance_size: int | None = None,
-    weight_bias: float = 0.0,
-    kernel=norm_kernel,
-    out: torch.Tensor | None = None,
+    x, x_residual, weight, epsilon, variance_size, weight_bias, kernel=norm_kernel, out=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``fused_add_rms_norm`` into new tensors (``out`` may be a buffer the caller owns)."""
     _check_add(x, x_residual, weight, variance_size)
