@@ -141,7 +141,7 @@ def compile_pass(rank: int, world: int) -> dict:
     fused = [e for e in report.lowered if e.op == "all_reduce_rms_norm"]
     return {
         "fusions": report.fusions,
-        "weight_biases": sorted(e.constants[1] for e in fused),
+        "weight_biases": sorted(e.constants[2] for e in fused),  # (epsilon, variance_size, bias)
         "ops": sorted(e.op for e in report.lowered),
         "close": _close(got, eager, torch.bfloat16, 4),
         "max_diff": _max_diff(got, eager),
