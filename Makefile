@@ -1,15 +1,20 @@
 # Two entry points do all the set-up on a fresh machine:
-#   make run   - install into .venv, then print platform facts and benchmarks
-#   make test  - install if needed, lint, then run the whole test suite
+#   make run   - install opir with what the benchmarks need into .venv, then print
+#                platform facts and benchmarks
+#   make test  - install with the test tools too, lint, type-check, then run the whole
+#                test suite
+# Requirements: Python >= 3.11 and a C++20 compiler (g++ >= 10 or clang >= 13) for
+# the cpu provider (docs/install.md).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.opir-installed
-# Compiled artefacts (Inductor, C++ extensions) go to one predictable place.
-export OPIR_CACHE_DIR ?= $(CURDIR)/.cache/opir
-export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
+STAMP      := $(VENV)/.opir-installed
+TEST_STAMP := $(VENV)/.opir-test-installed
+# No cache location is forced here: `make run`, `opir build` and a user's own
+# script all use the same default (OPIR_CACHE_DIR, else $XDG_CACHE_HOME/opir,
+# else ~/.cache/opir), so what `make run` builds is reused everywhere.
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint typecheck clean
 
 install: $(STAMP)
 
@@ -18,8 +23,12 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test,bench]"
+	$(PY) -m pip install --quiet -e ".[bench]"
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(TEST_STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/opir info
@@ -30,11 +39,15 @@ run: $(STAMP)
 	$(VENV)/bin/opir bench model --short --layers 2
 	$(VENV)/bin/torchrun --standalone --nproc-per-node 2 examples/tp_demo.py
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP) lint
+# mypy on src/opir and tests/typing (the files and settings are in pyproject.toml)
+typecheck: $(TEST_STAMP)
+	$(VENV)/bin/mypy
+
+test: $(TEST_STAMP) lint typecheck
 	$(VENV)/bin/pytest
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache build dist src/*.egg-info

@@ -11,7 +11,7 @@ from opir.core.config import apply_env as _apply_env
 from opir.core.config import get_priority, load_priority, priority, set_default, set_priority
 from opir.core.errors import DispatchError, OpirError, PriorityError, RegistrationError
 from opir.core.impl import Impl
-from opir.core.op import Op
+from opir.core.op import InplaceOp, Op
 from opir.core.platform import Platform
 from opir.core.platform import detect as platform
 from opir.core.plugins import load_plugins as _load_plugins
@@ -37,6 +37,7 @@ __all__ = [
     "DispatchError",
     "DispatchRecord",
     "Impl",
+    "InplaceOp",
     "Op",
     "OpirError",
     "Platform",

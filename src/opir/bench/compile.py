@@ -11,6 +11,7 @@ use ``dynamic=True``, so one compile serves every token count.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -37,6 +38,8 @@ class CompileResult:
     # the norms left unfused with the reason
     fusions: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     unfused: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    # relative spread between rounds (IQR / median) per variant: the noise floor
+    spread: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def run(
@@ -73,7 +76,7 @@ def run(
                 # sanity: every variant computes the same model
                 torch.testing.assert_close(got, reference, atol=50 * tol.atol, rtol=10 * tol.rtol)
             samples = interleave(
-                {name: (lambda fn=fn, x=x: fn(x)) for name, fn in variants.items()},
+                {name: functools.partial(fn, x) for name, fn in variants.items()},
                 rounds=rounds,
                 number=max(1, 20 // max(1, count // 16)),
                 warmup=3,
@@ -93,6 +96,7 @@ def run(
                         name: [f"{u.module or u.node}: {u.reason}" for u in r.unfused]
                         for name, r in reports.items()
                     },
+                    {name: samples.spread(name) for name in variants},
                 )
             )
     return results

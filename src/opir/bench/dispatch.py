@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -65,7 +66,7 @@ class DispatchResult:
 
 
 @contextlib.contextmanager
-def _twin_with_rejecting_first(selected: Impl) -> Iterator[Op]:
+def _twin_with_rejecting_first(selected: Impl) -> Iterator[Op[..., Any]]:
     """rms_norm's twin with priority [rejects, <selected impl>]; unregistered afterwards."""
     twin = register_op(name="bench_dispatch_twin")(rms_norm.native)
 
@@ -129,7 +130,7 @@ def run(
     device: str = "cpu",
 ) -> list[DispatchResult]:
     """One result per autograd mode, all candidates interleaved within a mode."""
-    args = rms_norm.complete_args(  # every argument, as impls receive them
+    args: tuple[Any, ...] = rms_norm.complete_args(  # every argument, as impls receive them
         tuple(
             a.to(device) if isinstance(a, torch.Tensor) else a
             for a in rms_norm.sample_inputs(num_tokens=1, hidden_size=64)
@@ -142,7 +143,7 @@ def run(
     direct = selected.eager_fn
     predicate = selected.supports_args or (lambda *a: True)
     torch_op = rms_norm.torch_op
-    grad_args = (args[0].clone().requires_grad_(), *args[1:])
+    grad_args: tuple[Any, ...] = (args[0].clone().requires_grad_(), *args[1:])
     results = []
     with _twin_with_rejecting_first(selected) as twin:
         for mode, ctx in (("inference_mode", torch.inference_mode), ("grad on", torch.enable_grad)):

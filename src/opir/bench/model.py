@@ -31,6 +31,8 @@ class ModelResult:
     median_ms: dict[str, float]  # variants that ran
     ratio_to_stock: dict[str, float]  # median per-round ratio to stock eager
     failed: dict[str, str]  # variant -> reason
+    # relative spread between rounds (IQR / median) per variant: the noise floor
+    spread: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def build(layers: int, dtype: torch.dtype) -> torch.nn.Module:
@@ -82,7 +84,7 @@ def _reason(error: BaseException) -> str:
 def _time(
     dtype_name: str,
     case: str,
-    calls: dict[str, Callable[[], object]],
+    calls: dict[str, Callable[..., object]],  # called without arguments
     failed: dict,
     rounds: int,
     number: int,
@@ -102,6 +104,7 @@ def _time(
         {n: samples.median(n) * 1e3 for n in calls},
         {n: samples.paired_ratio(n, STOCK) for n in calls},
         failed,
+        {n: samples.spread(n) for n in calls},
     )  # fmt: skip
 
 

@@ -14,9 +14,11 @@ from torch import nn
 from opir.layers import RMSNorm
 
 
-def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is None:  # RMSNorm(has_weight=False)
+        return y.to(x.dtype)
     return (y.to(weight.dtype) * weight).to(x.dtype)
 
 
@@ -68,7 +70,7 @@ def twin_models(hidden: int, layers: int, dtype: torch.dtype, seed: int = 0):
     with_opir = Decoder(hidden, layers, dtype, opir_norms=True).eval()
     with torch.no_grad():
         for module in with_opir.modules():
-            if isinstance(module, RMSNorm):
+            if isinstance(module, RMSNorm) and module.weight is not None:
                 module.weight.uniform_(0.5, 1.5)
     plain = Decoder(hidden, layers, dtype, opir_norms=False).eval()
     plain.load_state_dict(with_opir.state_dict())

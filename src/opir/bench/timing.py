@@ -24,6 +24,14 @@ class Samples:
     def median(self, name: str) -> float:
         return statistics.median(self.per_round[name])
 
+    def spread(self, name: str) -> float:
+        """Relative spread between rounds: interquartile range / median (0.05 = ±5 % noise)."""
+        values = self.per_round[name]
+        if len(values) < 2:
+            return float("nan")  # one round says nothing about noise
+        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+        return (q3 - q1) / statistics.median(values)
+
     def paired_difference(self, name: str, baseline: str) -> float:
         """Median over rounds of (name - baseline) timed in the same round."""
         pairs = zip(self.per_round[name], self.per_round[baseline], strict=True)
@@ -33,6 +41,13 @@ class Samples:
         """Median over rounds of name / baseline timed in the same round."""
         pairs = zip(self.per_round[name], self.per_round[baseline], strict=True)
         return statistics.median(a / b for a, b in pairs)
+
+
+def check_counts(**counts: int) -> None:
+    """Raise ValueError naming the argument unless every count is an int >= 1."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
 
 
 def interleave(
@@ -53,6 +68,7 @@ def interleave(
     on a GPU, so host-side time is measured with an idle device queue (with
     ``number`` below the launch-queue depth the host never waits on the GPU).
     """
+    check_counts(rounds=rounds, number=number)
     names = list(candidates)
     contexts = contexts or {}
     no_context = contextlib.nullcontext

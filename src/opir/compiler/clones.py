@@ -32,7 +32,9 @@ def _written_first(clone: fx.Node, order: dict[fx.Node, int]) -> bool:
     """The clone's first user is the kernel that writes it (lowering builds it so)."""
     first = min(clone.users, key=order.__getitem__)
     schema = getattr(first.target, "_schema", None)
-    return bool(schema) and any(
+    if schema is None:
+        return False
+    return any(
         a.alias_info is not None and a.alias_info.is_write
         for a, value in zip(schema.arguments, first.args, strict=False)
         if value is clone

@@ -15,6 +15,7 @@ Adding a rule is one entry in ``RULES`` (:mod:`opir.compiler.fusion_rules`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -96,7 +97,8 @@ def _insert(graph: fx.Graph, anchor: fx.Node, fused: Fused) -> fx.Node | str:
             item = graph.call_function(operator.getitem, (call, index))
         item.meta.update({k: v for k, v in call.meta.items() if k != "val"})
         item.meta["val"] = fused.out_vals[index]
-        old.replace_all_uses_with(item, delete_user_cb=lambda user, item=item: user is not item)
+        # every user but the new getitem itself
+        old.replace_all_uses_with(item, delete_user_cb=functools.partial(operator.is_not, item))
         previous = item
     for node in (*fused.outputs.values(), *fused.dead):
         if not node._erased and not node.users:
@@ -113,7 +115,7 @@ def fuse(graph: fx.Graph, rules: Sequence[Rule]) -> FusionResult:
         for node in index.get(rule.target, ()):
             if node._erased:
                 continue
-            found = rule.match(node, rule.args(node))
+            found: Fused | fx.Node | str | None = rule.match(node, rule.args(node))
             if isinstance(found, Fused):
                 found = _insert(graph, node, found)
             if isinstance(found, str):

@@ -24,6 +24,8 @@ compile report prints these next to the module the norm came from.
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import fx
 
@@ -69,7 +71,7 @@ def residual_add(h: object) -> tuple[fx.Node, fx.Node] | str:
         return f"the add mixes dtypes ({vx.dtype} + {vr.dtype}: type promotion)"
     if not (vx.shape == vr.shape == vh.shape):
         return "the add broadcasts (a bias, not a residual)"
-    return x, residual
+    return typing.cast(fx.Node, x), typing.cast(fx.Node, residual)  # checked above
 
 
 def _add_rms_norm(node: fx.Node, args: tuple) -> Fused | str:
@@ -93,7 +95,7 @@ def _reduced(node: object, single_use: bool) -> fx.Node | None:
         return None
     if single_use and len(node.users) != 1:
         return None
-    return node.args[0]
+    return typing.cast(fx.Node, node.args[0])  # all_reduce's tensor
 
 
 def _gemma_raw_weight(weight: object) -> fx.Node | None:
@@ -104,7 +106,7 @@ def _gemma_raw_weight(weight: object) -> fx.Node | None:
         return None
     cast = weight.args[0]
     if isinstance(cast, fx.Node) and cast.target in _CASTS and val(cast).dtype == torch.float32:
-        return cast.args[0]
+        return typing.cast(fx.Node, cast.args[0])  # the cast's tensor
     return None
 
 
@@ -148,7 +150,7 @@ def _all_reduce_fused_add_rms_norm(node: fx.Node, args: tuple) -> Fused | str | 
     x = _reduced(reduced, single_use=True)
     if x is None:
         return None
-    outputs = {user.args[1]: user for user in node.users}
+    outputs = {typing.cast(int, user.args[1]): user for user in node.users}  # getitem indices
     return _all_reduce_norm(
         node, x, residual, weight, epsilon, variance_size, bias, outputs, (node, reduced)
     )

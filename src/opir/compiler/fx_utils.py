@@ -11,6 +11,7 @@ graph inputs that alias each other one shared fake storage.
 from __future__ import annotations
 
 import operator
+import typing
 from collections.abc import Iterator
 from typing import Any
 
@@ -125,7 +126,7 @@ def getitem_users(node: fx.Node) -> dict[int, list[fx.Node]]:
     users: dict[int, list[fx.Node]] = {}
     for user in node.users:
         if user.op == "call_function" and user.target is operator.getitem:
-            users.setdefault(user.args[1], []).append(user)
+            users.setdefault(typing.cast(int, user.args[1]), []).append(user)
     return users
 
 

@@ -105,14 +105,14 @@ def _contiguous(graph: fx.Graph, node: fx.Node, op: Op, args: tuple) -> tuple[tu
     names = contiguous_inputs(op, tuple(val(a) for a in args))
     if not names:
         return args, ()
-    args = list(args)
+    copied = list(args)
     with graph.inserting_before(node):
         for name in names:
             i = list(op.signature.parameters).index(name)
-            copy = graph.call_function(contiguous_copy._opoverload, (args[i],))
-            copy.meta["val"] = val(args[i]).clone(memory_format=torch.contiguous_format)
-            args[i] = copy
-    return tuple(args), names
+            copy = graph.call_function(contiguous_copy._opoverload, (copied[i],))
+            copy.meta["val"] = val(copied[i]).clone(memory_format=torch.contiguous_format)
+            copied[i] = copy
+    return tuple(copied), names
 
 
 def lower(

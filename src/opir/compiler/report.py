@@ -99,10 +99,10 @@ class CompileReport:
             for entry in graph.unfused:
                 where = f" in {entry.module}" if entry.module else ""
                 console.print(f"  unfused {entry.op} '{entry.node}'{where}: {entry.reason}")
-            for entry in graph.lowered:
-                if entry.made_contiguous:
+            for lowered in graph.lowered:
+                if lowered.made_contiguous:
                     console.print(
-                        f"  {entry.node}: {', '.join(entry.made_contiguous)} made contiguous "
+                        f"  {lowered.node}: {', '.join(lowered.made_contiguous)} made contiguous "
                         "(Inductor bug workaround)"
                     )
         return buffer.getvalue()

@@ -83,10 +83,10 @@ def on_clones(fn: Callable[..., Any], positions: Sequence[int]) -> Callable[...,
     positions = tuple(positions)
 
     def cloning(*args: Any) -> Any:
-        args = list(args)
+        cloned = list(args)
         for i in positions:
-            args[i] = args[i].clone()
-        return fn(*args)
+            cloned[i] = cloned[i].clone()
+        return fn(*cloned)
 
     cloning.__name__ = f"{getattr(fn, '__name__', 'impl')}_on_clones"
     return cloning

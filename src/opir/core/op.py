@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,16 +35,19 @@ from opir.core import signature as _signature
 from opir.core.impl import Impl
 from opir.core.impl_table import ImplTable
 from opir.core.numerics import NumericsMixin
-from opir.core.overloads import MaybeInplace, Overload, requiring_grad
+from opir.core.overloads import MaybeInplace, Overload, P, R, requiring_grad
 from opir.core.priority import Priority, build_priority, validate_providers
 from opir.core.selection import Selection, explain
 from opir.core.tolerances import Tolerance
+
+if TYPE_CHECKING:
+    from opir.core.torch_library import TorchOp
 
 _grad_enabled = torch.is_grad_enabled
 _scope_get = _scope.current.get
 
 
-class Op(ImplTable, Overload, NumericsMixin):
+class Op(ImplTable, Overload[P, R], NumericsMixin):
     """An opir operator. Create with :func:`register_op`; call like a function.
 
     Example::
@@ -57,14 +60,18 @@ class Op(ImplTable, Overload, NumericsMixin):
         def scale_mine(x: torch.Tensor, alpha: float) -> torch.Tensor: ...
 
         scale(torch.ones(3), 2.0)
+
+    ``Op[P, R]`` is generic over the native function's parameters and result,
+    so type checkers check calls like calls of the native function.
     """
 
     _donating = False
     _overload_name = "default"
+    _torch: TorchOp  # torch.ops.opir.<name>, set by register_op
 
-    def __init__(self, fn: Callable, name: str, sig: _signature.OpSignature) -> None:
+    def __init__(self, fn: Callable[P, R], name: str, sig: _signature.OpSignature) -> None:
         self.name = name
-        self.native = fn
+        self.native: Callable[P, R] = fn
         self.sig = sig
         self.schema = sig.schema
         self.signature = sig.signature
@@ -74,11 +81,12 @@ class Op(ImplTable, Overload, NumericsMixin):
         self._impls: dict[str, Impl] = {"native": Impl(name, "native", fn)}
         self._fake_fn: Callable = fn
         self._user_priority: tuple[str, ...] = ()
-        self._priority: Priority | None = None
+        # built by refresh_priority() before register_op returns the op
+        self._priority: Priority = None  # type: ignore[assignment]
         self._entries = ()
         self._tolerances: dict[torch.dtype, Tolerance] = {}
         self._input_generator: Callable[..., tuple] | None = None
-        self.maybe_inplace: MaybeInplace | None = None
+        self.maybe_inplace: MaybeInplace[P, R] | None = None
         self.backward_error = (
             f"opir op '{name}' is an inference op and has no backward. Run it under "
             "torch.inference_mode() / torch.no_grad(), or differentiate the spec instead: "
@@ -87,7 +95,7 @@ class Op(ImplTable, Overload, NumericsMixin):
         self.__doc__ = fn.__doc__
 
     @property
-    def op(self) -> Op:
+    def op(self) -> Op[P, R]:  # type: ignore[override]  # read-only here: an op is itself
         """An op is its own default overload (``maybe_inplace`` is the other)."""
         return self
 
@@ -207,7 +215,8 @@ class Op(ImplTable, Overload, NumericsMixin):
                 "the functional op"
             )
         with torch._C._AutoDispatchBelowAutograd():
-            return self.maybe_inplace.torch_op(*args)
+            # only ops with maybe_inplace install this hook
+            return self.maybe_inplace.torch_op(*args)  # type: ignore[union-attr]
 
     def __repr__(self) -> str:
         return f"<opir op {self.name}{self.schema}>"
@@ -219,3 +228,12 @@ class Op(ImplTable, Overload, NumericsMixin):
         """
         _registry.remove(self.name)
         self._torch.library._destroy()
+
+
+class InplaceOp(Op[P, R]):
+    """An op registered with ``allow_inplace=True``: it always has ``maybe_inplace``.
+
+    Example: ``opir.ops.fused_add_rms_norm.maybe_inplace(x, residual, w, 1e-6)``
+    """
+
+    maybe_inplace: MaybeInplace[P, R]

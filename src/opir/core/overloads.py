@@ -9,7 +9,7 @@ generated per op by :mod:`opir.core.hotpath`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import torch
 
@@ -24,12 +24,16 @@ _grad_enabled = torch.is_grad_enabled
 _scope_get = _scope.current.get
 _DelayedError = torch._C._functions.DelayedError
 
+P = ParamSpec("P")  # the native function's parameters
+R = TypeVar("R")  # the native function's result
 
-class Overload:
+
+class Overload(Generic[P, R]):
     """What the default overload (the op itself) and ``maybe_inplace`` share.
 
     The eager fast path, ``__call__``, is generated per op and installed on a
-    per-op subclass; everything off that path lives here.
+    per-op subclass; everything off that path lives here. For type checkers an
+    overload is called like its native function (``P`` -> ``R``).
     """
 
     op: OpLike
@@ -75,8 +79,13 @@ class Overload:
         )
         return self._traceable(impl)(*args)
 
+    if TYPE_CHECKING:
+        # Declared for type checkers only: at run time each op's class carries its
+        # generated fast path (``hotpath.specialize``), which this must not shadow.
+        def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
 
-class MaybeInplace(Overload):
+
+class MaybeInplace(Overload[P, R]):
     """``op.maybe_inplace(...)``: activations are donated to in-place impls.
 
     After the call the donated inputs may hold anything; use the outputs.

@@ -77,8 +77,19 @@ def _package_version(name: str) -> str | None:
 
 
 def cache_root() -> Path:
-    """Where opir keeps what it builds or records: ``$OPIR_CACHE_DIR`` or ~/.cache/opir."""
-    return Path(os.environ.get("OPIR_CACHE_DIR") or Path.home() / ".cache" / "opir")
+    """Where opir keeps what it builds or records, one place for ``make``, scripts and wheels.
+
+    ``$OPIR_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/opir`` (the XDG base
+    directory spec; a relative ``XDG_CACHE_HOME`` is ignored, as the spec says),
+    else ``~/.cache/opir``.
+    """
+    explicit = os.environ.get("OPIR_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "opir"
+    return Path.home() / ".cache" / "opir"
 
 
 @functools.cache

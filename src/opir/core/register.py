@@ -9,26 +9,43 @@ its name free.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import overload
+from typing import Literal, Protocol, overload
 
 from opir.core import registry as _registry
 from opir.core import signature as _signature
 from opir.core import torch_library as _torch_library
 from opir.core.errors import RegistrationError
 from opir.core.hotpath import make_call, specialize
-from opir.core.op import Op
-from opir.core.overloads import MaybeInplace, refuse_backward_kernel
+from opir.core.op import InplaceOp, Op
+from opir.core.overloads import MaybeInplace, P, R, refuse_backward_kernel
+
+
+class _OpDecorator(Protocol):
+    """``register_op(...)`` with options: a decorator typed by the function it gets."""
+
+    def __call__(self, fn: Callable[P, R], /) -> Op[P, R]: ...
+
+
+class _InplaceOpDecorator(Protocol):
+    def __call__(self, fn: Callable[P, R], /) -> InplaceOp[P, R]: ...
 
 
 @overload
-def register_op(fn: Callable) -> Op: ...
+def register_op(fn: Callable[P, R]) -> Op[P, R]: ...
+@overload
+def register_op(
+    *,
+    name: str | None = None,
+    activations: Sequence[str] | None = None,
+    allow_inplace: Literal[True],
+) -> _InplaceOpDecorator: ...
 @overload
 def register_op(
     *,
     name: str | None = None,
     activations: Sequence[str] | None = None,
     allow_inplace: bool = False,
-) -> Callable[[Callable], Op]: ...
+) -> _OpDecorator: ...
 
 
 def register_op(
@@ -37,7 +54,7 @@ def register_op(
     name: str | None = None,
     activations: Sequence[str] | None = None,
     allow_inplace: bool = False,
-) -> Op | Callable[[Callable], Op]:
+) -> Op | _OpDecorator | _InplaceOpDecorator:
     """Define an op from its native function; usable bare or with options.
 
     Parameters whose name starts with ``x`` are the activations unless
@@ -71,7 +88,8 @@ def _register(
     # 2. generate the eager fast paths (may still fail; nothing registered yet)
     tensors, optional = sig.tensor_names, sig.optional_tensor_names
     lists = sig.tensor_list_names
-    op_class = specialize(Op, name, make_call(name, sig.signature, tensors, optional, lists))
+    base = InplaceOp if allow_inplace else Op
+    op_class = specialize(base, name, make_call(name, sig.signature, tensors, optional, lists))
     inplace_class = None
     if allow_inplace:
         call = make_call(

@@ -75,7 +75,7 @@ def refresh(op: Any, rebuild: Callable[[Priority], Priority]) -> None:
         if old is None:
             continue
         new = rebuild(old)
-        scope.priorities[op] = new  # type: ignore[index]  (dicts owned by the scopes)
+        scope.priorities[op] = new  # type: ignore[index]  # dicts owned by the scopes
         scope.hot_entries[op] = new.functional  # type: ignore[index]
         if op.maybe_inplace is not None:
             scope.hot_entries[op.maybe_inplace] = new.donating  # type: ignore[index]

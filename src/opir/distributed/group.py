@@ -31,6 +31,7 @@ class TPError(OpirError, RuntimeError):
 
 
 def _timeout(timeout: float | datetime.timedelta | None) -> datetime.timedelta:
+    seconds: float | str  # the environment variable arrives as text
     if isinstance(timeout, datetime.timedelta):
         seconds, source = timeout.total_seconds(), "timeout="
     elif timeout is None:

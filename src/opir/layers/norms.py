@@ -102,6 +102,7 @@ class GemmaRMSNorm(RMSNorm):
         self, hidden_size: int, eps: float = 1e-6, dtype: torch.dtype | None = None
     ) -> None:
         super().__init__(hidden_size, eps, dtype=dtype)
+        assert self.weight is not None  # has_weight defaults to True
         nn.init.zeros_(self.weight)
 
 

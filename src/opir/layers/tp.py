@@ -33,6 +33,13 @@ class TPNormCase(enum.IntEnum):
     LOCAL_GROUPS = 4
     """``n_groups % tp == 0``: every group lives on one rank; the gated op locally."""
 
+    # An IntEnum prints as its number ("4") since Python 3.11; print the name instead.
+    def __str__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
     @classmethod
     def choose(cls, n_groups: int, tp_size: int) -> TPNormCase:
         if n_groups == 1:

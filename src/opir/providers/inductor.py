@@ -51,7 +51,7 @@ _Tensor = torch.Tensor
 
 def _kind(args: tuple) -> tuple:
     """What decides a recompile apart from the sizes of dims of size >= 2."""
-    kind = []
+    kind: list[tuple[Any, Any]] = []
     for a in args:
         if isinstance(a, _Tensor):
             kind.append((a.dtype, tuple(min(size, 2) for size in a.shape)))
@@ -130,7 +130,7 @@ def _fresh_copy(native: Callable[..., Any], n: int) -> Callable[..., Any]:
                               func.__closure__)  # fmt: skip
     copy.__kwdefaults__ = func.__kwdefaults__
     if func is not native:
-        return types.MethodType(copy, native.__self__)
+        return types.MethodType(copy, native.__self__)  # type: ignore[attr-defined]  # a bound method
     return copy
 
 
@@ -152,4 +152,8 @@ def register(op: Op) -> CompiledNative:
     return impl
 
 
-on_register(register)
+def _serve(op: Op) -> None:
+    register(op)
+
+
+on_register(_serve)

@@ -11,6 +11,8 @@ is safe: every element is loaded before it is stored, by the same program.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import triton
 import triton.language as tl
@@ -118,9 +120,14 @@ def launch(
     if n == 0 or x.numel() == 0:
         return
     rows = x.numel() // n
-    tensors = (x, out) if residual is None else (x, residual, out, residual_out)
-    layouts = [config.row_layout(t) for t in tensors]
-    if None in layouts:  # > 3 dims that do not collapse: work on contiguous copies
+    # with a residual, residual_out is given too
+    tensors = cast(
+        tuple[torch.Tensor, ...],
+        (x, out) if residual is None else (x, residual, out, residual_out),
+    )
+    found = [config.row_layout(t) for t in tensors]
+    layouts = cast(list[tuple[int, int, int]], found)  # unless None is in it
+    if None in found:  # > 3 dims that do not collapse: work on contiguous copies
         copies = [t.contiguous() for t in tensors[: len(tensors) // 2]]
         outs = [torch.empty_like(c) for c in copies]
         r, ro = (copies[1], outs[1]) if residual is not None else (None, None)
