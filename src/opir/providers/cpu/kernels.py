@@ -24,7 +24,8 @@ from opir.providers.kit import define
 
 NAMESPACE = "opir_cpu"
 FAMILY = "norms"
-"""The kernel source family these ops live in (``norms.cpp``)."""
+"""The kernel source family these ops live in (``norms.cpp``, built as its own extension).
+Another family gets its own ``extension`` and launchers in the same way."""
 
 _extension = None
 
@@ -33,7 +34,7 @@ def extension() -> Any:
     """The pybind module of the kernels, after building/loading it once."""
     global _extension
     if _extension is None:
-        _extension = build.load()  # the one call into the build (one extension per FAMILY)
+        _extension = build.load(FAMILY)  # the one call into the build
     return _extension
 
 
