@@ -21,8 +21,8 @@ Load-failure policy, the same for every provider: when ``load`` raises one of
 the provider's ``load_errors`` and the user did not list the provider for the
 op being called (it was reached through the platform defaults), the
 provider's impls are withdrawn from every op that was not explicitly asked
-for it, with the reason, one warning is issued (``logging.getLogger("opir")``
-and ``warnings.warn``), and the call is answered by the next provider. When
+for it, with the reason, one warning is issued (on the ``opir`` logger
+and through ``warnings.warn``), and the call is answered by the next provider. When
 the user did list it, the load error is raised: asking for a provider that
 cannot load is an error, never a silent fallback.
 
@@ -33,7 +33,6 @@ tensors it wrote (the activations, or fresh ones it fell back to).
 
 from __future__ import annotations
 
-import logging
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -43,9 +42,10 @@ import torch
 from torch.library import CustomOpDef
 from torch.library import custom_op as _torch_custom_op
 
+from opir.core.log import get_logger
 from opir.core.op import Op
 
-_log = logging.getLogger("opir")
+_log = get_logger(__name__)
 
 
 def custom_op_schema(op: Op, inplace: bool = False) -> str:
