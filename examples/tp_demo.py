@@ -16,7 +16,7 @@ import torch
 
 import opir
 from opir.distributed import all_reduce, init_tp, shard
-from opir.layers import GemmaRMSNorm, Mixer2RMSNormGated, fused_allreduce_rms_norm
+from opir.layers import GemmaRMSNorm, Mixer2RMSNormGated, fused_all_reduce_rms_norm
 
 HIDDEN, TOKENS = 96, 8
 
@@ -54,7 +54,7 @@ def main() -> None:
         norm.weight.copy_(0.1 * seeded(4, HIDDEN))
         partials = [seeded(10 + r, TOKENS, HIDDEN) for r in range(world)]
         residual = seeded(5, TOKENS, HIDDEN)
-        out, _ = fused_allreduce_rms_norm(partials[rank], residual.clone(), norm)
+        out, _ = fused_all_reduce_rms_norm(partials[rank], residual.clone(), norm)
         expected, _ = norm(torch.stack(partials).sum(0), residual.clone())
         rows.append(("all-reduce + residual + GemmaRMSNorm (fused op)", out, expected))
         unfused, _ = norm(all_reduce(partials[rank]), residual.clone())

@@ -8,7 +8,7 @@ any of them).
 from opir import distributed, layers, ops, providers
 from opir.compiler import DonationError, backend, compile
 from opir.core.config import apply_env as _apply_env
-from opir.core.config import get_priority, load_priority, priority, set_priority
+from opir.core.config import get_priority, load_priority, priority, set_default, set_priority
 from opir.core.errors import DispatchError, OpirError, PriorityError, RegistrationError
 from opir.core.impl import Impl
 from opir.core.op import InplaceOp, Op
@@ -19,10 +19,10 @@ from opir.core.priority import Priority
 from opir.core.register import register_op
 from opir.core.registry import ops as registry
 from opir.core.registry import set_platform_defaults
-from opir.core.scope import Scope
+from opir.core.scope import Scope, strict, trace
 from opir.core.selection import Selection
 from opir.core.tolerances import Tolerance
-from opir.core.trace import DispatchRecord, Trace, strict, trace
+from opir.core.trace import DispatchRecord, Trace
 
 _load_plugins()
 _apply_env()
@@ -57,6 +57,7 @@ __all__ = [
     "providers",
     "register_op",
     "registry",
+    "set_default",
     "set_platform_defaults",
     "set_priority",
     "strict",

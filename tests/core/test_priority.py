@@ -152,15 +152,21 @@ def test_scopes_are_isolated_per_asyncio_task(op):
 
 def test_whole_config_set_is_atomic(op):
     with pytest.raises(PriorityError, match=r"unknown op 'nope'; registered ops are \["):
-        opir.set_priority({op.name: ["anything"], "nope": ["native"]})
+        opir.set_default({op.name: ["anything"], "nope": ["native"]})
     assert op.get_priority() == ["native"]  # the valid entry was not applied either
     with pytest.raises(PriorityError, match="unknown provider"):
-        opir.set_priority({op.name: ["anything"], "rms_norm": ["cuda"]})
+        opir.set_default({op.name: ["anything"], "rms_norm": ["cuda"]})
     assert op.get_priority() == ["native"]
     with pytest.raises(PriorityError, match="expected a mapping"):
-        opir.set_priority([op.name])
-    opir.set_priority({op.name: ["anything"]})
+        opir.set_default([op.name])
+    opir.set_default({op.name: ["anything"]})
     assert opir.get_priority()[op.name] == ["anything"]
+
+
+def test_old_process_wide_name_still_works_with_a_deprecation_warning(op):
+    with pytest.warns(DeprecationWarning, match="opir.set_default"):
+        opir.set_priority({op.name: ["anything"]})
+    assert op.get_priority() == ["anything"]  # process-wide, as before
 
 
 def test_whole_config_scope(op):

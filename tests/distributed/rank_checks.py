@@ -14,7 +14,7 @@ import torch
 
 import opir
 from opir.distributed import all_gather, all_reduce, shard
-from opir.layers import GemmaRMSNorm, Mixer2RMSNormGated, RMSNorm, fused_allreduce_rms_norm
+from opir.layers import GemmaRMSNorm, Mixer2RMSNormGated, RMSNorm, fused_all_reduce_rms_norm
 from opir.ops import all_reduce_rms_norm, rms_norm, rms_norm_gated
 
 HIDDEN = 96  # divisible by 1, 2, 3, 4 and 8
@@ -90,9 +90,9 @@ def fused_norm_cases(rank: int, world: int) -> dict:
 
         mine = partials[rank]
         unfused = norm(all_reduce(mine), fresh_residual())  # the unfused path on this rank
-        helper = fused_allreduce_rms_norm(mine.clone(), fresh_residual(), norm)
+        helper = fused_all_reduce_rms_norm(mine.clone(), fresh_residual(), norm)
         bias = 1.0 if cls is GemmaRMSNorm else 0.0
-        op_out = all_reduce_rms_norm(mine, residual, norm.weight, 1e-6, bias, None)
+        op_out = all_reduce_rms_norm(mine, residual, norm.weight, 1e-6, None, bias)
         total = torch.stack([p.float() for p in partials]).sum(0).to(dtype)
         reference = norm(total, fresh_residual())  # single process, full sum
         single = dtype != torch.float32 or _close(_first(unfused), _first(reference), dtype)
@@ -142,7 +142,7 @@ def compile_pass(rank: int, world: int) -> dict:
     fused = [e for e in report.lowered if e.op == "all_reduce_rms_norm"]
     return {
         "fusions": report.fusions,
-        "weight_biases": sorted(e.constants[1] for e in fused),
+        "weight_biases": sorted(e.constants[2] for e in fused),  # (epsilon, variance_size, bias)
         "ops": sorted(e.op for e in report.lowered),
         "close": _close(got, eager, torch.bfloat16, 4),
         "max_diff": _max_diff(got, eager),

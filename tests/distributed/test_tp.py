@@ -21,7 +21,7 @@ from opir.layers import Mixer2RMSNormGated
 pytestmark = pytest.mark.slow
 
 GROUPS = {2: (1, 2, 3, 4), 4: (1, 2, 3, 4, 8)}
-EXPECTED_CASE = {  # (world, groups) -> DESIGN §6 case
+EXPECTED_CASE = {  # (world, groups) -> TPNormCase value
     (2, 1): 1, (2, 2): 4, (2, 3): 3, (2, 4): 4,
     (4, 1): 1, (4, 2): 3, (4, 3): 3, (4, 4): 4, (4, 8): 4,
 }  # fmt: skip

@@ -1,4 +1,4 @@
-"""Layers against the formulas of DESIGN §3, written out here independently."""
+"""Layers against the ops' formulas (ops/norms.py), written out here independently."""
 
 from __future__ import annotations
 
@@ -32,14 +32,22 @@ def test_rmsnorm_residual_donates_and_returns_both():
     torch.testing.assert_close(out, _rms(s, 1e-6))
 
 
-def test_rmsnorm_var_hidden_size_and_no_weight():
-    layer = RMSNorm(48, var_hidden_size=16, has_weight=False)
+def test_rmsnorm_variance_size_and_no_weight():
+    layer = RMSNorm(48, variance_size=16, has_weight=False)
     assert layer.weight is None
     x = torch.randn(3, 48)
     inv = torch.rsqrt(x[:, :16].pow(2).mean(-1, keepdim=True) + 1e-6)
     torch.testing.assert_close(layer(x), x * inv)
-    with pytest.raises(ValueError, match="var_hidden_size must be in"):
-        RMSNorm(8, var_hidden_size=9)
+    with pytest.raises(ValueError, match="variance_size must be in"):
+        RMSNorm(8, variance_size=9)
+
+
+def test_old_var_hidden_size_still_works_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="variance_size"):
+        layer = RMSNorm(48, var_hidden_size=16)
+    assert layer.variance_size == 16
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="variance_size only"):
+        RMSNorm(48, variance_size=16, var_hidden_size=16)
 
 
 def test_layer_weights_do_not_require_grad():

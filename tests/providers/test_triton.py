@@ -249,7 +249,7 @@ else:
             weight_bias=weight_bias,
         )
         _check(all_reduce_rms_norm, args)
-        _check(all_reduce_rms_norm, (*args[:5], 100))  # variance_size
+        _check(all_reduce_rms_norm, (*args[:4], 100, args[5]))  # variance_size
 
     # ------------------------------------------------------------ dispatch
     def test_not_a_platform_default_on_cpu():

@@ -177,13 +177,15 @@ def measure(
         candidates: dict[str, Callable[[], object]] = {COPY: lambda: target.copy_(source)}
     else:
         candidates = {COPY: source.clone}
+    args = op.complete_args(tuple(args))  # every argument, as impls receive them
     for provider in providers:
         impl = op.impls[provider]
         if impl.supports_args is not None and not impl.supports_args(*args):
             continue  # this provider does not take this variant
         call_args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
-        impl.eager_fn(*call_args)  # warm up (builds / compiles on first use)
-        candidates[provider] = functools.partial(impl.eager_fn, *call_args)
+        impl.eager_fn(*call_args)  # warm up (builds / compiles / loads on first use)
+        eager = op.impls[provider].eager_fn  # after loading: the launcher itself
+        candidates[provider] = functools.partial(eager, *call_args)
     number = min(_calls_per_round(fn, cuda=cuda) for fn in candidates.values())
     if cuda:
         samples = interleave_cuda(candidates, rounds=rounds, number=number, warmup=2)

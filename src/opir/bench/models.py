@@ -1,9 +1,9 @@
 """A decoder stack written twice: with opir layers, and in plain PyTorch.
 
-Both compute the same thing with the same weights (DESIGN §3 numerics), so
-``opir.compile`` can be compared with ``torch.compile`` of code that never
-heard of opir. Attention is stood in for by a linear layer: the norms and
-residual adds are what differ between the two.
+Both compute the same thing with the same weights (the numerics of
+``opir.ops.norms``), so ``opir.compile`` can be compared with
+``torch.compile`` of code that never heard of opir. Attention is stood in
+for by a linear layer: the norms and residual adds are what differ between the two.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def _on_rank(rank: int, world: int, tokens: int, hidden: int, rounds: int) -> di
 
     def fused():
         group._state["check_shapes"] = True
-        return all_reduce_rms_norm(x, residual, norm.weight, 1e-6, 0.0, None)
+        return all_reduce_rms_norm(x, residual, norm.weight, 1e-6, None, 0.0)
 
     with torch.inference_mode():
         fns = dict(zip(CANDIDATES, (checked, unchecked, unfused, fused), strict=True))

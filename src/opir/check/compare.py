@@ -10,7 +10,7 @@ import torch
 from opir.check.cases import clone_args
 from opir.core.impl import Impl
 from opir.core.op import Op
-from opir.core.trace import strict
+from opir.core.scope import strict
 
 
 def call(op: Op, provider: str, args: tuple, *, donate: bool = False) -> Any:

@@ -1,6 +1,6 @@
 """``opir.backend`` and ``opir.compile``: torch.compile with opir's passes.
 
-Pipeline (DESIGN §5)::
+Pipeline::
 
     Dynamo graph (opir ops opaque)
       -> maybe_inplace -> default overload, donation checks   (donation.py)

@@ -31,10 +31,9 @@ class DonationError(OpirError, RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class DonationInfo:
     """What the pre-grad pass found: the graph inputs (placeholder indices) the
-    user donated, and how many ``maybe_inplace`` nodes became functional."""
+    user donated."""
 
     donated_inputs: tuple[int, ...] = ()
-    rewritten: int = 0
 
 
 def _user_name(node: fx.Node) -> str:
@@ -89,7 +88,6 @@ def functionalize_donations(gm: fx.GraphModule) -> DonationInfo:
     aliases = Aliases(graph)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     donated_inputs: list[int] = []
-    rewritten = 0
     returned = _returned_by_frame(graph)
     output = next(n for n in reversed(graph.nodes) if n.op == "output")
     for node, op, overload in opir_nodes(graph):
@@ -118,7 +116,6 @@ def functionalize_donations(gm: fx.GraphModule) -> DonationInfo:
             if donated.op == "placeholder":
                 donated_inputs.append(placeholders.index(donated))
         node.target = op.torch_op
-        rewritten += 1
     graph.lint()
     gm.recompile()
-    return DonationInfo(tuple(sorted(set(donated_inputs))), rewritten)
+    return DonationInfo(tuple(sorted(set(donated_inputs))))

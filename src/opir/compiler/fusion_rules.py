@@ -123,7 +123,7 @@ def _all_reduce_norm(
     out_val = anchor_val[0] if isinstance(anchor_val, tuple) else anchor_val
     return Fused(
         all_reduce_rms_norm,
-        (x, residual, weight, epsilon, bias, variance_size),
+        (x, residual, weight, epsilon, variance_size, bias),
         outputs,
         (out_val, val(x)),
         dead,

@@ -70,12 +70,12 @@ class Options:
             inductor_options=tuple(sorted(merged.items())),
         )
 
-    def config_patches(self, dynamic: bool | None = None) -> dict[str, Any]:
+    def config_patches(self) -> dict[str, Any]:
         """Inductor config for ``mode`` and ``inductor_options``."""
         patches: dict[str, Any] = {}
         if self.mode not in (None, "default"):
             from torch._inductor import list_mode_options
 
-            patches.update(list_mode_options(self.mode, dynamic))
+            patches.update(list_mode_options(self.mode))
         patches.update(dict(self.inductor_options))
         return patches

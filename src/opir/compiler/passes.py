@@ -1,4 +1,4 @@
-"""The pass sequence on the ATen graph, and where it runs (DESIGN §5).
+"""The pass sequence on the ATen graph, and where it runs (the pipeline: ``backend.py``).
 
 ::
 

@@ -77,9 +77,9 @@ class CompileReport:
         for column in ("graph", "node", "module", "op", "provider", "passed over"):
             table.add_column(column)
         for i, graph in enumerate(self.graphs):
-            for lowered in graph.lowered:
-                skipped = "; ".join(f"{p}: {why}" for p, why in lowered.rejected) or "-"
-                table.add_row(str(i), lowered.node, lowered.module or "-", lowered.op, lowered.provider,
+            for entry in graph.lowered:
+                skipped = "; ".join(f"{p}: {why}" for p, why in entry.rejected) or "-"
+                table.add_row(str(i), entry.node, entry.module or "-", entry.op, entry.provider,
                               skipped)  # fmt: skip
         return table
 
@@ -97,11 +97,12 @@ class CompileReport:
                 f"{list(graph.donated_inputs)}"
             )
             for entry in graph.unfused:
-                where = f" in {lowered.module}" if lowered.module else ""
-                console.print(f"  unfused {lowered.op} '{lowered.node}'{where}: {lowered.reason}")
+                where = f" in {entry.module}" if entry.module else ""
+                console.print(f"  unfused {entry.op} '{entry.node}'{where}: {entry.reason}")
             for lowered in graph.lowered:
                 if lowered.note:
-                    console.print(f"  {lowered.node} ({lowered.op} on {lowered.provider}): {lowered.note}")
+                    where = f"{lowered.node} ({lowered.op} on {lowered.provider})"
+                    console.print(f"  {where}: {lowered.note}")
                 if lowered.made_contiguous:
                     console.print(
                         f"  {lowered.node}: {', '.join(lowered.made_contiguous)} made contiguous "

@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import tomllib
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,13 +55,28 @@ def resolve_config(config: PriorityConfig, source: str) -> dict[Op, tuple[str, .
     return resolved
 
 
-def set_priority(config: PriorityConfig) -> None:
-    """Set the process-wide priority of several ops.
+def set_default(config: PriorityConfig) -> None:
+    """Set the process-wide priority of several ops (``op.set_default`` for each).
 
-    Example: ``opir.set_priority({"rms_norm": ["cpu", "native"]})``
+    Example: ``opir.set_default({"rms_norm": ["cpu", "native"]})``
     """
-    for op, providers in resolve_config(config, "set_priority").items():
+    for op, providers in resolve_config(config, "set_default").items():
         op.set_default(providers)
+
+
+def set_priority(config: PriorityConfig) -> None:
+    """Deprecated alias of :func:`set_default` (removed in the release after 0.2).
+
+    It was renamed because ``op.set_priority`` is a *scoped* context manager while
+    this one is process-wide; the scoped form for several ops is ``opir.priority``.
+    """
+    warnings.warn(
+        "opir.set_priority is deprecated: it sets the process-wide default, so it is now "
+        "opir.set_default (same arguments); for a scoped priority use opir.priority(...)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    set_default(config)
 
 
 def priority(config: PriorityConfig) -> contextlib.AbstractContextManager:
@@ -100,7 +116,7 @@ def load_priority(path: str | os.PathLike) -> None:
 
     Example: ``opir.load_priority("priority.toml")``
     """
-    set_priority(_read_file(Path(path), f"priority file {path}"))
+    set_default(_read_file(Path(path), f"priority file {path}"))
 
 
 def _no_duplicate_ops(source: str):

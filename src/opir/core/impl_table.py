@@ -72,10 +72,19 @@ class ImplTable:
         Python's typing allows; the torch op converts them): accept both.
         Returns ``fn`` unchanged.
 
-        Example::
+        Example (``fn`` is annotated like the op: its schema must match)::
 
             @opir.ops.rms_norm.register_impl("mine", supports_args=my_check)
-            def my_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0): ...
+            def my_rms_norm(
+                x: torch.Tensor,
+                weight: torch.Tensor | None,
+                epsilon: float,
+                variance_size: int | None = None,
+                weight_bias: float = 0.0,
+            ) -> torch.Tensor: ...
+
+        Providers with kernels of their own use ``opir.providers.kit.Provider``,
+        which derives all of this from the op's signature (docs/providers.md).
         """
         _signature.check_name("provider", provider)
         if provider in RESERVED_PROVIDERS:
@@ -147,6 +156,16 @@ class ImplTable:
         """
         impl = self._impls[provider]
         self._impls[provider] = dataclasses.replace(impl, supported=False, reason=reason)
+        self.refresh_priority()
+
+    def set_eager(self, provider: str, eager: Callable) -> None:
+        """Point ``provider``'s eager entry at ``eager`` (e.g. the launcher a provider
+        loaded on its first call), so later calls skip the loading wrapper.
+
+        ``eager`` takes the op's parameters positionally; priorities are rebuilt.
+        """
+        impl = self._impls[provider]
+        self._impls[provider] = dataclasses.replace(impl, eager=eager)
         self.refresh_priority()
 
     def explicitly_requested(self, provider: str) -> bool:

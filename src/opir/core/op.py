@@ -43,7 +43,6 @@ from opir.core.tolerances import Tolerance
 if TYPE_CHECKING:
     from opir.core.torch_library import TorchOp
 
-_Tensor = torch.Tensor
 _grad_enabled = torch.is_grad_enabled
 _scope_get = _scope.current.get
 

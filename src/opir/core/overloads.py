@@ -17,10 +17,8 @@ import torch.autograd.forward_ad as _fwad
 from opir.core import scope as _scope
 from opir.core.impl import Impl, marking_donated
 from opir.core.priority import Entry, Priority, functional_fn
+from opir.core.protocols import OpLike
 from opir.core.selection import select_in_scope
-
-if TYPE_CHECKING:
-    from opir.core.op import Op
 
 _Tensor = torch.Tensor
 _grad_enabled = torch.is_grad_enabled
@@ -40,7 +38,7 @@ class Overload(Generic[P, R]):
     overload is called like its native function (``P`` -> ``R``).
     """
 
-    op: Op
+    op: OpLike
     torch_op: torch._ops.OpOverload
     _entries: tuple[Entry, ...]
     _donating: bool
@@ -106,7 +104,7 @@ class MaybeInplace(Overload[P, R]):
     _donating = True
     _overload_name = "maybe_inplace"
 
-    def __init__(self, op: Op) -> None:
+    def __init__(self, op: OpLike) -> None:
         self.op = op
         self._entries = ()  # set by op.refresh_priority(); torch_op once defined
 
@@ -166,7 +164,7 @@ def forward_ad_error(name: str) -> str:
     )
 
 
-def refuse_forward_ad(op: Op, args: tuple) -> None:
+def refuse_forward_ad(op: OpLike, args: tuple) -> None:
     """Raise the forward-AD error when an argument carries a tangent."""
     if carrying_tangent(args):
         raise RuntimeError(forward_ad_error(op.name))

@@ -13,14 +13,12 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from opir.core.errors import PriorityError
 from opir.core.impl import Impl, guarded_donation, marking_donated, on_clones
+from opir.core.protocols import OpLike
 from opir.core.registry import Mode, platform_defaults
-
-if TYPE_CHECKING:
-    from opir.core.op import Op
 
 Entry = tuple[Callable[..., bool] | None, Callable[..., Any]]
 """(predicate or None, function) pairs: what the eager hot path walks."""
@@ -60,7 +58,7 @@ class Priority:
         return self.donating if donating else self.functional
 
 
-def validate_providers(op: Op, providers: Sequence[str]) -> tuple[str, ...]:
+def validate_providers(op: OpLike, providers: Sequence[str]) -> tuple[str, ...]:
     """Reject anything that is not a sequence of registered provider names."""
     if isinstance(providers, str) or not isinstance(providers, Sequence):
         raise PriorityError(
@@ -88,7 +86,7 @@ def functional_fn(impl: Impl, positions: Sequence[int], *, eager: bool) -> Calla
     return on_clones(fn, positions) if impl.inplace else fn
 
 
-def donating_fn(impl: Impl, op: Op) -> Callable[..., Any]:
+def donating_fn(impl: Impl, op: OpLike) -> Callable[..., Any]:
     """``impl``'s eager function for ``maybe_inplace`` calls: for in-place impls,
     overlap-guarded unless the impl says it handles overlapping arguments itself,
     and marking the donated activations as modified for autograd."""
@@ -102,7 +100,7 @@ def donating_fn(impl: Impl, op: Op) -> Callable[..., Any]:
     return marking_donated(fn, positions)
 
 
-def build_priority(op: Op, user: Sequence[str], mode: Mode = "eager") -> Priority:
+def build_priority(op: OpLike, user: Sequence[str], mode: Mode = "eager") -> Priority:
     """Filter ``user + platform defaults`` for ``op`` into a :class:`Priority`."""
     requested: list[str] = []
     for name in (*user, *platform_defaults(op.name, mode)):

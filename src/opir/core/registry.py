@@ -10,23 +10,21 @@ order per op, for eager calls and for compiled graphs).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from opir.core.errors import PriorityError
-
-if TYPE_CHECKING:
-    from opir.core.op import Op
+from opir.core.protocols import OpLike
 
 NAMESPACE = "opir"
 """The ``torch.ops`` namespace of every op (``torch.ops.opir.<name>``)."""
 
 Mode = Literal["eager", "compile"]
 
-ops: dict[str, Op] = {}
+ops: dict[str, OpLike] = {}
 """Every registered op by name, in registration order."""
 
 _epoch = 0
-_listeners: list[Callable[[Op], None]] = []
+_listeners: list[Callable[[OpLike], None]] = []
 _platform_defaults: dict[str, dict[str, tuple[str, ...]]] = {"eager": {}, "compile": {}}
 
 
@@ -40,14 +38,14 @@ def bump_epoch() -> None:
     _epoch += 1
 
 
-def add(op: Op) -> None:
+def add(op: OpLike) -> None:
     """Record a newly registered op (the last step of registration), then tell listeners."""
     ops[op.name] = op
     for listener in _listeners:
         listener(op)
 
 
-def on_register(listener: Callable[[Op], None]) -> None:
+def on_register(listener: Callable[[OpLike], None]) -> None:
     """Call ``listener(op)`` for every op, registered already or later.
 
     How a provider that serves *every* op (``inductor``) learns of ops it was

@@ -1,4 +1,6 @@
-"""The per-thread / per-asyncio-task dispatch scope.
+"""The per-thread / per-asyncio-task dispatch scope, and the ``with`` blocks that
+change it: ``trace()`` and ``strict()`` (priority overrides: ``op.set_priority``,
+``opir.priority``).
 
 One ContextVar holds everything a ``with`` block can change about dispatch:
 priority overrides, the active tracer and strict mode. Its default is None,
@@ -30,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from opir.core.trace import Trace
+
 if TYPE_CHECKING:
     from opir.core.priority import Entry, Priority
-    from opir.core.trace import Trace
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -141,3 +144,38 @@ def annotated_priority(meta: Mapping[str, Any], op_name: str) -> tuple[str, ...]
     if not isinstance(custom, Mapping):
         return None
     return custom.get(PRIORITY_ANNOTATION + op_name)
+
+
+@contextlib.contextmanager
+def trace(*, strict: bool = False) -> Iterator[Trace]:
+    """Record every dispatch in this thread/task; ``strict=True`` also enables strict mode.
+
+    Example::
+
+        with opir.trace() as t:
+            opir.ops.rms_norm(x, w, 1e-6)
+        print(t)  # a table: op, provider that ran, providers rejected and why
+    """
+    tracer = Trace()
+    changes: dict[str, Any] = {"tracer": tracer}
+    if strict:
+        changes["strict"] = True
+    with entered(**changes):
+        yield tracer
+
+
+@contextlib.contextmanager
+def strict() -> Iterator[None]:
+    """Raise DispatchError instead of running anything but an op's preferred provider.
+
+    The preferred provider is the first entry of the op's effective priority.
+    A provider dropped as unsupported, or whose predicate rejects the call,
+    makes the call fail with the reason instead of falling back silently.
+
+    Example::
+
+        with opir.strict():
+            opir.ops.rms_norm(x, w, 1e-6)  # DispatchError if 'cpu' cannot take x
+    """
+    with entered(strict=True):
+        yield

@@ -1,16 +1,13 @@
-"""Which impl ran and why: dispatch tracing and strict mode."""
+"""Which impl ran and why: the records of ``opir.trace()`` (entered in ``scope.py``)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-
-from opir.core import scope as _scope
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,38 +83,3 @@ def _describe(args: tuple) -> str:
             dtype = str(a.dtype).removeprefix("torch.")
             parts.append(f"{dtype}{list(a.shape)}")
     return " ".join(parts)
-
-
-@contextlib.contextmanager
-def trace(*, strict: bool = False) -> Iterator[Trace]:
-    """Record every dispatch in this thread/task; ``strict=True`` also enables strict mode.
-
-    Example::
-
-        with opir.trace() as t:
-            opir.ops.rms_norm(x, w, 1e-6)
-        print(t)  # a table: op, provider that ran, providers rejected and why
-    """
-    tracer = Trace()
-    changes: dict[str, Any] = {"tracer": tracer}
-    if strict:
-        changes["strict"] = True
-    with _scope.entered(**changes):
-        yield tracer
-
-
-@contextlib.contextmanager
-def strict() -> Iterator[None]:
-    """Raise DispatchError instead of running anything but an op's preferred provider.
-
-    The preferred provider is the first entry of the op's effective priority.
-    A provider dropped as unsupported, or whose predicate rejects the call,
-    makes the call fail with the reason instead of falling back silently.
-
-    Example::
-
-        with opir.strict():
-            opir.ops.rms_norm(x, w, 1e-6)  # DispatchError if 'cpu' cannot take x
-    """
-    with _scope.entered(strict=True):
-        yield

@@ -11,6 +11,8 @@ inference callers should not have to wrap every call in ``no_grad``.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -22,24 +24,43 @@ def _weight(values: torch.Tensor) -> nn.Parameter:
 
 
 class RMSNorm(nn.Module):
-    """Llama-style RMSNorm; ``var_hidden_size`` takes the rms over the first columns only."""
+    """Llama-style RMSNorm; ``variance_size`` takes the rms over the first columns only.
+
+    Names: the constructor takes ``eps`` and the layer stores ``variance_epsilon``
+    (with an ``eps`` alias), as Hugging Face's RMSNorm does, so model code reads
+    either; everything else uses the ops' names (``variance_size``, ``weight_bias``).
+    ``var_hidden_size`` (vLLM's name) still works for one release, with a
+    ``DeprecationWarning``.
+    """
 
     def __init__(
         self,
         hidden_size: int,
         eps: float = 1e-6,
-        var_hidden_size: int | None = None,
+        variance_size: int | None = None,
         has_weight: bool = True,
         dtype: torch.dtype | None = None,
+        *,
+        var_hidden_size: int | None = None,
     ) -> None:
         super().__init__()
-        if var_hidden_size is not None and not 1 <= var_hidden_size <= hidden_size:
-            raise ValueError(
-                f"var_hidden_size must be in [1, {hidden_size}], got {var_hidden_size}"
+        if var_hidden_size is not None:
+            warnings.warn(
+                "RMSNorm(var_hidden_size=...) is deprecated: pass variance_size=... "
+                "(the ops' name for it)",
+                DeprecationWarning,
+                stacklevel=2,
             )
+            if variance_size is not None:
+                raise TypeError(
+                    "RMSNorm: pass variance_size only (var_hidden_size is its old name)"
+                )
+            variance_size = var_hidden_size
+        if variance_size is not None and not 1 <= variance_size <= hidden_size:
+            raise ValueError(f"variance_size must be in [1, {hidden_size}], got {variance_size}")
         self.hidden_size = hidden_size
         self.variance_epsilon = eps
-        self.variance_size = None if var_hidden_size in (None, hidden_size) else var_hidden_size
+        self.variance_size = None if variance_size in (None, hidden_size) else variance_size
         self.weight = _weight(torch.ones(hidden_size, dtype=dtype)) if has_weight else None
 
     weight_bias = 0.0

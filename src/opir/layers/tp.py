@@ -8,6 +8,7 @@ distributed package never imports a layer, so the dependency goes one way.
 from __future__ import annotations
 
 import enum
+import warnings
 
 import torch
 from torch import nn
@@ -20,7 +21,7 @@ from opir.ops import all_reduce_rms_norm, rms_norm_gated
 
 class TPNormCase(enum.IntEnum):
     """How a gated group norm runs when its hidden dim is split over TP ranks
-    (DESIGN §6; the values are the section's case numbers)."""
+    (the values number the four cases below)."""
 
     ALL_REDUCE_SUM_OF_SQUARES = 1
     """One group, tp > 1: all-reduce the fp32 sum of squares, normalise locally."""
@@ -152,7 +153,7 @@ def _tp_layout(tp_size: int | None, tp_rank: int | None) -> tuple[int, int]:
     return tp_size, tp_rank
 
 
-def fused_allreduce_rms_norm(
+def fused_all_reduce_rms_norm(
     hidden_states: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``norm(all_reduce(hidden_states), residual)`` for RMSNorm / GemmaRMSNorm.
@@ -165,11 +166,11 @@ def fused_allreduce_rms_norm(
 
     Example::
 
-        out, residual = fused_allreduce_rms_norm(row_parallel_out, residual, layer.norm)
+        out, residual = fused_all_reduce_rms_norm(row_parallel_out, residual, layer.norm)
     """
     if not isinstance(norm, RMSNorm):
         raise TypeError(
-            f"fused_allreduce_rms_norm needs an opir RMSNorm/GemmaRMSNorm, got {type(norm)}"
+            f"fused_all_reduce_rms_norm needs an opir RMSNorm/GemmaRMSNorm, got {type(norm)}"
         )
     if tp_world_size() == 1:
         return norm(hidden_states) if residual is None else norm(hidden_states, residual)
@@ -178,7 +179,20 @@ def fused_allreduce_rms_norm(
         residual,
         norm.weight,
         norm.variance_epsilon,
-        norm.weight_bias,
         norm.variance_size,
+        norm.weight_bias,
     )
     return out if residual is None else (out, residual_out)
+
+
+def __getattr__(name: str) -> object:
+    """``fused_allreduce_rms_norm``: the old spelling, for one release."""
+    if name == "fused_allreduce_rms_norm":
+        warnings.warn(
+            "opir.layers.fused_allreduce_rms_norm is deprecated: it is now "
+            "fused_all_reduce_rms_norm (all_reduce spelled as in the op all_reduce_rms_norm)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return fused_all_reduce_rms_norm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,7 @@
 """All-reduce + optional residual add + RMSNorm, for TP row-parallel outputs.
 
-The native function is the unfused sequence (DESIGN §3), so it is exactly
+The native function is the unfused sequence (the numerics contract every
+provider matches), so it is exactly
 ``norm(all_reduce(x), residual)`` of the unfused layer and is what faster
 providers (e.g. a fused GPU kernel) must match.
 """
@@ -11,7 +12,8 @@ import torch
 
 from opir.core.register import register_op
 from opir.distributed.collectives import all_reduce
-from opir.ops.norms import _check, _check_like_x, _check_range, _normalize
+from opir.ops.checks import check_all_reduce_args
+from opir.ops.norms import normalize
 
 
 @register_op
@@ -20,26 +22,25 @@ def all_reduce_rms_norm(
     x_residual: torch.Tensor | None,
     weight: torch.Tensor | None,
     epsilon: float,
-    weight_bias: float = 0.0,
     variance_size: int | None = None,
+    weight_bias: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``s = all_reduce(x)``; with a residual ``s = f32(s) + f32(residual)``;
     returns ``(rms_norm(s) with weight + weight_bias, s.to(x.dtype))``.
 
     ``weight_bias`` is added to the weight in fp32 (1.0 for Gemma, whose raw
-    weight is an offset); with 0.0 the weight multiplies in its own dtype.
+    weight is an offset); with 0.0 the weight multiplies in its own dtype. The
+    parameters are in the other norms' order; a float given where
+    ``variance_size`` is (the order before opir 0.2) raises a TypeError.
     """
-    _check(x, weight, "all_reduce_rms_norm")
-    if x_residual is not None:
-        _check_like_x(x, x_residual, "x_residual", "all_reduce_rms_norm")
-    _check_range(variance_size, x.shape[-1], "variance_size", "all_reduce_rms_norm")
+    check_all_reduce_args(x, x_residual, weight, variance_size, weight_bias)
     reduced = all_reduce(x)
     if x_residual is None:
         s, residual_out = reduced.float(), reduced
     else:
         s = reduced.float() + x_residual.float()
         residual_out = s.to(x.dtype)
-    return _normalize(s, weight, epsilon, variance_size, x.dtype, weight_bias), residual_out
+    return normalize(s, weight, epsilon, variance_size, x.dtype, weight_bias), residual_out
 
 
 @all_reduce_rms_norm.register_input_generator
@@ -57,4 +58,4 @@ def _inputs(
     x = torch.randn(num_tokens, hidden_size, generator=generator, device=device).to(dtype)
     r = torch.randn(num_tokens, hidden_size, generator=generator, device=device).to(dtype)
     w = (0.1 * torch.randn(hidden_size, generator=generator, device=device)).to(dtype)
-    return x, r if residual else None, w, epsilon, weight_bias, None
+    return x, r if residual else None, w, epsilon, None, weight_bias

@@ -1,4 +1,5 @@
-"""RMSNorm family: the native functions are the numerics contract (DESIGN §3).
+"""RMSNorm family: the native functions are the numerics contract: what
+every provider must match.
 
 ``f32(t)`` is ``t.float()``; reductions run over the last dim in fp32 with eps
 inside the rsqrt. The weight multiply happens in ``promote_types(x.dtype,
@@ -19,43 +20,7 @@ from __future__ import annotations
 import torch
 
 from opir.core.register import register_op
-
-
-def _check(x: torch.Tensor, weight: torch.Tensor | None, op: str) -> None:
-    """Reject inputs the contract does not define (shared by every norm op)."""
-    if not x.dtype.is_floating_point:
-        raise ValueError(f"{op}: x must be a floating-point tensor, got {x.dtype}")
-    if x.dim() < 1:
-        raise ValueError(f"{op}: x must have at least one dimension (the hidden size)")
-    if weight is None:
-        return
-    if weight.dim() != 1 or weight.shape[0] != x.shape[-1]:
-        raise ValueError(
-            f"{op}: weight must have shape [{x.shape[-1]}] (x's last dim), got {list(weight.shape)}"
-        )
-    if weight.device != x.device:
-        raise ValueError(f"{op}: weight is on {weight.device} but x is on {x.device}")
-    if not weight.dtype.is_floating_point:
-        raise ValueError(f"{op}: weight must be floating point, got {weight.dtype}")
-
-
-def _check_like_x(x: torch.Tensor, other: torch.Tensor, name: str, op: str) -> None:
-    if other.shape != x.shape or other.dtype != x.dtype or other.device != x.device:
-        raise ValueError(
-            f"{op}: {name} must match x's shape, dtype and device; got {list(other.shape)} "
-            f"{other.dtype} {other.device} vs {list(x.shape)} {x.dtype} {x.device}"
-        )
-
-
-def _check_range(value: int | None, hidden: int, name: str, op: str, divides: bool = False) -> None:
-    if value is None:
-        return
-    if not 1 <= value <= hidden or (divides and hidden % value):
-        what = "a divisor of" if divides else "in [1,"
-        raise ValueError(
-            f"{op}: {name} must be {what} {hidden}{']' if not divides else ''} "
-            f"(x's last dim), got {value}"
-        )
+from opir.ops.checks import check_gate, check_like_x, check_size, check_x_weight
 
 
 def effective_weight(weight: torch.Tensor | None, weight_bias: float) -> torch.Tensor | None:
@@ -74,7 +39,7 @@ def apply_weight(
     return y
 
 
-def _normalize(
+def normalize(
     s: torch.Tensor,
     weight: torch.Tensor | None,
     epsilon: float,
@@ -100,9 +65,9 @@ def rms_norm(
 
     The rms is taken over the first ``variance_size`` columns (all when None).
     """
-    _check(x, weight, "rms_norm")
-    _check_range(variance_size, x.shape[-1], "variance_size", "rms_norm")
-    return _normalize(x.float(), weight, epsilon, variance_size, x.dtype, weight_bias)
+    check_x_weight(x, weight, "rms_norm")
+    check_size(variance_size, x.shape[-1], "variance_size", "rms_norm")
+    return normalize(x.float(), weight, epsilon, variance_size, x.dtype, weight_bias)
 
 
 @register_op(allow_inplace=True)
@@ -115,11 +80,11 @@ def fused_add_rms_norm(
     weight_bias: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``s = x + residual`` in fp32; returns (rms_norm of unrounded s, s rounded to x's dtype)."""
-    _check(x, weight, "fused_add_rms_norm")
-    _check_like_x(x, x_residual, "x_residual", "fused_add_rms_norm")
-    _check_range(variance_size, x.shape[-1], "variance_size", "fused_add_rms_norm")
+    check_x_weight(x, weight, "fused_add_rms_norm")
+    check_like_x(x, x_residual, "x_residual", "fused_add_rms_norm")
+    check_size(variance_size, x.shape[-1], "variance_size", "fused_add_rms_norm")
     s = x.float() + x_residual.float()
-    out = _normalize(s, weight, epsilon, variance_size, x.dtype, weight_bias)
+    out = normalize(s, weight, epsilon, variance_size, x.dtype, weight_bias)
     return out, s.to(x.dtype)
 
 
@@ -141,10 +106,10 @@ def rms_norm_gated(
     ``gate`` has x's shape and device and any floating dtype (Hugging Face Mamba2 in
     bf16 passes an fp32 ``x`` with a bf16 gate); ``gate=None`` is the plain grouped norm.
     """
-    _check(x, weight, "rms_norm_gated")
+    check_x_weight(x, weight, "rms_norm_gated")
     if gate is not None:
-        _check_gate(x, gate)
-    _check_range(group_size, x.shape[-1], "group_size", "rms_norm_gated", divides=True)
+        check_gate(x, gate)
+    check_size(group_size, x.shape[-1], "group_size", "rms_norm_gated", divides=True)
     hidden = x.shape[-1]
     group = hidden if group_size is None else group_size
     gated = None if gate is None else torch.nn.functional.silu(gate.float())
@@ -156,14 +121,6 @@ def rms_norm_gated(
     if norm_before_gate and gated is not None:
         normed = normed.float() * gated
     return normed.to(x.dtype)
-
-
-def _check_gate(x: torch.Tensor, gate: torch.Tensor) -> None:
-    if gate.shape != x.shape or gate.device != x.device or not gate.dtype.is_floating_point:
-        raise ValueError(
-            "rms_norm_gated: gate must be a floating-point tensor of x's shape and device; got "
-            f"{list(gate.shape)} {gate.dtype} {gate.device} vs {list(x.shape)} {x.device}"
-        )
 
 
 def _norm_inputs(

@@ -1,4 +1,4 @@
-"""Measured default priorities per platform (DESIGN §4: measured, not guessed).
+"""Measured default priorities per platform (measured by the benchmarks, not guessed).
 
 Eager mode on a CPU-only machine: the ``cpu`` C++ kernels first, ``native``
 last. ``inductor`` is deliberately not in the eager default: its first call

@@ -1,9 +1,12 @@
 """The ``cpu`` provider: hand-written C++ kernels (ATen Vectorized, parallel over rows).
 
-The kernels are also torch custom ops (``torch.ops.opir_cpu.*``, defined in
-``ops.py`` at import) so compile-time lowering can trace them and cached
-compiled code can call them in a fresh process. The C++ is compiled at first
-call (see ``build.py``), never at import.
+Laid out like every provider (see ``opir.providers``): ``availability.py``
+(whether it runs here, and why not), ``kernels.py`` (launchers and the custom
+ops ``torch.ops.opir_cpu.*`` with their fakes), ``impls.py`` (the predicates and
+registrations; ``PROVIDER`` is the kit's :class:`~opir.providers.kit.Provider`).
+The C++ (``norms.cpp``, one file per op family) is compiled at the first call
+(see ``build.py``), never at import; the custom ops are defined at import so
+that code Inductor cached in an earlier process finds them.
 
 What the kernels cover (anything else is rejected by ``supports_args`` and
 falls through to the next provider): CPU tensors; x in fp32, bf16 or fp16; a
@@ -15,13 +18,27 @@ Inputs that are invalid for every provider (wrong weight length or device,
 residual of another shape, variance_size or group_size out of range) are
 accepted by the predicates and rejected by the kernels' own checks with a
 clear message. The in-place kernel detects overlapping outputs itself and the
-impl then runs on private copies (see ``impls.py``).
+launcher then runs it on private copies (see ``kernels.py``).
 """
 
 from __future__ import annotations
 
-import opir.providers.cpu.ops  # noqa: F401  (defines torch.ops.opir_cpu)
+import opir.providers.cpu.kernels  # noqa: F401  (defines torch.ops.opir_cpu)
 from opir.providers.cpu.availability import REASON, SUPPORTED
-from opir.providers.cpu.impls import extension, kernels
+from opir.providers.cpu.impls import (
+    PROVIDER,
+    extension,
+    supports_fused_add_rms_norm,
+    supports_rms_norm,
+    supports_rms_norm_gated,
+)
 
-__all__ = ["SUPPORTED", "REASON", "extension", "kernels"]
+__all__ = [
+    "PROVIDER",
+    "REASON",
+    "SUPPORTED",
+    "extension",
+    "supports_fused_add_rms_norm",
+    "supports_rms_norm",
+    "supports_rms_norm_gated",
+]

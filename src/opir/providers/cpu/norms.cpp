@@ -1,4 +1,4 @@
-// opir's CPU kernels for the RMSNorm family (DESIGN §3 numerics).
+// opir's CPU kernels for the RMSNorm family (the numerics of the native functions in ops/norms.py).
 //
 // Every kernel reads rows whose last dimension is contiguous but whose leading
 // dimensions may have any strides (slices of a larger buffer are not copied),

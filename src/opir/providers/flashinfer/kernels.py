@@ -1,8 +1,10 @@
 """FlashInfer calls behind torch custom ops (``torch.ops.opir_flashinfer.*``).
 
 Imported on first use only (importing FlashInfer loads CUDA libraries). The
-custom ops carry fake implementations so that the compile lowering records
-one opaque node per call; eager calls use the plain functions below.
+launchers take the ops' own parameters (``variance_size`` is always None:
+the predicates refuse anything else). The custom ops have the ops' schemas
+and fakes (``kit.define``) so that the compile lowering records one opaque
+node per call; eager calls use the launchers directly.
 
 FlashInfer API used (documented at docs.flashinfer.ai): ``flashinfer.norm.rmsnorm``,
 ``fused_add_rmsnorm``, ``gemma_rmsnorm``, ``gemma_fused_add_rmsnorm`` (2-D
@@ -20,6 +22,11 @@ from flashinfer import norm as fi_norm
 
 from opir.distributed.group import tp_rank, tp_world_size
 from opir.ops import all_reduce_rms_norm as _ar_op
+from opir.ops import fused_add_rms_norm as _fused_add_op
+from opir.ops import rms_norm as _rms_norm_op
+from opir.providers.kit import define
+
+NAMESPACE = "opir_flashinfer"
 
 MiB = 2**20
 
@@ -29,7 +36,7 @@ MiB = 2**20
 MAX_FUSED_BYTES = {2: 64 * MiB, 4: 2 * MiB, 8: MiB // 2}
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, epsilon: float, weight_bias: float):
+def rms_norm(x, weight, epsilon: float, variance_size: None, weight_bias: float) -> torch.Tensor:
     x2 = x.view(-1, x.shape[-1])
     if x2.shape[0] == 0:
         return torch.empty_like(x)
@@ -37,12 +44,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, epsilon: float, weight_bias:
     return fn(x2, weight, epsilon).view(x.shape)
 
 
-def fused_add_rms_norm_(x, residual, weight, epsilon: float, weight_bias: float) -> None:
+def fused_add_rms_norm(
+    x, residual, weight, epsilon: float, variance_size: None, weight_bias: float
+):
+    """In place: the normalised rows into ``x``, the sum into ``residual``; returns both."""
     x2, r2 = x.view(-1, x.shape[-1]), residual.view(-1, x.shape[-1])
-    if x2.shape[0] == 0:
-        return
-    fn = fi_norm.gemma_fused_add_rmsnorm if weight_bias == 1.0 else fi_norm.fused_add_rmsnorm
-    fn(x2, r2, weight, epsilon)
+    if x2.shape[0] != 0:
+        fn = fi_norm.gemma_fused_add_rmsnorm if weight_bias == 1.0 else fi_norm.fused_add_rmsnorm
+        fn(x2, r2, weight, epsilon)
+    return x, residual
 
 
 _workspaces: dict[tuple, object] = {}
@@ -71,14 +81,16 @@ def _workspace(hidden: int, dtype: torch.dtype):
     return ws
 
 
-def all_reduce_rms_norm(x, residual, weight, epsilon: float, weight_bias: float):
+def all_reduce_rms_norm(
+    x, residual, weight, epsilon: float, variance_size: None, weight_bias: float
+):
     """Fused all-reduce + residual + RMSNorm; the unfused native path above the
     workspace budget (a host-side decision on the shape, same on every rank)."""
     from flashinfer import comm
 
     world = tp_world_size()
     if x.numel() == 0 or x.numel() * x.element_size() > MAX_FUSED_BYTES[world]:
-        return _ar_op.native(x, residual, weight, epsilon, weight_bias, None)
+        return _ar_op.native(x, residual, weight, epsilon, None, weight_bias)
     x2 = x.view(-1, x.shape[-1])
     norm_out, residual_out = torch.empty_like(x2), torch.empty_like(x2)
     comm.allreduce_fusion(
@@ -97,45 +109,6 @@ def all_reduce_rms_norm(x, residual, weight, epsilon: float, weight_bias: float)
     return norm_out.view(x.shape), residual_out.view(x.shape)
 
 
-@torch.library.custom_op("opir_flashinfer::rms_norm", mutates_args=())
-def rms_norm_op(
-    x: torch.Tensor, weight: torch.Tensor, epsilon: float, weight_bias: float
-) -> torch.Tensor:
-    return rms_norm(x, weight, epsilon, weight_bias)
-
-
-@rms_norm_op.register_fake
-def _(x, weight, epsilon, weight_bias):
-    return torch.empty_like(x)
-
-
-@torch.library.custom_op("opir_flashinfer::fused_add_rms_norm_", mutates_args=("x", "residual"))
-def fused_add_rms_norm_op(
-    x: torch.Tensor,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    epsilon: float,
-    weight_bias: float,
-) -> None:
-    fused_add_rms_norm_(x, residual, weight, epsilon, weight_bias)
-
-
-@fused_add_rms_norm_op.register_fake
-def _(x, residual, weight, epsilon, weight_bias):
-    return None
-
-
-@torch.library.custom_op("opir_flashinfer::all_reduce_rms_norm", mutates_args=())
-def all_reduce_rms_norm_op(
-    x: torch.Tensor,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    epsilon: float,
-    weight_bias: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return all_reduce_rms_norm(x, residual, weight, epsilon, weight_bias)
-
-
-@all_reduce_rms_norm_op.register_fake
-def _(x, residual, weight, epsilon, weight_bias):
-    return torch.empty_like(x), torch.empty_like(x)
+define(NAMESPACE, _rms_norm_op, rms_norm, device_types="cuda")
+define(NAMESPACE, _fused_add_op, fused_add_rms_norm, inplace=True, device_types="cuda")
+define(NAMESPACE, _ar_op, all_reduce_rms_norm, device_types="cuda")

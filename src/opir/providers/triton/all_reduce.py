@@ -12,32 +12,28 @@ import torch
 
 import opir.providers.triton.norm as norm
 from opir.distributed.collectives import all_reduce
-from opir.ops.norms import _check, _check_like_x, _check_range
+from opir.ops.checks import check_all_reduce_args
 
 
 def all_reduce_rms_norm(
-    x: torch.Tensor,
-    x_residual: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    weight_bias: float = 0.0,
-    variance_size: int | None = None,
-    traceable: bool = False,
+    x, x_residual, weight, epsilon, variance_size, weight_bias, traceable=False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``all_reduce_rms_norm`` contract. ``traceable``: call the custom ops
-    (for make_fx / lowering) instead of launching the kernel directly."""
-    _check(x, weight, "all_reduce_rms_norm")
-    if x_residual is not None:
-        _check_like_x(x, x_residual, "x_residual", "all_reduce_rms_norm")
-    _check_range(variance_size, x.shape[-1], "variance_size", "all_reduce_rms_norm")
+    """The ``all_reduce_rms_norm`` contract (the op's parameters positionally).
+    ``traceable``: call the custom ops (for make_fx / lowering) instead of
+    launching the kernel directly."""
+    check_all_reduce_args(x, x_residual, weight, variance_size, weight_bias)
     reduced = all_reduce(x)
+    args = (weight, epsilon, variance_size, weight_bias)
     if traceable:
         ops = torch.ops.opir_triton
         if x_residual is None:
-            return ops.rms_norm(reduced, weight, epsilon, variance_size, weight_bias), reduced
-        return ops.add_rms_norm(reduced, x_residual, weight, epsilon, variance_size, weight_bias)
+            return ops.rms_norm.default(reduced, *args), reduced
+        return ops.fused_add_rms_norm.default(reduced, x_residual, *args)
     if x_residual is None:
-        return norm.rms_norm(reduced, weight, epsilon, variance_size, weight_bias), reduced
-    return norm.add_rms_norm(
-        reduced, x_residual, weight, epsilon, variance_size, weight_bias, out=reduced
-    )
+        return norm.rms_norm(reduced, *args), reduced
+    return norm.add_rms_norm(reduced, x_residual, *args, out=reduced)
+
+
+def traceable_all_reduce_rms_norm(*args: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """``all_reduce_rms_norm`` through the custom ops (what lowering records)."""
+    return all_reduce_rms_norm(*args, traceable=True)

@@ -1,7 +1,6 @@
-"""Availability, launch configuration and row layout for the ``triton`` provider.
+"""Launch configuration and row layout for the ``triton`` kernels.
 
-Nothing here imports Triton: ``import opir`` must stay fast and must work
-without Triton installed. The kernels are imported on first use.
+Nothing here imports Triton (it is imported with the kernels, on first use).
 
 Block size and warps per row length (``launch_config``), chosen by rule
 rather than autotuned so that no call ever pays for tuning:
@@ -28,43 +27,13 @@ NOT yet measured on a GPU (docs/gpu-providers.md).
 from __future__ import annotations
 
 import functools
-import importlib.util
-import os
 
 import torch
-
-from opir.core.platform import detect
-
-_TRUE = ("1", "true", "yes", "on")
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in _TRUE
-"""``TRITON_INTERPRET`` was set when opir was imported: kernels run in Triton's
-CPU interpreter on CPU tensors (slow; for tests and debugging)."""
 
 MAX_SINGLE_PASS = 16384
 LOOP_BLOCK = 4096
 LOOP_WARPS = 8
 
-
-def _availability() -> tuple[bool, str]:
-    if importlib.util.find_spec("triton") is None:
-        return False, "triton is not installed (pip install triton)"
-    if INTERPRET:
-        return True, ""
-    platform = detect()
-    if platform.cuda or platform.rocm:
-        return True, ""
-    return False, (
-        "no CUDA/ROCm GPU; set TRITON_INTERPRET=1 before importing opir to run the kernels "
-        "in Triton's CPU interpreter"
-    )
-
-
-SUPPORTED, REASON = _availability()
-ON_CPU = INTERPRET
-"""Predicates accept CPU tensors (interpreter) instead of CUDA/ROCm tensors."""
-
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # ROUND codes: the dtype the weight multiply happens in (the contract's
 # promote_types(x.dtype, effective weight dtype)), as a kernel constexpr.

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 import opir.providers.triton.config as config
-from opir.ops.norms import _check, _check_gate, _check_range
+from opir.ops.checks import check_gate, check_size, check_x_weight
 from opir.providers.triton.common import apply_weight, to_out
 
 
@@ -90,24 +90,20 @@ def gated_kernel(
             tl.store(OUT + cols, to_out(n, OUT_BF16, OUT.dtype.element_ty), mask=mask)
 
 
-_traceable_kernel = wrap_triton(gated_kernel)
+traceable_kernel = wrap_triton(gated_kernel)
+"""The kernel as launched inside a custom op (``triton_op`` sees it)."""
 
 
 def rms_norm_gated(
-    x: torch.Tensor,
-    gate: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    group_size: int | None = None,
-    norm_before_gate: bool = False,
-    kernel=gated_kernel,
+    x, gate, weight, epsilon, group_size, norm_before_gate, kernel=gated_kernel
 ) -> torch.Tensor:
-    """The ``rms_norm_gated`` contract; returns a new contiguous tensor."""
-    _check(x, weight, "rms_norm_gated")
+    """The ``rms_norm_gated`` contract (the op's parameters positionally, then the
+    kernel); returns a new contiguous tensor."""
+    check_x_weight(x, weight, "rms_norm_gated")
     if gate is not None:
-        _check_gate(x, gate)
+        check_gate(x, gate)
     n = x.shape[-1]
-    _check_range(group_size, n, "group_size", "rms_norm_gated", divides=True)
+    check_size(group_size, n, "group_size", "rms_norm_gated", divides=True)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if n == 0 or x.numel() == 0:
         return out
@@ -144,20 +140,3 @@ def rms_norm_gated(
         num_warps=warps,
     )
     return out
-
-
-@triton_op("opir_triton::rms_norm_gated", mutates_args=())
-def rms_norm_gated_op(
-    x: torch.Tensor,
-    gate: torch.Tensor | None,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    group_size: int | None,
-    norm_before_gate: bool,
-) -> torch.Tensor:
-    return rms_norm_gated(x, gate, weight, epsilon, group_size, norm_before_gate, _traceable_kernel)
-
-
-@rms_norm_gated_op.register_fake
-def _(x, gate, weight, epsilon, group_size, norm_before_gate):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)

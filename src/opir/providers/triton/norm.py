@@ -16,10 +16,10 @@ from typing import cast
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 import opir.providers.triton.config as config
-from opir.ops.norms import _check, _check_like_x, _check_range
+from opir.ops.checks import check_like_x, check_size, check_x_weight
 from opir.providers.triton.common import apply_weight, to_out
 
 
@@ -96,7 +96,8 @@ def norm_kernel(
             tl.store(OUT + cols, to_out(y, OUT_BF16, OUT.dtype.element_ty), mask=mask)
 
 
-_traceable_kernel = wrap_triton(norm_kernel)
+traceable_kernel = wrap_triton(norm_kernel)
+"""The kernel as launched inside a custom op (``triton_op`` sees it)."""
 
 
 def launch(
@@ -173,50 +174,34 @@ def launch(
     )
 
 
-def rms_norm(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    variance_size: int | None = None,
-    weight_bias: float = 0.0,
-    kernel=norm_kernel,
-) -> torch.Tensor:
+# The launchers take the op's parameters positionally (see opir.ops.norms for
+# their types), then the kernel: ``norm_kernel``, or ``traceable_kernel`` inside
+# a custom op.
+
+
+def rms_norm(x, weight, epsilon, variance_size, weight_bias, kernel=norm_kernel) -> torch.Tensor:
     """The ``rms_norm`` contract; returns a new contiguous tensor."""
-    _check(x, weight, "rms_norm")
-    _check_range(variance_size, x.shape[-1], "variance_size", "rms_norm")
+    check_x_weight(x, weight, "rms_norm")
+    check_size(variance_size, x.shape[-1], "variance_size", "rms_norm")
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     launch(kernel, x, None, out, None, weight, epsilon, variance_size, weight_bias)
     return out
 
 
 def fused_add_rms_norm_(
-    x: torch.Tensor,
-    x_residual: torch.Tensor,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    variance_size: int | None = None,
-    weight_bias: float = 0.0,
-    kernel=norm_kernel,
-) -> None:
+    x, x_residual, weight, epsilon, variance_size, weight_bias, kernel=norm_kernel
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``fused_add_rms_norm`` contract in place: out -> x, residual_out -> x_residual."""
-    _check(x, weight, "fused_add_rms_norm")
-    _check_like_x(x, x_residual, "x_residual", "fused_add_rms_norm")
-    _check_range(variance_size, x.shape[-1], "variance_size", "fused_add_rms_norm")
+    _check_add(x, x_residual, weight, variance_size)
     launch(kernel, x, x_residual, x, x_residual, weight, epsilon, variance_size, weight_bias)
+    return x, x_residual
 
 
 def add_rms_norm(
-    x: torch.Tensor,
-    x_residual: torch.Tensor,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    variance_size: int | None = None,
-    weight_bias: float = 0.0,
-    kernel=norm_kernel,
-    out: torch.Tensor | None = None,
+    x, x_residual, weight, epsilon, variance_size, weight_bias, kernel=norm_kernel, out=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``fused_add_rms_norm`` into new tensors (``out`` may be a buffer the caller owns)."""
-    _check_like_x(x, x_residual, "x_residual", "all_reduce_rms_norm")
+    _check_add(x, x_residual, weight, variance_size)
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     residual_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -224,59 +209,7 @@ def add_rms_norm(
     return out, residual_out
 
 
-# --- torch custom ops: what tracing (make_fx, lowering, Inductor) sees ------------
-
-
-@triton_op("opir_triton::rms_norm", mutates_args=())
-def rms_norm_op(
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    variance_size: int | None,
-    weight_bias: float,
-) -> torch.Tensor:
-    return rms_norm(x, weight, epsilon, variance_size, weight_bias, _traceable_kernel)
-
-
-@rms_norm_op.register_fake
-def _(x, weight, epsilon, variance_size, weight_bias):
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-
-
-@triton_op("opir_triton::fused_add_rms_norm_", mutates_args=("x", "x_residual"))
-def fused_add_rms_norm_op(
-    x: torch.Tensor,
-    x_residual: torch.Tensor,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    variance_size: int | None,
-    weight_bias: float,
-) -> None:
-    fused_add_rms_norm_(
-        x, x_residual, weight, epsilon, variance_size, weight_bias, _traceable_kernel
-    )
-
-
-@fused_add_rms_norm_op.register_fake
-def _(x, x_residual, weight, epsilon, variance_size, weight_bias):
-    return None
-
-
-@triton_op("opir_triton::add_rms_norm", mutates_args=())
-def add_rms_norm_op(
-    x: torch.Tensor,
-    x_residual: torch.Tensor,
-    weight: torch.Tensor | None,
-    epsilon: float,
-    variance_size: int | None,
-    weight_bias: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return add_rms_norm(
-        x, x_residual, weight, epsilon, variance_size, weight_bias, _traceable_kernel
-    )
-
-
-@add_rms_norm_op.register_fake
-def _(x, x_residual, weight, epsilon, variance_size, weight_bias):
-    empty = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    return empty, torch.empty_like(empty)
+def _check_add(x, x_residual, weight, variance_size) -> None:
+    check_x_weight(x, weight, "fused_add_rms_norm")
+    check_like_x(x, x_residual, "x_residual", "fused_add_rms_norm")
+    check_size(variance_size, x.shape[-1], "variance_size", "fused_add_rms_norm")
