@@ -30,7 +30,9 @@ _OPS = (rms_norm, fused_add_rms_norm, rms_norm_gated)
 # a Python call costs ~80 ns here, a quarter of the predicate.
 
 
-def supports_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0) -> bool:
+def supports_rms_norm(
+    x, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
+) -> bool:
     dtype = x.dtype
     if dtype not in _DTYPES or not x.is_cpu or not (x.is_contiguous() or x.stride(-1) == 1):
         return False
@@ -38,7 +40,7 @@ def supports_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0) -
 
 
 def supports_fused_add_rms_norm(
-    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0
+    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
 ) -> bool:
     dtype = x.dtype
     if dtype not in _DTYPES or not x.is_cpu or not (x.is_contiguous() or x.stride(-1) == 1):
@@ -51,7 +53,7 @@ def supports_fused_add_rms_norm(
 
 
 def supports_rms_norm_gated(
-    x, gate, weight, epsilon, group_size=None, norm_before_gate=False
+    x, gate, weight, epsilon, group_size=None, norm_before_gate=False, fp32_multiply=False
 ) -> bool:
     dtype = x.dtype
     if dtype not in _DTYPES or not x.is_cpu or not (x.is_contiguous() or x.stride(-1) == 1):
@@ -112,13 +114,14 @@ def _argument_error(op: str, epsilon, sizes: dict, error: TypeError) -> TypeErro
     return error
 
 
-def _eager_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0):
+def _eager_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False):
     """The pybind entry point: what eager calls run (no dispatcher)."""
+    args = (x, weight, epsilon, variance_size, weight_bias, fp32_multiply)
     ext = _extension or _loaded_or_fallback(rms_norm)
     if ext is None:
-        return rms_norm(x, weight, epsilon, variance_size, weight_bias)
+        return rms_norm(*args)
     try:
-        return ext.rms_norm(x, weight, epsilon, variance_size, weight_bias)
+        return ext.rms_norm(*args)
     except TypeError as e:
         raise _argument_error("rms_norm", epsilon, {"variance_size": variance_size}, e) from None
 
@@ -136,15 +139,20 @@ def cpu_rms_norm(
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
 ) -> torch.Tensor:
     """Traceable: the kernel as a torch custom op (what lowering records)."""
-    return torch.ops.opir_cpu.rms_norm.default(x, weight, epsilon, variance_size, weight_bias)
+    return torch.ops.opir_cpu.rms_norm.default(
+        x, weight, epsilon, variance_size, weight_bias, fp32_multiply
+    )
 
 
-def _eager_fused_add_rms_norm(x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0):
+def _eager_fused_add_rms_norm(
+    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
+):
     """In place when x and the residual are separate memory; otherwise (they alias,
     overlap, or x's rows overlap each other) on private copies, which are returned."""
-    args = (weight, epsilon, variance_size, weight_bias)
+    args = (weight, epsilon, variance_size, weight_bias, fp32_multiply)
     ext = _extension or _loaded_or_fallback(fused_add_rms_norm)
     if ext is None:
         return fused_add_rms_norm.maybe_inplace(x, x_residual, *args)
@@ -173,29 +181,34 @@ def cpu_fused_add_rms_norm(
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Traceable: the in-place custom op (it refuses overlapping buffers with an error
     saying "alias"/"overlap"; the eager function serves those on private copies)."""
     torch.ops.opir_cpu.fused_add_rms_norm_.default(
-        x, x_residual, weight, epsilon, variance_size, weight_bias
+        x, x_residual, weight, epsilon, variance_size, weight_bias, fp32_multiply
     )
     return x, x_residual
 
 
-def _on_private_copies(ext, x, x_residual, weight, epsilon, variance_size, weight_bias):
+def _on_private_copies(
+    ext, x, x_residual, weight, epsilon, variance_size, weight_bias, fp32_multiply
+):
     """The kernel refused to write overlapping outputs: run it on fresh buffers."""
     x_out = x.clone(memory_format=torch.contiguous_format)
     residual_out = x_residual.clone(memory_format=torch.contiguous_format)
     if weight is not None:
         weight = weight.clone()
-    args = (weight, epsilon, variance_size, weight_bias)
+    args = (weight, epsilon, variance_size, weight_bias, fp32_multiply)
     if not ext.fused_add_rms_norm_(x_out, residual_out, *args):
         raise AssertionError("opir cpu: fresh buffers reported as overlapping (a bug)")
     return x_out, residual_out
 
 
-def _eager_rms_norm_gated(x, gate, weight, epsilon, group_size=None, norm_before_gate=False):
-    args = (x, gate, weight, epsilon, group_size, norm_before_gate)
+def _eager_rms_norm_gated(
+    x, gate, weight, epsilon, group_size=None, norm_before_gate=False, fp32_multiply=False
+):
+    args = (x, gate, weight, epsilon, group_size, norm_before_gate, fp32_multiply)
     ext = _extension or _loaded_or_fallback(rms_norm_gated)
     if ext is None:
         return rms_norm_gated(*args)
@@ -219,8 +232,9 @@ def cpu_rms_norm_gated(
     epsilon: float,
     group_size: int | None = None,
     norm_before_gate: bool = False,
+    fp32_multiply: bool = False,
 ) -> torch.Tensor:
     """Traceable: the kernel as a torch custom op."""
     return torch.ops.opir_cpu.rms_norm_gated.default(
-        x, gate, weight, epsilon, group_size, norm_before_gate
+        x, gate, weight, epsilon, group_size, norm_before_gate, fp32_multiply
     )

@@ -17,25 +17,28 @@ import opir.providers.cpu.build as build
 LIBRARY = torch.library.Library("opir_cpu", "DEF")
 LIBRARY.define(
     "rms_norm(Tensor x, Tensor? weight, float epsilon, SymInt? variance_size, "
-    "float weight_bias=0.0) -> Tensor"
+    "float weight_bias=0.0, bool fp32_multiply=False) -> Tensor"
 )
 LIBRARY.define(
     "fused_add_rms_norm_(Tensor(a!) x, Tensor(b!) residual, Tensor? weight, float epsilon, "
-    "SymInt? variance_size, float weight_bias=0.0) -> ()"
+    "SymInt? variance_size, float weight_bias=0.0, bool fp32_multiply=False) -> ()"
 )
 LIBRARY.define(
     "rms_norm_gated(Tensor x, Tensor? gate, Tensor? weight, float epsilon, SymInt? group_size, "
-    "bool norm_before_gate) -> Tensor"
+    "bool norm_before_gate, bool fp32_multiply=False) -> Tensor"
 )
 
 
-def _rms_norm(x, weight, epsilon, variance_size, weight_bias=0.0):
-    return build.load().rms_norm(x, weight, epsilon, variance_size, weight_bias)
+def _rms_norm(x, weight, epsilon, variance_size, weight_bias=0.0, fp32_multiply=False):
+    return build.load().rms_norm(x, weight, epsilon, variance_size, weight_bias, fp32_multiply)
 
 
-def _fused_add_rms_norm_(x, residual, weight, epsilon, variance_size, weight_bias=0.0):
+def _fused_add_rms_norm_(
+    x, residual, weight, epsilon, variance_size, weight_bias=0.0, fp32_multiply=False
+):
     ext = build.load()
-    if not ext.fused_add_rms_norm_(x, residual, weight, epsilon, variance_size, weight_bias):
+    args = (weight, epsilon, variance_size, weight_bias, fp32_multiply)
+    if not ext.fused_add_rms_norm_(x, residual, *args):
         raise ValueError(
             "opir_cpu::fused_add_rms_norm_: x and residual alias or overlap (or x's rows "
             "overlap each other), so they cannot be written in place; pass separate, "
@@ -43,8 +46,9 @@ def _fused_add_rms_norm_(x, residual, weight, epsilon, variance_size, weight_bia
         )
 
 
-def _rms_norm_gated(x, gate, weight, epsilon, group_size, norm_before_gate):
-    return build.load().rms_norm_gated(x, gate, weight, epsilon, group_size, norm_before_gate)
+def _rms_norm_gated(x, gate, weight, epsilon, group_size, norm_before_gate, fp32_multiply=False):
+    args = (x, gate, weight, epsilon, group_size, norm_before_gate, fp32_multiply)
+    return build.load().rms_norm_gated(*args)
 
 
 LIBRARY.impl("rms_norm", _rms_norm, "CPU")
@@ -53,15 +57,17 @@ LIBRARY.impl("rms_norm_gated", _rms_norm_gated, "CPU")
 
 
 @torch.library.register_fake("opir_cpu::rms_norm", lib=LIBRARY)
-def _rms_norm_fake(x, weight, epsilon, variance_size, weight_bias=0.0):
+def _rms_norm_fake(x, weight, epsilon, variance_size, weight_bias=0.0, fp32_multiply=False):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
 @torch.library.register_fake("opir_cpu::fused_add_rms_norm_", lib=LIBRARY)
-def _fused_add_fake(x, residual, weight, epsilon, variance_size, weight_bias=0.0):
+def _fused_add_fake(
+    x, residual, weight, epsilon, variance_size, weight_bias=0.0, fp32_multiply=False
+):
     return None
 
 
 @torch.library.register_fake("opir_cpu::rms_norm_gated", lib=LIBRARY)
-def _gated_fake(x, gate, weight, epsilon, group_size, norm_before_gate):
+def _gated_fake(x, gate, weight, epsilon, group_size, norm_before_gate, fp32_multiply=False):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)

@@ -48,17 +48,21 @@ _DTYPES = (torch.float16, torch.bfloat16)
 _BIASES = (0.0, 1.0)
 
 
-def supports_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0) -> bool:
-    if weight is None or variance_size is not None or weight_bias not in _BIASES:
+def supports_rms_norm(
+    x, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
+) -> bool:
+    # fp32_multiply: FlashInfer's kernels round the normalised value before the
+    # weight multiply; the single-rounding contract is not theirs.
+    if weight is None or variance_size is not None or weight_bias not in _BIASES or fp32_multiply:
         return False
     dtype = x.dtype
     return dtype in _DTYPES and x.is_cuda and weight.dtype is dtype and x.is_contiguous()
 
 
 def supports_fused_add_rms_norm(
-    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0
+    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
 ) -> bool:
-    if weight is None or variance_size is not None or weight_bias not in _BIASES:
+    if weight is None or variance_size is not None or weight_bias not in _BIASES or fp32_multiply:
         return False
     dtype = x.dtype
     if dtype not in _DTYPES or not x.is_cuda or weight.dtype is not dtype:
@@ -113,7 +117,7 @@ def custom_ops():
     return torch.ops.opir_flashinfer
 
 
-def _eager_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0):
+def _eager_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False):
     return (_kernels or _load()).rms_norm(x, weight, epsilon, weight_bias)
 
 
@@ -130,11 +134,14 @@ def flashinfer_rms_norm(
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
 ) -> torch.Tensor:
     return custom_ops().rms_norm.default(x, weight, epsilon, weight_bias)
 
 
-def _eager_fused_add_rms_norm(x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0):
+def _eager_fused_add_rms_norm(
+    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
+):
     (_kernels or _load()).fused_add_rms_norm_(x, x_residual, weight, epsilon, weight_bias)
     return x, x_residual
 
@@ -154,6 +161,7 @@ def flashinfer_fused_add_rms_norm(
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     custom_ops().fused_add_rms_norm_.default(x, x_residual, weight, epsilon, weight_bias)
     return x, x_residual

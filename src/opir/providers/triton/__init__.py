@@ -40,7 +40,9 @@ _CPU = ON_CPU
 # which the ops' own checks then reject with a clear message.
 
 
-def supports_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0) -> bool:
+def supports_rms_norm(
+    x, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
+) -> bool:
     if x.dtype not in _DTYPES or not (x.is_cpu if _CPU else x.is_cuda):
         return False
     if not (x.is_contiguous() or x.stride(-1) == 1):
@@ -49,7 +51,7 @@ def supports_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0) -
 
 
 def supports_fused_add_rms_norm(
-    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0
+    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
 ) -> bool:
     if x.dtype not in _DTYPES or not (x.is_cpu if _CPU else x.is_cuda):
         return False
@@ -61,7 +63,7 @@ def supports_fused_add_rms_norm(
 
 
 def supports_rms_norm_gated(
-    x, gate, weight, epsilon, group_size=None, norm_before_gate=False
+    x, gate, weight, epsilon, group_size=None, norm_before_gate=False, fp32_multiply=False
 ) -> bool:
     if x.dtype not in _DTYPES or not (x.is_cpu if _CPU else x.is_cuda):
         return False
@@ -104,8 +106,9 @@ def kernels():
     return torch.ops.opir_triton
 
 
-def _eager_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0):
-    return (_norm or _load()).rms_norm(x, weight, epsilon, variance_size, weight_bias)
+def _eager_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False):
+    args = (x, weight, epsilon, variance_size, weight_bias, fp32_multiply)
+    return (_norm or _load()).rms_norm(*args)
 
 
 @rms_norm.register_impl(
@@ -121,14 +124,18 @@ def triton_rms_norm(
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
 ) -> torch.Tensor:
     """Traceable: the kernel as a ``triton_op`` (Inductor sees the Triton kernel)."""
-    return kernels().rms_norm.default(x, weight, epsilon, variance_size, weight_bias)
+    args = (x, weight, epsilon, variance_size, weight_bias, fp32_multiply)
+    return kernels().rms_norm.default(*args)
 
 
-def _eager_fused_add_rms_norm(x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0):
+def _eager_fused_add_rms_norm(
+    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
+):
     (_norm or _load()).fused_add_rms_norm_(
-        x, x_residual, weight, epsilon, variance_size, weight_bias
+        x, x_residual, weight, epsilon, variance_size, weight_bias, fp32_multiply
     )
     return x, x_residual
 
@@ -148,17 +155,21 @@ def triton_fused_add_rms_norm(
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     kernels().fused_add_rms_norm_.default(
-        x, x_residual, weight, epsilon, variance_size, weight_bias
+        x, x_residual, weight, epsilon, variance_size, weight_bias, fp32_multiply
     )
     return x, x_residual
 
 
-def _eager_rms_norm_gated(x, gate, weight, epsilon, group_size=None, norm_before_gate=False):
+def _eager_rms_norm_gated(
+    x, gate, weight, epsilon, group_size=None, norm_before_gate=False, fp32_multiply=False
+):
     if _gated is None:
         _load()
-    return _gated.rms_norm_gated(x, gate, weight, epsilon, group_size, norm_before_gate)
+    args = (x, gate, weight, epsilon, group_size, norm_before_gate, fp32_multiply)
+    return _gated.rms_norm_gated(*args)
 
 
 @rms_norm_gated.register_impl(
@@ -175,8 +186,10 @@ def triton_rms_norm_gated(
     epsilon: float,
     group_size: int | None = None,
     norm_before_gate: bool = False,
+    fp32_multiply: bool = False,
 ) -> torch.Tensor:
-    return kernels().rms_norm_gated.default(x, gate, weight, epsilon, group_size, norm_before_gate)
+    args = (x, gate, weight, epsilon, group_size, norm_before_gate, fp32_multiply)
+    return kernels().rms_norm_gated.default(*args)
 
 
 def _all_reduce_rms_norm(traceable: bool):

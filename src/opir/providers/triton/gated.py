@@ -100,6 +100,7 @@ def rms_norm_gated(
     epsilon: float,
     group_size: int | None = None,
     norm_before_gate: bool = False,
+    fp32_multiply: bool = False,
     kernel=gated_kernel,
 ) -> torch.Tensor:
     """The ``rms_norm_gated`` contract; returns a new contiguous tensor."""
@@ -115,7 +116,7 @@ def rms_norm_gated(
     lg = lx if gate is None else config.row_layout(gate)
     if lx is None or lg is None:  # > 3 dims that do not collapse
         g = None if gate is None else gate.contiguous()
-        args = (weight, epsilon, group_size, norm_before_gate, kernel)
+        args = (weight, epsilon, group_size, norm_before_gate, fp32_multiply, kernel)
         return out.copy_(rms_norm_gated(x.contiguous(), g, *args))
     group = n if group_size is None else group_size
     block, warps, single = config.launch_config(group)
@@ -137,7 +138,7 @@ def rms_norm_gated(
         HAS_GATE=gate is not None,
         HAS_WEIGHT=weight is not None,
         GATE_FIRST=not norm_before_gate,
-        ROUND=config.round_code(x.dtype, weight, 0.0),
+        ROUND=config.ROUND_NONE if fp32_multiply else config.round_code(x.dtype, weight, 0.0),
         OUT_BF16=x.dtype is torch.bfloat16,
         BLOCK=block,
         SINGLE=single,
@@ -154,10 +155,12 @@ def rms_norm_gated_op(
     epsilon: float,
     group_size: int | None,
     norm_before_gate: bool,
+    fp32_multiply: bool = False,
 ) -> torch.Tensor:
-    return rms_norm_gated(x, gate, weight, epsilon, group_size, norm_before_gate, _traceable_kernel)
+    args = (weight, epsilon, group_size, norm_before_gate, fp32_multiply)
+    return rms_norm_gated(x, gate, *args, _traceable_kernel)
 
 
 @rms_norm_gated_op.register_fake
-def _(x, gate, weight, epsilon, group_size, norm_before_gate):
+def _(x, gate, weight, epsilon, group_size, norm_before_gate, fp32_multiply=False):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)

@@ -107,6 +107,7 @@ def launch(
     epsilon: float,
     variance_size: int | None,
     weight_bias: float,
+    fp32_multiply: bool = False,
 ) -> None:
     """Normalise ``x`` (+ ``residual``) into ``out`` (and ``residual_out``).
 
@@ -123,7 +124,8 @@ def launch(
         copies = [t.contiguous() for t in tensors[: len(tensors) // 2]]
         outs = [torch.empty_like(c) for c in copies]
         r, ro = (copies[1], outs[1]) if residual is not None else (None, None)
-        launch(kernel, copies[0], r, outs[0], ro, weight, epsilon, variance_size, weight_bias)
+        args = (weight, epsilon, variance_size, weight_bias, fp32_multiply)
+        launch(kernel, copies[0], r, outs[0], ro, *args)
         for dst, src in zip(tensors[len(tensors) // 2 :], outs, strict=True):
             dst.copy_(src)
         return
@@ -158,7 +160,9 @@ def launch(
         HAS_RESIDUAL=has_residual,
         HAS_WEIGHT=weight is not None,
         HAS_BIAS=weight_bias != 0.0,
-        ROUND=config.round_code(x.dtype, weight, weight_bias),
+        ROUND=config.ROUND_NONE
+        if fp32_multiply
+        else config.round_code(x.dtype, weight, weight_bias),
         OUT_BF16=x.dtype is torch.bfloat16,
         BLOCK=block,
         SINGLE=single,
@@ -172,13 +176,15 @@ def rms_norm(
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
     kernel=norm_kernel,
 ) -> torch.Tensor:
     """The ``rms_norm`` contract; returns a new contiguous tensor."""
     _check(x, weight, "rms_norm")
     _check_range(variance_size, x.shape[-1], "variance_size", "rms_norm")
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    launch(kernel, x, None, out, None, weight, epsilon, variance_size, weight_bias)
+    args = (weight, epsilon, variance_size, weight_bias, fp32_multiply)
+    launch(kernel, x, None, out, None, *args)
     return out
 
 
@@ -189,13 +195,15 @@ def fused_add_rms_norm_(
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
     kernel=norm_kernel,
 ) -> None:
     """The ``fused_add_rms_norm`` contract in place: out -> x, residual_out -> x_residual."""
     _check(x, weight, "fused_add_rms_norm")
     _check_like_x(x, x_residual, "x_residual", "fused_add_rms_norm")
     _check_range(variance_size, x.shape[-1], "variance_size", "fused_add_rms_norm")
-    launch(kernel, x, x_residual, x, x_residual, weight, epsilon, variance_size, weight_bias)
+    args = (weight, epsilon, variance_size, weight_bias, fp32_multiply)
+    launch(kernel, x, x_residual, x, x_residual, *args)
 
 
 def add_rms_norm(
@@ -227,12 +235,14 @@ def rms_norm_op(
     epsilon: float,
     variance_size: int | None,
     weight_bias: float,
+    fp32_multiply: bool = False,
 ) -> torch.Tensor:
-    return rms_norm(x, weight, epsilon, variance_size, weight_bias, _traceable_kernel)
+    args = (weight, epsilon, variance_size, weight_bias, fp32_multiply)
+    return rms_norm(x, *args, _traceable_kernel)
 
 
 @rms_norm_op.register_fake
-def _(x, weight, epsilon, variance_size, weight_bias):
+def _(x, weight, epsilon, variance_size, weight_bias, fp32_multiply=False):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
@@ -244,14 +254,14 @@ def fused_add_rms_norm_op(
     epsilon: float,
     variance_size: int | None,
     weight_bias: float,
+    fp32_multiply: bool = False,
 ) -> None:
-    fused_add_rms_norm_(
-        x, x_residual, weight, epsilon, variance_size, weight_bias, _traceable_kernel
-    )
+    args = (weight, epsilon, variance_size, weight_bias, fp32_multiply)
+    fused_add_rms_norm_(x, x_residual, *args, _traceable_kernel)
 
 
 @fused_add_rms_norm_op.register_fake
-def _(x, x_residual, weight, epsilon, variance_size, weight_bias):
+def _(x, x_residual, weight, epsilon, variance_size, weight_bias, fp32_multiply=False):
     return None
 
 
@@ -265,7 +275,7 @@ def add_rms_norm_op(
     weight_bias: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return add_rms_norm(
-        x, x_residual, weight, epsilon, variance_size, weight_bias, _traceable_kernel
+        x, x_residual, weight, epsilon, variance_size, weight_bias, kernel=_traceable_kernel
     )
 
 
