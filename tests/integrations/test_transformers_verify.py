@@ -245,8 +245,9 @@ def test_applied_in_fp32_then_converted_to_bf16_keeps_stock_numerics():
     model.to(torch.bfloat16)
     x = _x(4, H, dtype=torch.bfloat16)
     assert torch.equal(model(x), stock(x))
-    bf16_keys = [k for k, ok in model[0].opir_envelope.items() if k[2] == torch.bfloat16]
-    assert bf16_keys and not any(model[0].opir_envelope[k] for k in bf16_keys)
+    envelope = model[0].opir_envelope  # (x dtype, other dtype, weight dtype, rank, ...)
+    bf16_keys = [k for k in envelope if k[0] == k[2] == torch.bfloat16]
+    assert bf16_keys and not any(envelope[k] for k in bf16_keys)
 
 
 def test_olmo2_applied_in_fp32_then_bf16_gives_stock_logits():

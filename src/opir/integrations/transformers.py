@@ -60,7 +60,8 @@ _SHARED = (
     "_load_state_dict_post_hooks",
 )
 
-Key = tuple  # (x dtype, other dtype | None, weight dtype | None, rank, device type)
+Key = tuple  # (x dtype, other dtype | None, weight dtype | None, rank, device type, width)
+_FINFO_EPS = "finfo"  # an eps of None in torch.nn.RMSNorm: torch.finfo(x.dtype).eps
 
 
 @dataclass
@@ -105,22 +106,26 @@ class _Spec:
     """What an applied layer computes (plain data: pickles, deep-copies, compares)."""
 
     kind: str  # the opir layer: "RMSNorm", "GemmaRMSNorm" or "RMSNormGated"
-    eps: float
+    eps: float | str  # or _FINFO_EPS
     uses_weight: bool
     second: str | None  # the role of forward's second argument: None, "residual", "gate"
     weight_bias: float = 0.0
     group_size: int | None = None
     norm_before_gate: bool = False
+    fp32_multiply: bool = False  # the ops' "multiply in fp32, round once"
 
 
 def _compute(spec: _Spec, weight: torch.Tensor | None, x: torch.Tensor, other) -> Any:
     """The opir ops for ``spec``; functional only: the caller's tensors are never donated."""
     w = weight if spec.uses_weight else None
+    eps, once = spec.eps, spec.fp32_multiply
+    if eps == _FINFO_EPS:
+        eps = torch.finfo(x.dtype).eps
     if spec.kind == "RMSNormGated":
-        return rms_norm_gated(x, other, w, spec.eps, spec.group_size, spec.norm_before_gate)
+        return rms_norm_gated(x, other, w, eps, spec.group_size, spec.norm_before_gate, once)
     if other is None:
-        return rms_norm(x, w, spec.eps, None, spec.weight_bias)
-    return fused_add_rms_norm(x, other, w, spec.eps, None, spec.weight_bias)
+        return rms_norm(x, w, eps, None, spec.weight_bias, once)
+    return fused_add_rms_norm(x, other, w, eps, None, spec.weight_bias, once)
 
 
 def _key(x: torch.Tensor, other: torch.Tensor | None, weight: torch.Tensor | None) -> Key:
@@ -130,6 +135,7 @@ def _key(x: torch.Tensor, other: torch.Tensor | None, weight: torch.Tensor | Non
         None if weight is None else weight.dtype,
         x.dim(),
         x.device.type,
+        x.shape[-1] if x.dim() else 0,
     )
 
 
@@ -219,12 +225,28 @@ def _is_norm_like(module: nn.Module) -> bool:
     )
 
 
-def _eps(module: nn.Module) -> float | None:
+def _eps(module: nn.Module) -> float | str | None:
     for name in ("variance_epsilon", "eps"):
         value = getattr(module, name, None)
         if isinstance(value, float):
             return value
+    if "eps" in vars(module) and module.eps is None and isinstance(module, nn.RMSNorm):
+        return _FINFO_EPS  # torch.nn.RMSNorm(eps=None): the machine epsilon of x's dtype
     return None
+
+
+def _widths(module: nn.Module) -> list[int]:
+    """The last-dim sizes probed at apply time (others are verified on first use)."""
+    weight = _weight(module)
+    if weight is not None:
+        return [weight.shape[0]]
+    for name in ("normalized_shape", "hidden_size", "dim"):
+        value = getattr(module, name, None)
+        if isinstance(value, tuple) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return [value]
+    return [64]
 
 
 def _weight(module: nn.Module) -> torch.Tensor | None:
@@ -310,14 +332,16 @@ def _candidates(module: nn.Module, second: str | None) -> list[_Spec]:
             groups.append(hidden // n_groups)
         groups.append(None)
         return [
-            _Spec("RMSNormGated", eps, weight is not None, second, 0.0, g, before)
+            _Spec("RMSNormGated", eps, weight is not None, second, 0.0, g, before, once)
             for g in dict.fromkeys(groups)
             for before in (False, True)
+            for once in ((False, True) if weight is not None else (False,))
         ]
     if weight is None:
         return [_Spec("RMSNorm", eps, False, second)]
     return [
         _Spec("RMSNorm", eps, True, second),
+        _Spec("RMSNorm", eps, True, second, fp32_multiply=True),
         _Spec("GemmaRMSNorm", eps, True, second, weight_bias=1.0),
     ]
 
@@ -335,26 +359,31 @@ def _reference(module: nn.Module) -> nn.Module:
     return reference
 
 
-def _initial_keys(module: nn.Module, second: str | None, device: torch.device) -> list[Key]:
-    weight = _weight(module)
-    w_dtype = None if weight is None else weight.dtype
-    base = w_dtype or torch.get_default_dtype()
-    x_dtypes = list(dict.fromkeys((base, torch.float32, torch.bfloat16)))
+def _initial_keys(
+    w_dtypes: list[torch.dtype | None], second: str | None, device: torch.device, widths: list
+) -> list[Key]:
+    """Home keys (x in the weight's dtype) first, for each weight dtype in ``w_dtypes``."""
     keys = []
-    for x_dtype in x_dtypes:
-        others: list = [None]
-        if second == "residual":
-            others.append(x_dtype)
-        elif second == "gate":
-            others += x_dtypes
-        for o_dtype in others:
-            keys += [(x_dtype, o_dtype, w_dtype, rank, device.type) for rank in _RANKS]
+    for w_dtype in w_dtypes:
+        base = w_dtype or torch.get_default_dtype()
+        for x_dtype in dict.fromkeys((base, torch.float32, torch.bfloat16)):
+            others: list = [None]
+            if second == "residual":
+                others.append(x_dtype)
+            elif second == "gate":
+                others += list(dict.fromkeys((base, torch.float32, torch.bfloat16)))
+            for o_dtype in others:
+                keys += [
+                    (x_dtype, o_dtype, w_dtype, rank, device.type, width)
+                    for width in widths
+                    for rank in _RANKS
+                ]
     return keys
 
 
 def _describe(key: Key) -> str:
-    x_dtype, o_dtype, w_dtype, rank, device = key
-    text = f"rank-{rank} {str(x_dtype).removeprefix('torch.')} x"
+    x_dtype, o_dtype, w_dtype, rank, device, width = key
+    text = f"rank-{rank} {str(x_dtype).removeprefix('torch.')} x of width {width}"
     if o_dtype is not None:
         text += f" with a {str(o_dtype).removeprefix('torch.')} second input"
     if w_dtype is not None:
@@ -378,13 +407,14 @@ def _same(a: Any, b: Any) -> bool:
 def _probe(reference: nn.Module, spec: _Spec, key: Key, device: torch.device) -> str | None:
     """None when every case of ``key`` ran on the reference and the candidate and
     matched bit for bit, leaving the inputs as they were; otherwise why not."""
-    x_dtype, o_dtype, w_dtype, rank, _ = key
+    x_dtype, o_dtype, w_dtype, rank, _, width = key
     weight = _weight(reference)
     if rank not in _RANKS:
         return f"{_describe(key)}: only ranks {_RANKS} are probed"
     if (None if weight is None else weight.dtype) != w_dtype:
         return f"{_describe(key)}: the weight's dtype changed"
-    hiddens = [weight.shape[0]] if weight is not None else [64, 24]
+    hiddens = [width]
+    name = spec.kind + (" (fp32_multiply)" if spec.fp32_multiply else "")
     forward = type(reference).forward
     gen = torch.Generator().manual_seed(2)
     ran = 0
@@ -412,11 +442,11 @@ def _probe(reference: nn.Module, spec: _Spec, key: Key, device: torch.device) ->
                 try:
                     got = _compute(spec, weight, x, other)
                 except Exception as e:
-                    return f"opir's {spec.kind} raises on {what} ({type(e).__name__}: {e})"
+                    return f"opir's {name} raises on {what} ({type(e).__name__}: {e})"
                 if not all(_same(a, s) for a, s in zip(args, saved, strict=True)):
-                    return f"opir's {spec.kind} modifies its inputs ({what})"
+                    return f"opir's {name} modifies its inputs ({what})"
                 if not _same(got, expected):
-                    return f"numerics differ from opir's {spec.kind} on {what}"
+                    return f"numerics differ from opir's {name} on {what}"
                 ran += 1
     return None if ran else f"{_describe(key)}: no probe case ran"
 
@@ -439,21 +469,31 @@ def _verdict(module: nn.Module) -> _Verdict | str:
     names, second = form
     weight = _weight(module)
     device = weight.device if weight is not None else torch.device("cpu")
-    reference = _reference(module)
-    keys = _initial_keys(module, second, device)
+    references = {None if weight is None else weight.dtype: _reference(module)}
+    if weight is not None and weight.dtype != torch.bfloat16:
+        # What model.to(bfloat16) makes of it: verified now, so the choice between
+        # candidates that agree in fp32 (rounding before or after the weight) is informed.
+        with torch.inference_mode(False):
+            references[torch.bfloat16] = copy.deepcopy(references[weight.dtype]).bfloat16()
+    keys = _initial_keys(list(references), second, device, _widths(module))
+    home_dtype = None if weight is None else weight.dtype
     best: _Verdict | None = None
     reasons = []
     for spec in _candidates(module, second):
         envelope: dict[Key, bool] = {}
         first_failure = None
         for key in keys:
-            failure = _probe(reference, spec, key, device)
+            home = key[2] == home_dtype and (weight is None or key[0] == home_dtype)
+            if not home and not any(envelope.values()):
+                break  # no home key verified: this candidate is out
+            failure = _probe(references[key[2]], spec, key, device)
             envelope[key] = failure is None
             first_failure = first_failure or failure
         # Replaced only when the calls the model makes -- x in the weight's own dtype --
-        # are verified at some rank; other keys verified as well widen the envelope.
-        home = [ok for key, ok in envelope.items() if weight is None or key[0] == weight.dtype]
-        if any(home) and (best is None or sum(envelope.values()) > sum(best.envelope.values())):
+        # verify at some rank; other keys verified as well widen the envelope.
+        if any(envelope.values()) and (
+            best is None or sum(envelope.values()) > sum(best.envelope.values())
+        ):
             best = _Verdict(spec, names, envelope)
         if first_failure is not None:
             reasons.append(first_failure)
@@ -486,11 +526,14 @@ def _make_layer(module: nn.Module, verdict: _Verdict, priority: dict | None) -> 
     spec = verdict.spec
     hidden = _hidden(module)
     size = hidden or 1
+    eps = 0.0 if spec.eps == _FINFO_EPS else spec.eps
     if spec.kind == "RMSNormGated":
-        layer = AppliedRMSNormGated(size, spec.eps, spec.group_size, spec.norm_before_gate)
+        layer = AppliedRMSNormGated(size, eps, spec.group_size, spec.norm_before_gate)
     else:
-        layer = _LAYERS[spec.kind](size, spec.eps)
+        layer = _LAYERS[spec.kind](size, eps)
     layer.hidden_size = hidden  # None for a weightless norm: any width
+    if spec.eps == _FINFO_EPS:
+        layer.variance_epsilon = None  # as torch.nn.RMSNorm: finfo(x.dtype).eps per call
     layer.__dict__.pop("weight", None)
     for name in _SHARED:
         if name in module.__dict__:
