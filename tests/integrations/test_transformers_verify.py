@@ -341,3 +341,28 @@ def test_training_model_warns_at_apply():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         apply(_seq(LlamaNorm()))
+
+
+class EpsRMSNorm(LlamaNorm):
+    """Reads ``eps`` (a read-only alias on opir's layers)."""
+
+    def __init__(self):
+        super().__init__()
+        del self.variance_epsilon
+        self.eps = 1e-6
+
+    def forward(self, hidden_states):
+        h = hidden_states.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(hidden_states.dtype)
+
+
+@pytest.mark.parametrize(("cls", "name"), [(LlamaNorm, "variance_epsilon"), (EpsRMSNorm, "eps")])
+def test_attribute_set_after_apply_is_not_ignored(cls, name):
+    model = _seq(_random_weight(cls()))
+    stock = copy.deepcopy(model)
+    apply(model, priority=NATIVE)
+    for m in (model[0], stock[0]):
+        setattr(m, name, 0.5)
+    x = _x(3, H) * 0.1  # rows whose mean square is near eps: the eps matters
+    assert torch.equal(model(x), stock(x))

@@ -187,12 +187,31 @@ class _Applied:
         original = self.__dict__["_opir_original"]
         return type(original).forward(original, *args, **kwargs)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """An attribute set after ``apply`` (``norm.variance_epsilon = 1e-5``) reaches the
+        original too, and the envelope is emptied: every key is verified again against
+        the changed module, so a verdict never outlives the state it was made on."""
+        d = self.__dict__
+        original = d.get("_opir_original")
+        if original is None or name.startswith("_") or name in _LAYER_OWN:
+            return super().__setattr__(name, value)
+        if isinstance(getattr(type(self), name, None), property):
+            setattr(original, name, value)  # e.g. ``eps``: a read-only alias on the layer
+        else:
+            super().__setattr__(name, value)
+            if name not in self._parameters and name not in self._buffers:
+                setattr(original, name, value)  # the parameter/buffer dicts are shared
+        d["opir_envelope"].clear()
+
     def _opir_verify(self, key: Key, device: torch.device) -> bool:
         spec: _Spec = self.__dict__["_opir_spec"]
         original = self.__dict__["_opir_original"]
         ok = _probe(_reference(original), spec, key, device) is None
         self.opir_envelope[key] = ok
         return ok
+
+
+_LAYER_OWN = frozenset({"training", "opir_priority", "opir_envelope"})
 
 
 class AppliedRMSNorm(_Applied, RMSNorm):
