@@ -366,3 +366,16 @@ def test_attribute_set_after_apply_is_not_ignored(cls, name):
         setattr(m, name, 0.5)
     x = _x(3, H) * 0.1  # rows whose mean square is near eps: the eps matters
     assert torch.equal(model(x), stock(x))
+
+
+def test_calls_under_autocast_run_the_original():
+    model = _seq(_random_weight(LlamaNorm()))
+    stock = copy.deepcopy(model)
+    apply(model, priority=NATIVE)
+    x = _x(3, H)
+    with torch.autocast("cpu", dtype=torch.bfloat16), opir.trace() as trace:
+        assert torch.equal(model(x), stock(x))
+    assert trace.records == []  # never probed under autocast: the original ran
+    with opir.trace() as trace:
+        model(x)
+    assert [r.provider for r in trace.records] == ["native"]

@@ -60,7 +60,7 @@ _SHARED = (
     "_load_state_dict_post_hooks",
 )
 
-Key = tuple  # (x dtype, other dtype | None, weight dtype | None, rank, device type, width)
+Key = tuple  # (x dtype, other dtype | None, weight dtype | None, rank, device, width, autocast)
 _FINFO_EPS = "finfo"  # an eps of None in torch.nn.RMSNorm: torch.finfo(x.dtype).eps
 
 
@@ -136,6 +136,7 @@ def _key(x: torch.Tensor, other: torch.Tensor | None, weight: torch.Tensor | Non
         x.dim(),
         x.device.type,
         x.shape[-1] if x.dim() else 0,
+        torch.is_autocast_enabled(x.device.type),  # autocast changes the original's ops
     )
 
 
@@ -393,7 +394,7 @@ def _initial_keys(
                 others += list(dict.fromkeys((base, torch.float32, torch.bfloat16)))
             for o_dtype in others:
                 keys += [
-                    (x_dtype, o_dtype, w_dtype, rank, device.type, width)
+                    (x_dtype, o_dtype, w_dtype, rank, device.type, width, False)
                     for width in widths
                     for rank in _RANKS
                 ]
@@ -401,7 +402,7 @@ def _initial_keys(
 
 
 def _describe(key: Key) -> str:
-    x_dtype, o_dtype, w_dtype, rank, device, width = key
+    x_dtype, o_dtype, w_dtype, rank, device, width, _ = key
     text = f"rank-{rank} {str(x_dtype).removeprefix('torch.')} x of width {width}"
     if o_dtype is not None:
         text += f" with a {str(o_dtype).removeprefix('torch.')} second input"
@@ -426,8 +427,10 @@ def _same(a: Any, b: Any) -> bool:
 def _probe(reference: nn.Module, spec: _Spec, key: Key, device: torch.device) -> str | None:
     """None when every case of ``key`` ran on the reference and the candidate and
     matched bit for bit, leaving the inputs as they were; otherwise why not."""
-    x_dtype, o_dtype, w_dtype, rank, _, width = key
+    x_dtype, o_dtype, w_dtype, rank, _, width, autocast = key
     weight = _weight(reference)
+    if autocast:
+        return f"{_describe(key)}: calls under torch.autocast are not probed"
     if rank not in _RANKS:
         return f"{_describe(key)}: only ranks {_RANKS} are probed"
     if (None if weight is None else weight.dtype) != w_dtype:
