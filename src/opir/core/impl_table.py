@@ -75,7 +75,9 @@ class ImplTable:
         Example::
 
             @opir.ops.rms_norm.register_impl("mine", supports_args=my_check)
-            def my_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0): ...
+            def my_rms_norm(
+                x, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
+            ): ...
         """
         _signature.check_name("provider", provider)
         if provider in RESERVED_PROVIDERS:
