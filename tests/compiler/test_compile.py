@@ -156,8 +156,9 @@ def test_new_impl_recompiles(make_op):
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> torch.Tensor:
-        return rms_norm.native(x, weight, epsilon, variance_size)
+        return rms_norm.native(x, weight, epsilon, variance_size, weight_bias, fp32_multiply)
 
     op.set_default(["spy"])
     compiled(x, w)

@@ -56,6 +56,18 @@ def test_variance_size_and_gemma_weight_carry_over():
     _run(gm, gemma, *args, dtype=torch.bfloat16)
 
 
+def test_fp32_multiply_carries_over():
+    def olmo(x, r, w):
+        return rms_norm(x + r, w, 1e-6, None, 0.0, True)
+
+    x, r, w = torch.randn(4, 16).bfloat16(), torch.randn(4, 16).bfloat16(), torch.randn(16)
+    args = (x, r, w.bfloat16())
+    fired, _, gm = _fused(olmo, *args)
+    assert fired == 1
+    (node,) = [n for n, _, _ in opir_nodes(gm.graph)]
+    assert tuple(node.args[4:]) == (None, 0.0, True)
+
+
 def _bias(x, r, w):
     return rms_norm(x + r[0], w, 1e-6)  # broadcast: not a residual add
 

@@ -68,14 +68,85 @@ FAMILIES: dict[str, tuple[str, dict]] = {
 }
 
 
+# Families covered once their numerics entered the contract (fp32_multiply, weightless
+# norms, per-key envelopes): checked on logits only (tests/integrations/test_coverage.py).
+_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
+COVERAGE: dict[str, tuple[str, dict]] = {
+    "olmo3": ("Olmo3Config", {}),
+    "flex_olmo": ("FlexOlmoConfig", dict(num_experts=4, num_experts_per_tok=2)),
+    "gpt_oss": ("GptOssConfig", dict(num_local_experts=4, num_experts_per_tok=2)),
+    "helium": ("HeliumConfig", {}),
+    "afmoe": ("AfmoeConfig", _MOE),
+    "nanochat": ("NanoChatConfig", {}),
+    "falcon_mamba": ("FalconMambaConfig", dict(mixer_rms_eps=1e-6)),
+    "falcon_h1": (
+        "FalconH1Config",
+        dict(
+            mamba_d_ssm=64,
+            mamba_n_heads=4,
+            mamba_d_head=16,
+            mamba_n_groups=2,
+            mamba_d_state=16,
+            mamba_chunk_size=16,
+            mamba_rms_norm=True,  # the gated norm (n_groups layout, fp32 multiply)
+        ),
+    ),
+    "nemotron_h": (
+        "NemotronHConfig",
+        dict(
+            hybrid_override_pattern="M*",
+            mamba_num_heads=4,
+            mamba_head_dim=16,
+            n_groups=2,
+            ssm_state_size=16,
+            chunk_size=16,
+        ),
+    ),
+    "gemma3n": (
+        "Gemma3nTextConfig",
+        dict(
+            layer_types=["sliding_attention", "full_attention"],
+            num_kv_shared_layers=0,
+            activation_sparsity_pattern=[0.0, 0.0],
+            hidden_size_per_layer_input=16,
+            vocab_size_per_layer_input=128,
+            laurel_rank=8,
+            altup_num_inputs=2,
+        ),
+    ),
+}
+
+
 def build(family: str, dtype: torch.dtype) -> torch.nn.Module:
-    config_name, extra = FAMILIES[family]
+    config_name, extra = FAMILIES.get(family) or COVERAGE[family]
     kwargs = dict(extra) if family == "mamba2" else {**_COMMON, **extra}
     config = getattr(transformers, config_name)(**kwargs)
     config._attn_implementation = "eager"
     torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config).to(dtype).eval()
+    if family == "gemma3n":  # its text-only causal LM is not in the Auto mapping
+        model = transformers.Gemma3nForCausalLM(config).to(dtype).eval()
+    else:
+        model = transformers.AutoModelForCausalLM.from_config(config).to(dtype).eval()
     with torch.no_grad():  # non-trivial norm weights (init is ones / zeros)
+        for name, p in model.named_parameters():
+            if "norm" in name and p.dim() == 1:
+                p.copy_(torch.randn_like(p, dtype=torch.float32) * 0.3 + 0.1)
+    return model
+
+
+def build_t5(dtype: torch.dtype) -> torch.nn.Module:
+    config = transformers.T5Config(
+        vocab_size=128,
+        d_model=64,
+        d_kv=16,
+        d_ff=128,
+        num_layers=1,
+        num_heads=4,
+        decoder_start_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = transformers.T5ForConditionalGeneration(config).to(dtype).eval()
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name and p.dim() == 1:
                 p.copy_(torch.randn_like(p, dtype=torch.float32) * 0.3 + 0.1)

@@ -19,10 +19,9 @@ CASES = [(f, d) for f in FAMILIES for d in DTYPES]
 IDS = [f"{f}-{str(d).removeprefix('torch.')}" for f, d in CASES]
 IDS_INPUT = torch.randint(3, 128, (1, 10), generator=torch.Generator().manual_seed(0))
 
-# Known exception, verified by apply's probe and reported (see docs/transformers.md):
-# OLMo-2 multiplies the fp32-normalised x by a bf16 weight before rounding once;
-# opir's rms_norm with a same-dtype weight rounds first (Llama's contract).
-LEFT_ALONE = {("olmo2", torch.bfloat16): "Olmo2RMSNorm"}
+# (family, dtype) -> a class apply's probe leaves alone there. None today: OLMo-2 in
+# bf16 (multiply in fp32, round once) is covered by the ops' fp32_multiply.
+LEFT_ALONE: dict[tuple[str, torch.dtype], str] = {}
 
 
 def _logits(model):
@@ -152,10 +151,12 @@ def test_layers_chosen_carry_the_hf_semantics():
     assert any(isinstance(m, GemmaRMSNorm) for m in model.modules())
 
 
-def test_olmo2_bf16_left_alone_with_reason():
-    report = apply(build("olmo2", torch.bfloat16))
-    count, why = report.left_alone["Olmo2RMSNorm"]
-    assert count == 9 and "numerics differ" in why and "bfloat16" in why
+def test_olmo2_bf16_is_covered_by_fp32_multiply():
+    model = build("olmo2", torch.bfloat16)
+    report = apply(model)
+    assert report.replaced == {"Olmo2RMSNorm": (9, "RMSNorm")} and not report.left_alone
+    assert model.model.norm.opir_original.__class__.__name__ == "Olmo2RMSNorm"
+    assert all(m._opir_spec.fp32_multiply for m in model.modules() if hasattr(m, "_opir_spec"))
 
 
 class UnknownRMSNorm(torch.nn.Module):

@@ -70,7 +70,7 @@ def _twin_with_rejecting_first(selected: Impl) -> Iterator[Op[..., Any]]:
     """rms_norm's twin with priority [rejects, <selected impl>]; unregistered afterwards."""
     twin = register_op(name="bench_dispatch_twin")(rms_norm.native)
 
-    def rejects(x, weight, epsilon, variance_size=None, weight_bias=0.0):
+    def rejects(x, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False):
         return False
 
     twin.register_impl("bench_rejects", supports_args=rejects)(rms_norm.native)

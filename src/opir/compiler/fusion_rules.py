@@ -75,14 +75,14 @@ def residual_add(h: object) -> tuple[fx.Node, fx.Node] | str:
 
 
 def _add_rms_norm(node: fx.Node, args: tuple) -> Fused | str:
-    h, weight, epsilon, variance_size, weight_bias = args
+    h, weight, epsilon, variance_size, weight_bias, fp32_multiply = args
     operands = residual_add(h)
     if isinstance(operands, str):
         return operands
     x, residual = operands
     return Fused(
         fused_add_rms_norm,
-        (x, residual, weight, epsilon, variance_size, weight_bias),
+        (x, residual, weight, epsilon, variance_size, weight_bias, fp32_multiply),
         {0: node, 1: h},
         (val(node), val(h)),
         dead=(h,),
@@ -131,7 +131,9 @@ def _all_reduce_norm(
 
 
 def _all_reduce_add_rms_norm(node: fx.Node, args: tuple) -> Fused | str | None:
-    h, weight, epsilon, variance_size, bias = args
+    h, weight, epsilon, variance_size, bias, fp32_multiply = args
+    if fp32_multiply:  # all_reduce_rms_norm has no fp32_multiply: leave it to add_rms_norm
+        return None
     operands = residual_add(h)
     if isinstance(operands, str):
         return None
@@ -146,7 +148,9 @@ def _all_reduce_add_rms_norm(node: fx.Node, args: tuple) -> Fused | str | None:
 
 
 def _all_reduce_fused_add_rms_norm(node: fx.Node, args: tuple) -> Fused | str | None:
-    reduced, residual, weight, epsilon, variance_size, bias = args
+    reduced, residual, weight, epsilon, variance_size, bias, fp32_multiply = args
+    if fp32_multiply:  # all_reduce_rms_norm has no fp32_multiply
+        return None
     x = _reduced(reduced, single_use=True)
     if x is None:
         return None
@@ -157,7 +161,9 @@ def _all_reduce_fused_add_rms_norm(node: fx.Node, args: tuple) -> Fused | str | 
 
 
 def _all_reduce_rms_norm(node: fx.Node, args: tuple) -> Fused | str | None:
-    reduced, weight, epsilon, variance_size, bias = args
+    reduced, weight, epsilon, variance_size, bias, fp32_multiply = args
+    if fp32_multiply:  # all_reduce_rms_norm has no fp32_multiply
+        return None
     x = _reduced(reduced, single_use=False)
     if x is None:
         return None

@@ -28,7 +28,7 @@ from opir.ops import rms_norm_gated
 
 def _gated_norm(
     x: object, gate: object, weight: object, epsilon: object, group_size: object = None,
-    norm_before_gate: object = False,
+    norm_before_gate: object = False, fp32_multiply: object = False,
 ) -> tuple[str, ...]:  # fmt: skip
     if not (isinstance(x, torch.Tensor) and isinstance(gate, torch.Tensor)):
         return ()

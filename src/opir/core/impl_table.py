@@ -81,6 +81,7 @@ class ImplTable:
                 epsilon: float,
                 variance_size: int | None = None,
                 weight_bias: float = 0.0,
+                fp32_multiply: bool = False,
             ) -> torch.Tensor: ...
 
         Providers with kernels of their own use ``opir.providers.kit.Provider``,

@@ -3,21 +3,29 @@
 ``apply(model)`` finds every norm-like module (class name ending in ``RMSNorm`` or
 ``RMSNormGated``, a class ``transformers``/``kernels`` marks with the hub layer
 name ``RMSNorm``/``RMSNormGated``, or any module with a ``weight`` Parameter and a
-float ``variance_epsilon``), and replaces it with an opir layer that shares
-the *same* ``Parameter`` object, so weights loaded later (``load_state_dict``,
-``param.data.copy_``) reach the opir layer.
+float ``variance_epsilon``) and replaces it, under every parent that holds it,
+with an opir layer that shares the module's own parameter, buffer and hook
+dictionaries: weights loaded later (also ``load_state_dict(assign=True)``),
+``.to()`` conversions and hooks reach both, and ``state_dict`` is unchanged.
 
-Nothing is replaced on trust: for each (class, weight dtype) the candidate opir
-layer is checked against the module's own ``forward`` on random inputs (random
-weight, ``x`` in the weight's dtype and in fp32, gate in both) with priority
-``native``; only a bit-identical candidate is used. A class no candidate matches
-is left alone and the report says why. ``transformers`` itself is not imported.
+Nothing is replaced on trust. The candidate opir computations are checked
+against the class's own ``forward`` function (called directly, so no hook runs)
+on a deep copy with random parameters and buffers, with priority ``native``.
+Each **envelope key** -- (x dtype, second input's dtype or None, weight dtype,
+rank, device type) -- is verified on its own and only when every probe case of
+that key ran on both and matched bit for bit; inputs are compared before and
+after, so neither side may modify them. The applied layer computes with opir only
+inside its verified keys; a key never seen (after ``.to(bfloat16)``, on another
+device) is verified on first use (eagerly; under ``torch.compile`` it runs the
+original), and outside, or for argument forms never probed, the original class's
+``forward`` runs on the original module. ``transformers`` itself is not imported.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,17 +33,41 @@ import torch
 from torch import nn
 
 import opir
+from opir.core.config import resolve_config
 from opir.layers import GemmaRMSNorm, RMSNorm, RMSNormGated
+from opir.ops import fused_add_rms_norm, rms_norm, rms_norm_gated
 
-_ORIGINALS = "_opir_originals"
 _HUB_NAMES = ("RMSNorm", "RMSNormGated")
-_OPS = ("rms_norm", "fused_add_rms_norm", "rms_norm_gated")
+_NATIVE = {op: ["native"] for op in ("rms_norm", "fused_add_rms_norm", "rms_norm_gated")}
+_RANKS = (1, 2, 3, 4)
+_LEADING = {1: [()], 2: [(3,), (1,)], 3: [(2, 5), (1, 1)], 4: [(2, 3, 2)]}
+_PLAIN = (int, float, bool, str, type(None), torch.dtype)
+# Module state the applied layer shares with the original (by reference, not copied).
+_SHARED = (
+    "_parameters",
+    "_buffers",
+    "_non_persistent_buffers_set",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_state_dict_hooks",
+    "_state_dict_pre_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+
+Key = tuple  # (x dtype, other dtype | None, weight dtype | None, rank, device, width, autocast)
+_FINFO_EPS = "finfo"  # an eps of None in torch.nn.RMSNorm: torch.finfo(x.dtype).eps
 
 
 @dataclass
 class ApplyReport:
-    """What ``apply`` did: per original class, the count replaced and by which opir
-    layer; per class left alone, the count and the reason."""
+    """What ``apply`` did: per original class, the count of modules replaced and by
+    which opir layer; per class left alone, the count and the reason."""
 
     replaced: dict[str, tuple[int, str]] = field(default_factory=dict)
     left_alone: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -69,6 +101,139 @@ class ApplyReport:
         return table
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """What an applied layer computes (plain data: pickles, deep-copies, compares)."""
+
+    kind: str  # the opir layer: "RMSNorm", "GemmaRMSNorm" or "RMSNormGated"
+    eps: float | str  # or _FINFO_EPS
+    uses_weight: bool
+    second: str | None  # the role of forward's second argument: None, "residual", "gate"
+    weight_bias: float = 0.0
+    group_size: int | None = None
+    norm_before_gate: bool = False
+    fp32_multiply: bool = False  # the ops' "multiply in fp32, round once"
+
+
+def _compute(spec: _Spec, weight: torch.Tensor | None, x: torch.Tensor, other) -> Any:
+    """The opir ops for ``spec``; functional only: the caller's tensors are never donated."""
+    w = weight if spec.uses_weight else None
+    eps, once = spec.eps, spec.fp32_multiply
+    if eps == _FINFO_EPS:
+        eps = torch.finfo(x.dtype).eps
+    if spec.kind == "RMSNormGated":
+        return rms_norm_gated(x, other, w, eps, spec.group_size, spec.norm_before_gate, once)
+    if other is None:
+        return rms_norm(x, w, eps, None, spec.weight_bias, once)
+    return fused_add_rms_norm(x, other, w, eps, None, spec.weight_bias, once)
+
+
+def _key(x: torch.Tensor, other: torch.Tensor | None, weight: torch.Tensor | None) -> Key:
+    return (
+        x.dtype,
+        None if other is None else other.dtype,
+        None if weight is None else weight.dtype,
+        x.dim(),
+        x.device.type,
+        x.shape[-1] if x.dim() else 0,
+        torch.is_autocast_enabled(x.device.type),  # autocast changes the original's ops
+    )
+
+
+def _bind(names: tuple[str, ...], args: tuple, kwargs: dict) -> tuple | None:
+    """(x, second) from a call in the original forward's argument names, or None
+    for a call form the applied layer does not compute (then the original runs)."""
+    if len(args) > len(names) or len(args) + len(kwargs) > len(names):
+        return None
+    values: list = list(args) + [None] * (len(names) - len(args))
+    for name, value in kwargs.items():
+        if name not in names or names.index(name) < len(args):
+            return None
+        values[names.index(name)] = value
+    x = values[0]
+    other = values[1] if len(values) > 1 else None
+    if not isinstance(x, torch.Tensor) or not (other is None or isinstance(other, torch.Tensor)):
+        return None
+    return x, other
+
+
+class _Applied:
+    """Mixin of the applied layers: the envelope check, the priority scope and the
+    original's ``forward`` outside the envelope. Its state is plain data in the
+    instance ``__dict__``; the original module is kept there unregistered."""
+
+    opir_priority: dict[str, list[str]] | None
+    opir_envelope: dict[Key, bool]
+
+    @property
+    def opir_original(self) -> nn.Module:
+        """The module ``apply`` replaced (sharing this layer's parameters and hooks)."""
+        return self.__dict__["_opir_original"]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        spec: _Spec = self.__dict__["_opir_spec"]
+        bound = _bind(self.__dict__["_opir_names"], args, kwargs)
+        if bound is not None:
+            x, other = bound
+            weight = self.weight if spec.uses_weight else None
+            key = _key(x, other, weight)
+            ok = self.opir_envelope.get(key)
+            if ok is None and not torch.compiler.is_compiling():
+                ok = self._opir_verify(key, x.device)
+            if ok:
+                if self.opir_priority is None:
+                    return _compute(spec, weight, x, other)
+                with opir.priority(self.opir_priority):
+                    return _compute(spec, weight, x, other)
+        original = self.__dict__["_opir_original"]
+        return type(original).forward(original, *args, **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """An attribute set after ``apply`` (``norm.variance_epsilon = 1e-5``) reaches the
+        original too, and the envelope is emptied: every key is verified again against
+        the changed module, so a verdict never outlives the state it was made on."""
+        d = self.__dict__
+        original = d.get("_opir_original")
+        if original is None or name.startswith("_") or name in _LAYER_OWN:
+            return super().__setattr__(name, value)
+        if isinstance(getattr(type(self), name, None), property):
+            setattr(original, name, value)  # e.g. ``eps``: a read-only alias on the layer
+        else:
+            super().__setattr__(name, value)
+            if name not in self._parameters and name not in self._buffers:
+                setattr(original, name, value)  # the parameter/buffer dicts are shared
+        d["opir_envelope"].clear()
+
+    def _opir_verify(self, key: Key, device: torch.device) -> bool:
+        spec: _Spec = self.__dict__["_opir_spec"]
+        original = self.__dict__["_opir_original"]
+        ok = _probe(_reference(original), spec, key, device) is None
+        self.opir_envelope[key] = ok
+        return ok
+
+
+_LAYER_OWN = frozenset({"training", "opir_priority", "opir_envelope"})
+
+
+class AppliedRMSNorm(_Applied, RMSNorm):
+    """``RMSNorm`` in place of a verified module (see the module docstring)."""
+
+
+class AppliedGemmaRMSNorm(_Applied, GemmaRMSNorm):
+    """``GemmaRMSNorm`` in place of a verified module (see the module docstring)."""
+
+
+class AppliedRMSNormGated(_Applied, RMSNormGated):
+    """``RMSNormGated`` in place of a verified module (see the module docstring)."""
+
+
+_LAYERS = {
+    "RMSNorm": AppliedRMSNorm,
+    "GemmaRMSNorm": AppliedGemmaRMSNorm,
+    "RMSNormGated": AppliedRMSNormGated,
+}
+
+
 def _is_norm_like(module: nn.Module) -> bool:
     cls = type(module)
     hub = getattr(cls, "kernel_layer_name", None)
@@ -80,148 +245,406 @@ def _is_norm_like(module: nn.Module) -> bool:
     )
 
 
-def _eps(module: nn.Module) -> float | None:
+def _eps(module: nn.Module) -> float | str | None:
     for name in ("variance_epsilon", "eps"):
         value = getattr(module, name, None)
         if isinstance(value, float):
             return value
+    if "eps" in vars(module) and module.eps is None and isinstance(module, nn.RMSNorm):
+        return _FINFO_EPS  # torch.nn.RMSNorm(eps=None): the machine epsilon of x's dtype
     return None
 
 
-def _candidates(module: nn.Module, eps: float) -> list[tuple[str, nn.Module]]:
-    """opir layers that may compute what ``module`` computes (verified afterwards)."""
-    weight = module.weight
-    hidden = weight.shape[0]
-    params = inspect.signature(module.forward).parameters
-    if "gate" in params:
-        group = getattr(module, "group_size", None)
-        group = group if isinstance(group, int) else None
-        return [
-            ("RMSNormGated", RMSNormGated(hidden, eps, group, before, dtype=weight.dtype))
-            for before in (False, True)
-        ]
-    return [("RMSNorm", RMSNorm(hidden, eps)), ("GemmaRMSNorm", GemmaRMSNorm(hidden, eps))]
+def _widths(module: nn.Module) -> list[int]:
+    """The last-dim sizes probed at apply time (others are verified on first use)."""
+    weight = _weight(module)
+    if weight is not None:
+        return [weight.shape[0]]
+    for name in ("normalized_shape", "hidden_size", "dim"):
+        value = getattr(module, name, None)
+        if isinstance(value, tuple) and len(value) == 1:
+            value = value[0]
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return [value]
+    return [64]
 
 
-def _probe_inputs(module: nn.Module, dtype: torch.dtype, gated: bool) -> list[tuple]:
-    gen = torch.Generator().manual_seed(0)
-    hidden = module.weight.shape[0]
-    device = module.weight.device
-    dtypes = list(dict.fromkeys((dtype, torch.float32)))
-    cases = []
-    for x_dtype in dtypes:
-        x = (3 * torch.randn(3, hidden, generator=gen)).to(device, x_dtype)
-        if not gated:
-            cases.append((x,))
-            continue
-        for g_dtype in dtypes:
-            cases.append((x, torch.randn(3, hidden, generator=gen).to(device, g_dtype)))
-        cases.append((x, None))
-    return cases
+def _weight(module: nn.Module) -> torch.Tensor | None:
+    """The weight Parameter the norm may multiply by (None: a weightless candidate)."""
+    return module._parameters.get("weight")
 
 
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+def _call_form(module: nn.Module) -> tuple[tuple[str, ...], str | None] | str:
+    """(argument names the applied layer binds, role of the second) or why not."""
+    try:
+        params = list(inspect.signature(type(module).forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return "forward has no inspectable signature"
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if not params or params[0].kind not in positional:
+        return "forward does not take the input as its first positional argument"
+    names = (params[0].name,)
+    second = None
+    if len(params) > 1 and params[1].kind in positional and params[1].name == "gate":
+        second = "gate"
+    elif len(params) > 1 and params[1].kind in positional and "residual" in params[1].name:
+        second = "residual"
+    if second is not None:
+        if params[1].default is not None and params[1].default is not inspect.Parameter.empty:
+            # A call without it would not mean "no second input" (the keys probe that).
+            return f"forward's {params[1].name} has a default other than None"
+        names += (params[1].name,)
+    required = [
+        p.name
+        for p in params[len(names) :]
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if required:
+        return f"forward requires arguments opir does not take: {', '.join(required)}"
+    return names, second
 
 
-def _match(module: nn.Module) -> tuple[str, type, dict] | str:
-    """The matching (layer name, layer class, kwargs) for ``module``, or why none."""
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, nn.Parameter) or weight.dim() != 1:
-        return "no 1-D weight Parameter (e.g. a weightless or layer-norm variant)"
-    if not weight.dtype.is_floating_point or weight.device.type == "meta":
-        return f"weight is {weight.dtype} on {weight.device}: cannot verify"
-    eps = _eps(module)
-    if eps is None:
+def _structure(module: nn.Module) -> str | None:
+    """Why ``module``'s state or code path is out of reach of the probe, or None."""
+    if "forward" in module.__dict__:
+        return "forward is patched on the instance (e.g. an accelerate hook): cannot verify it"
+    if any(True for _ in module.children()):
+        return "has submodules"
+    extra = [n for n, p in module._parameters.items() if n != "weight" and p is not None]
+    if extra:
+        return f"has parameters beyond weight ({', '.join(extra)})"
+    weight = _weight(module)
+    if weight is not None:
+        if weight.dim() != 1 or not weight.dtype.is_floating_point:
+            return f"weight is not a 1-D floating tensor ({weight.dtype}, {list(weight.shape)})"
+        if weight.device.type == "meta":
+            return "weight is on the meta device: cannot verify"
+    if type(module).get_extra_state is not nn.Module.get_extra_state:
+        return "has extra state opir's layer would not keep"
+    tensors = [
+        n for n, v in vars(module).items() if isinstance(v, torch.Tensor) and not n.startswith("_")
+    ]
+    if tensors:
+        return f"holds tensors outside its parameters and buffers ({', '.join(tensors)})"
+    if _eps(module) is None:
         return "no float epsilon attribute (variance_epsilon / eps)"
-    if any(True for _ in module.children()) or len(list(module.parameters())) != 1:
-        return "has submodules or extra parameters beyond weight"
-    gated = "gate" in inspect.signature(module.forward).parameters
-    reference = copy.deepcopy(module)
-    with torch.no_grad():
+    return None
+
+
+def _hidden(module: nn.Module) -> int | None:
+    weight = _weight(module)
+    return None if weight is None else weight.shape[0]
+
+
+def _candidates(module: nn.Module, second: str | None) -> list[_Spec]:
+    eps = _eps(module)
+    assert eps is not None
+    weight = _weight(module)
+    if second == "gate":
+        hidden = weight.shape[0] if weight is not None else None
+        groups: list[int | None] = []
+        group = getattr(module, "group_size", None)
+        if isinstance(group, int) and not isinstance(group, bool):
+            groups.append(group)
+        n_groups = getattr(module, "n_groups", None)
+        if isinstance(n_groups, int) and hidden and n_groups > 0 and hidden % n_groups == 0:
+            groups.append(hidden // n_groups)
+        groups.append(None)
+        return [
+            _Spec("RMSNormGated", eps, weight is not None, second, 0.0, g, before, once)
+            for g in dict.fromkeys(groups)
+            for before in (False, True)
+            for once in ((False, True) if weight is not None else (False,))
+        ]
+    if weight is None:
+        return [_Spec("RMSNorm", eps, False, second)]
+    return [
+        _Spec("RMSNorm", eps, True, second),
+        _Spec("RMSNorm", eps, True, second, fp32_multiply=True),
+        _Spec("GemmaRMSNorm", eps, True, second, weight_bias=1.0),
+    ]
+
+
+def _reference(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with random floating parameters and buffers (a buffer the
+    forward reads then changes the output, so a candidate that ignores it fails)."""
+    with torch.inference_mode(False), torch.no_grad():
+        reference = copy.deepcopy(module)
         gen = torch.Generator().manual_seed(1)
-        reference.weight.copy_(torch.randn(weight.shape, generator=gen) * 0.5 + 0.25)
-    cases = _probe_inputs(reference, weight.dtype, gated)
-    tried = []
-    for name, layer in _candidates(reference, eps):
-        layer.weight = reference.weight
-        ok = True
-        with torch.no_grad(), opir.priority({op: ["native"] for op in _OPS}):
-            for args in cases:
+        for tensor in [*reference.parameters(), *reference.buffers()]:
+            if tensor.dtype.is_floating_point:
+                values = torch.randn(tensor.shape, generator=gen) * 0.5 + 0.25
+                tensor.copy_(values.to(tensor.device, tensor.dtype))
+    return reference
+
+
+def _initial_keys(
+    w_dtypes: list[torch.dtype | None], second: str | None, device: torch.device, widths: list
+) -> list[Key]:
+    """Home keys (x in the weight's dtype) first, for each weight dtype in ``w_dtypes``."""
+    keys = []
+    for w_dtype in w_dtypes:
+        base = w_dtype or torch.get_default_dtype()
+        for x_dtype in dict.fromkeys((base, torch.float32, torch.bfloat16)):
+            others: list = [None]
+            if second == "residual":
+                others.append(x_dtype)
+            elif second == "gate":
+                others += list(dict.fromkeys((base, torch.float32, torch.bfloat16)))
+            for o_dtype in others:
+                keys += [
+                    (x_dtype, o_dtype, w_dtype, rank, device.type, width, False)
+                    for width in widths
+                    for rank in _RANKS
+                ]
+    return keys
+
+
+def _describe(key: Key) -> str:
+    x_dtype, o_dtype, w_dtype, rank, device, width, _ = key
+    text = f"rank-{rank} {str(x_dtype).removeprefix('torch.')} x of width {width}"
+    if o_dtype is not None:
+        text += f" with a {str(o_dtype).removeprefix('torch.')} second input"
+    if w_dtype is not None:
+        text += f", {str(w_dtype).removeprefix('torch.')} weight"
+    return text + f" on {device}"
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return (
+            a.dtype == b.dtype
+            and a.shape == b.shape
+            and a.device == b.device
+            and (torch.equal(a, b))
+        )
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b):
+        return all(_same(p, q) for p, q in zip(a, b, strict=True))
+    return False
+
+
+def _probe(reference: nn.Module, spec: _Spec, key: Key, device: torch.device) -> str | None:
+    """None when every case of ``key`` ran on the reference and the candidate and
+    matched bit for bit, leaving the inputs as they were; otherwise why not."""
+    x_dtype, o_dtype, w_dtype, rank, _, width, autocast = key
+    weight = _weight(reference)
+    if autocast:
+        return f"{_describe(key)}: calls under torch.autocast are not probed"
+    if rank not in _RANKS:
+        return f"{_describe(key)}: only ranks {_RANKS} are probed"
+    if (None if weight is None else weight.dtype) != w_dtype:
+        return f"{_describe(key)}: the weight's dtype changed"
+    hiddens = [width]
+    name = spec.kind + (" (fp32_multiply)" if spec.fp32_multiply else "")
+    forward = type(reference).forward
+    gen = torch.Generator().manual_seed(2)
+    ran = 0
+    with torch.inference_mode(False), torch.no_grad(), opir.priority(_NATIVE):
+        for hidden in hiddens:
+            for lead in _LEADING[rank]:
+                shape = (*lead, hidden)
+                scale = torch.exp(torch.randn((*lead, 1), generator=gen) * 2)
+                x = (torch.randn(shape, generator=gen) * scale).to(device, x_dtype)
+                other = None
+                if o_dtype is not None:
+                    other = torch.randn(shape, generator=gen).to(device, o_dtype)
+                args = (x,) if other is None else (x, other)
+                saved = [a.clone() for a in args]
+                what = f"{_describe(key)} {list(shape)}"
                 try:
-                    expected = reference(*args)
-                except Exception:  # the module itself rejects this input (e.g. gate=None)
-                    continue
-                if not _same(layer(*args), expected):
-                    ok = False
-                    break
-        if ok:
-            kwargs = {"eps": eps}
-            if isinstance(layer, RMSNormGated):
-                kwargs.update(group_size=layer.group_size, norm_before_gate=layer.norm_before_gate)
-            return name, type(layer), kwargs
-        tried.append(name)
-    return (
-        f"numerics differ from every candidate ({', '.join(tried)}) for a {weight.dtype} "
-        "weight: no opir contract computes this class's forward bit-exactly"
+                    expected = forward(reference, *args)
+                except Exception as e:  # any failure means "not verified"
+                    return f"its forward raises on {what} ({type(e).__name__})"
+                if not all(_same(a, s) for a, s in zip(args, saved, strict=True)):
+                    return f"its forward modifies its inputs ({what})"
+                want = tuple if spec.second == "residual" and other is not None else torch.Tensor
+                if not isinstance(expected, want):
+                    return f"its forward returns {type(expected).__name__} on {what}"
+                try:
+                    got = _compute(spec, weight, x, other)
+                except Exception as e:
+                    return f"opir's {name} raises on {what} ({type(e).__name__}: {e})"
+                if not all(_same(a, s) for a, s in zip(args, saved, strict=True)):
+                    return f"opir's {name} modifies its inputs ({what})"
+                if not _same(got, expected):
+                    return f"numerics differ from opir's {name} on {what}"
+                ran += 1
+    return None if ran else f"{_describe(key)}: no probe case ran"
+
+
+@dataclass
+class _Verdict:
+    spec: _Spec
+    names: tuple[str, ...]
+    envelope: dict[Key, bool]
+
+
+def _verdict(module: nn.Module) -> _Verdict | str:
+    """The best verified candidate for ``module`` (most envelope keys), or why none."""
+    why = _structure(module)
+    if why is not None:
+        return why
+    form = _call_form(module)
+    if isinstance(form, str):
+        return form
+    names, second = form
+    weight = _weight(module)
+    device = weight.device if weight is not None else torch.device("cpu")
+    references = {None if weight is None else weight.dtype: _reference(module)}
+    if weight is not None and weight.dtype != torch.bfloat16:
+        # What model.to(bfloat16) makes of it: verified now, so the choice between
+        # candidates that agree in fp32 (rounding before or after the weight) is informed.
+        with torch.inference_mode(False):
+            references[torch.bfloat16] = copy.deepcopy(references[weight.dtype]).bfloat16()
+    keys = _initial_keys(list(references), second, device, _widths(module))
+    home_dtype = None if weight is None else weight.dtype
+    best: _Verdict | None = None
+    reasons = []
+    for spec in _candidates(module, second):
+        envelope: dict[Key, bool] = {}
+        first_failure = None
+        for key in keys:
+            home = key[2] == home_dtype and (weight is None or key[0] == home_dtype)
+            if not home and not any(envelope.values()):
+                break  # no home key verified: this candidate is out
+            failure = _probe(references[key[2]], spec, key, device)
+            envelope[key] = failure is None
+            first_failure = first_failure or failure
+        # Replaced only when the calls the model makes -- x in the weight's own dtype --
+        # verify at some rank; other keys verified as well widen the envelope.
+        if any(envelope.values()) and (
+            best is None or sum(envelope.values()) > sum(best.envelope.values())
+        ):
+            best = _Verdict(spec, names, envelope)
+        if first_failure is not None:
+            reasons.append(first_failure)
+    if best is None:
+        return "no opir candidate matched on any probe of x in the weight's dtype: " + "; ".join(
+            reasons[:2]
+        )
+    return best
+
+
+def _cache_key(module: nn.Module) -> tuple | None:
+    """Everything a verdict depends on, or None when that cannot be told (then the
+    module is verified on its own)."""
+    attrs = []
+    for name, value in sorted(vars(module).items()):
+        if name.startswith("_") or name == "training":
+            continue
+        if not isinstance(value, _PLAIN):
+            return None
+        attrs.append((name, type(value), value))
+    tensors = tuple(
+        (kind, name, None if t is None else (t.dtype, tuple(t.shape), t.device))
+        for kind, table in (("p", module._parameters), ("b", module._buffers))
+        for name, t in table.items()
     )
+    return (type(module), tuple(attrs), tensors, tuple(module._non_persistent_buffers_set))
 
 
-def _with_priority(layer: nn.Module, priority: dict[str, list[str]]) -> None:
-    forward = layer.forward
+def _make_layer(module: nn.Module, verdict: _Verdict, priority: dict | None) -> nn.Module:
+    spec = verdict.spec
+    hidden = _hidden(module)
+    size = hidden or 1
+    eps = 0.0 if spec.eps == _FINFO_EPS else spec.eps
+    if spec.kind == "RMSNormGated":
+        layer = AppliedRMSNormGated(size, eps, spec.group_size, spec.norm_before_gate)
+    else:
+        layer = _LAYERS[spec.kind](size, eps)
+    layer.hidden_size = hidden  # None for a weightless norm: any width
+    if spec.eps == _FINFO_EPS:
+        layer.variance_epsilon = None  # as torch.nn.RMSNorm: finfo(x.dtype).eps per call
+    layer.__dict__.pop("weight", None)
+    for name in _SHARED:
+        if name in module.__dict__:
+            layer.__dict__[name] = module.__dict__[name]
+    layer.__dict__.update(
+        _opir_original=module,
+        _opir_spec=spec,
+        _opir_names=verdict.names,
+        opir_envelope=dict(verdict.envelope),
+        opir_priority=priority,
+    )
+    layer.train(module.training)
+    return layer
 
-    def prioritised(*args, **kwargs):
-        with opir.priority(priority):
-            return forward(*args, **kwargs)
 
-    layer.forward = prioritised
+def _plain_priority(priority: Any) -> dict[str, list[str]]:
+    """``priority`` validated now (a typo fails here, not at every later forward) and
+    copied into plain data."""
+    resolved = resolve_config(priority, "opir.integrations.transformers.apply(priority=...)")
+    return {op.name: list(providers) for op, providers in resolved.items()}
 
 
 def apply(model: nn.Module, *, priority: dict[str, list[str]] | None = None) -> ApplyReport:
-    """Replace ``model``'s RMSNorm-family modules by opir layers in place.
+    """Replace ``model``'s RMSNorm-family modules by verified opir layers in place.
 
-    ``priority`` (op name -> providers, as for ``opir.priority``) is scoped around
-    every replaced layer's call (a context manager per call: use it for testing
-    or pinning; leave it None for the process-wide priority, the fast path).
+    ``priority`` (op name -> providers, as for ``opir.priority``) is validated now,
+    stored as plain data on each replaced layer (``layer.opir_priority``) and scoped
+    around its opir call. Layers ``apply`` already placed are left as they are.
     Call ``revert(model)`` to put the original modules back.
     """
+    plain = None if priority is None else _plain_priority(priority)
+    if model.training and any(p.requires_grad for p in model.parameters()):
+        warnings.warn(
+            "opir.integrations.transformers.apply: the model is in training mode with "
+            "parameters that require grad; opir ops are inference-only, so backward() "
+            "through a replaced norm raises. Call model.eval() (and requires_grad_(False)) "
+            "for inference, or do not apply opir to a model you train.",
+            stacklevel=2,
+        )
     report = ApplyReport()
-    originals: dict[str, nn.Module] = model.__dict__.setdefault(_ORIGINALS, {})
-    verdicts: dict[tuple, tuple[str, type, dict] | str] = {}
-    for qualified, module in list(model.named_modules()):
-        if not qualified or not _is_norm_like(module) or qualified in originals:
-            continue
-        cls = type(module).__name__
-        weight = getattr(module, "weight", None)
-        key = (type(module), getattr(weight, "dtype", None), _eps(module))
-        if key not in verdicts:
-            verdicts[key] = _match(module)
-        verdict = verdicts[key]
-        if isinstance(verdict, str):
-            report._add(report.left_alone, cls, verdict)
-            continue
-        name, layer_cls, kwargs = verdict
-        layer = layer_cls(module.weight.shape[0], **kwargs)
-        layer.weight = module.weight  # the same Parameter object: later loads reach it
-        layer.train(module.training)
-        if priority is not None:
-            _with_priority(layer, priority)
-        parent_name, _, child = qualified.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer)
-        originals[qualified] = module
-        report._add(report.replaced, cls, name)
+    verdicts: dict[tuple, _Verdict | str] = {}
+    layers: dict[int, nn.Module] = {}
+    for parent in list(model.modules()):
+        for child_name, module in list(parent._modules.items()):
+            if module is None or isinstance(module, _Applied) or not _is_norm_like(module):
+                continue
+            layer = layers.get(id(module))
+            if layer is None:
+                cls = type(module).__name__
+                cache = _cache_key(module)
+                verdict = verdicts.get(cache) if cache is not None else None
+                if verdict is None:
+                    verdict = _verdict(module)
+                    if cache is not None:
+                        verdicts[cache] = verdict
+                if isinstance(verdict, str):
+                    report._add(report.left_alone, cls, verdict)
+                    layers[id(module)] = module
+                    continue
+                layer = _make_layer(module, verdict, plain)
+                layers[id(module)] = layer
+                report._add(report.replaced, cls, verdict.spec.kind)
+            if layer is not module:
+                parent._modules[child_name] = layer
     return report
 
 
 def revert(model: nn.Module) -> int:
-    """Put back the modules ``apply`` replaced; returns how many."""
-    originals: dict[str, nn.Module] = model.__dict__.pop(_ORIGINALS, {})
-    for qualified, module in originals.items():
-        parent_name, _, child = qualified.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, module)
-    return len(originals)
+    """Put back, under every parent, the modules ``apply`` replaced; returns how many.
+
+    The originals share the applied layers' parameter, buffer and hook dictionaries, so
+    whatever was loaded or assigned meanwhile (``load_state_dict(assign=True)``) stays.
+    """
+    reverted: set[int] = set()
+    for parent in list(model.modules()):
+        for child_name, layer in list(parent._modules.items()):
+            if isinstance(layer, _Applied):
+                original = layer.opir_original
+                original.train(layer.training)
+                parent._modules[child_name] = original
+                reverted.add(id(layer))
+    return len(reverted)
 
 
-__all__ = ["ApplyReport", "apply", "revert"]
+__all__ = [
+    "AppliedGemmaRMSNorm",
+    "AppliedRMSNorm",
+    "AppliedRMSNormGated",
+    "ApplyReport",
+    "apply",
+    "revert",
+]

@@ -9,6 +9,12 @@ a bf16 weight with an fp32 ``x`` (Hugging Face Mamba2's fp32 residual stream)
 multiplies in fp32, as PyTorch's type promotion does in the models' own code.
 The result always has ``x``'s dtype.
 
+``fp32_multiply`` (default False) multiplies by the weight in fp32 whatever the
+weight's dtype, so the result is rounded once, at the end: "multiply in fp32,
+round once" (OLMo-2/3, FlexOlmo, GPT-OSS, Helium, AFMoE, Gemma3n, NemotronH,
+FalconH1: ``(weight * normed_fp32).to(dtype)`` with a 16-bit weight). With an
+fp32 weight, a ``weight_bias`` or no weight it changes nothing.
+
 ``weight_bias`` (default 0.0) makes the effective weight ``f32(weight) +
 weight_bias``, computed in fp32 per call: Gemma-style layers store an offset
 and pass ``weight_bias=1.0`` with the raw parameter, so no derived weight is
@@ -31,10 +37,16 @@ def effective_weight(weight: torch.Tensor | None, weight_bias: float) -> torch.T
 
 
 def apply_weight(
-    y: torch.Tensor, weight: torch.Tensor | None, out_dtype: torch.dtype
+    y: torch.Tensor,
+    weight: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    fp32_multiply: bool = False,
 ) -> torch.Tensor:
-    """``y`` (fp32) times the weight in ``promote_types(out_dtype, weight.dtype)``."""
+    """``y`` (fp32) times the weight in ``promote_types(out_dtype, weight.dtype)``,
+    or in fp32 with ``fp32_multiply``."""
     if weight is not None:
+        if fp32_multiply:
+            return y * weight.float()
         y = y.to(torch.promote_types(out_dtype, weight.dtype)) * weight
     return y
 
@@ -46,11 +58,13 @@ def normalize(
     variance_size: int | None,
     out_dtype: torch.dtype,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
 ) -> torch.Tensor:
     """RMS-normalise the fp32 rows of ``s``, apply the weight, cast to ``out_dtype``."""
     sv = s if variance_size is None else s[..., :variance_size]
     y = s * torch.rsqrt(sv.pow(2).mean(dim=-1, keepdim=True) + epsilon)
-    return apply_weight(y, effective_weight(weight, weight_bias), out_dtype).to(out_dtype)
+    w = effective_weight(weight, weight_bias)
+    return apply_weight(y, w, out_dtype, fp32_multiply).to(out_dtype)
 
 
 @register_op
@@ -60,14 +74,16 @@ def rms_norm(
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
 ) -> torch.Tensor:
     """``x / rms(x) * (weight + weight_bias)`` over the last dim.
 
-    The rms is taken over the first ``variance_size`` columns (all when None).
+    The rms is taken over the first ``variance_size`` columns (all when None);
+    ``fp32_multiply`` multiplies by the weight in fp32 and rounds once.
     """
     check_x_weight(x, weight, "rms_norm")
     check_size(variance_size, x.shape[-1], "variance_size", "rms_norm")
-    return normalize(x.float(), weight, epsilon, variance_size, x.dtype, weight_bias)
+    return normalize(x.float(), weight, epsilon, variance_size, x.dtype, weight_bias, fp32_multiply)
 
 
 @register_op(allow_inplace=True)
@@ -78,13 +94,14 @@ def fused_add_rms_norm(
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``s = x + residual`` in fp32; returns (rms_norm of unrounded s, s rounded to x's dtype)."""
     check_x_weight(x, weight, "fused_add_rms_norm")
     check_like_x(x, x_residual, "x_residual", "fused_add_rms_norm")
     check_size(variance_size, x.shape[-1], "variance_size", "fused_add_rms_norm")
     s = x.float() + x_residual.float()
-    out = normalize(s, weight, epsilon, variance_size, x.dtype, weight_bias)
+    out = normalize(s, weight, epsilon, variance_size, x.dtype, weight_bias, fp32_multiply)
     return out, s.to(x.dtype)
 
 
@@ -96,6 +113,7 @@ def rms_norm_gated(
     epsilon: float,
     group_size: int | None = None,
     norm_before_gate: bool = False,
+    fp32_multiply: bool = False,
 ) -> torch.Tensor:
     """Gated RMSNorm, per group of ``group_size`` columns (whole row when None).
 
@@ -105,6 +123,8 @@ def rms_norm_gated(
     multiply by the weight likewise, then by ``silu(f32(gate))`` in fp32, cast once.
     ``gate`` has x's shape and device and any floating dtype (Hugging Face Mamba2 in
     bf16 passes an fp32 ``x`` with a bf16 gate); ``gate=None`` is the plain grouped norm.
+    ``fp32_multiply`` multiplies by the weight in fp32 (FalconH1), so only the final cast
+    rounds.
     """
     check_x_weight(x, weight, "rms_norm_gated")
     if gate is not None:
@@ -117,7 +137,7 @@ def rms_norm_gated(
     grouped = y.unflatten(-1, (hidden // group, group)) if hidden else y.unsqueeze(-1)
     normed = grouped * torch.rsqrt(grouped.pow(2).mean(dim=-1, keepdim=True) + epsilon)
     normed = normed.flatten(-2) if hidden else normed.squeeze(-1)
-    normed = apply_weight(normed, weight, x.dtype)
+    normed = apply_weight(normed, weight, x.dtype, fp32_multiply)
     if norm_before_gate and gated is not None:
         normed = normed.float() * gated
     return normed.to(x.dtype)

@@ -40,7 +40,9 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # a Python call costs ~80 ns here, a quarter of the predicate.
 
 
-def supports_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0) -> bool:
+def supports_rms_norm(
+    x, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
+) -> bool:
     dtype = x.dtype
     if dtype not in _DTYPES or not x.is_cpu or not (x.is_contiguous() or x.stride(-1) == 1):
         return False
@@ -48,7 +50,7 @@ def supports_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0) -
 
 
 def supports_fused_add_rms_norm(
-    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0
+    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
 ) -> bool:
     dtype = x.dtype
     if dtype not in _DTYPES or not x.is_cpu or not (x.is_contiguous() or x.stride(-1) == 1):
@@ -61,7 +63,7 @@ def supports_fused_add_rms_norm(
 
 
 def supports_rms_norm_gated(
-    x, gate, weight, epsilon, group_size=None, norm_before_gate=False
+    x, gate, weight, epsilon, group_size=None, norm_before_gate=False, fp32_multiply=False
 ) -> bool:
     dtype = x.dtype
     if dtype not in _DTYPES or not x.is_cpu or not (x.is_contiguous() or x.stride(-1) == 1):

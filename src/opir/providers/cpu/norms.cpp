@@ -7,7 +7,9 @@
 // contiguous fp32 (plus weight_bias, if any). Rounding follows the native
 // functions: the multiply runs in promote_types(x, effective weight), so with
 // a weight of x's dtype the normalised value is rounded to that dtype before
-// the multiply, and with any other weight (or a bias) the product is rounded once.
+// the multiply, and with any other weight (or a bias) the product is rounded once;
+// fp32_multiply (the contract's "multiply in fp32, round once") takes that path
+// for any weight dtype.
 // Invalid arguments raise ValueError (TORCH_CHECK_VALUE), as the native ops do.
 //
 // These are pybind functions; the torch custom ops (namespace opir_cpu) that
@@ -260,11 +262,11 @@ void check_common(const at::Tensor& x, const std::optional<at::Tensor>& weight,
 // Calls f.template operator()<T, W>() for x's dtype T and the weight's dtype W.
 template <typename F>
 void dispatch_types(const at::Tensor& x, const std::optional<at::Tensor>& weight, F&& f,
-                    double weight_bias = 0.0) {
+                    double weight_bias = 0.0, bool fp32_multiply = false) {
   // promote_types(x, effective weight): x's dtype only when the weight has it and
   // no bias turns it into an fp32 tensor; otherwise the multiply runs in fp32.
-  bool fp32_weight = weight.has_value() &&
-                     (weight->scalar_type() != x.scalar_type() || weight_bias != 0.0);
+  bool fp32_weight = weight.has_value() && (weight->scalar_type() != x.scalar_type() ||
+                                            weight_bias != 0.0 || fp32_multiply);
   switch (x.scalar_type()) {
     case at::kFloat:
       return f.template operator()<float, float>();
@@ -301,7 +303,7 @@ inline const float* weight_ptr(const std::optional<at::Tensor>& weight) {
 
 at::Tensor rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight_in,
                     double epsilon, std::optional<int64_t> variance_size,
-                    double weight_bias) {
+                    double weight_bias, bool fp32_multiply) {
   check_common(x, weight_in, variance_size, "opir_cpu::rms_norm");
   const auto weight = fp32_weight(weight_in, weight_bias);
   auto out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
@@ -320,7 +322,7 @@ at::Tensor rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight
         scale_row<T, W>(xr, inv, wp, op + r * cols, cols);
       }
     });
-  }, weight_bias);
+  }, weight_bias, fp32_multiply);
   return out;
 }
 
@@ -330,7 +332,8 @@ at::Tensor rms_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight
 
 bool fused_add_rms_norm_(at::Tensor& x, at::Tensor& residual,
                          const std::optional<at::Tensor>& weight_in, double epsilon,
-                         std::optional<int64_t> variance_size, double weight_bias) {
+                         std::optional<int64_t> variance_size, double weight_bias,
+                         bool fp32_multiply) {
   const char* op = "opir_cpu::fused_add_rms_norm_";
   check_common(x, weight_in, variance_size, op);
   TORCH_CHECK_VALUE(residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type(), op,
@@ -384,7 +387,7 @@ bool fused_add_rms_norm_(at::Tensor& x, at::Tensor& residual,
         scale_row<T, W>(sum.data(), inv, wp, xr, cols);
       }
     });
-  }, weight_bias);
+  }, weight_bias, fp32_multiply);
   return true;
 }
 
@@ -399,7 +402,8 @@ bool fused_add_rms_norm_(at::Tensor& x, at::Tensor& residual,
 // the row loops read either x's dtype T or float.
 at::Tensor rms_norm_gated(const at::Tensor& x, const std::optional<at::Tensor>& gate_in,
                           const std::optional<at::Tensor>& weight_in, double epsilon,
-                          std::optional<int64_t> group_size, bool norm_before_gate) {
+                          std::optional<int64_t> group_size, bool norm_before_gate,
+                          bool fp32_multiply) {
   const char* op = "opir_cpu::rms_norm_gated";
   check_common(x, weight_in, std::nullopt, op);
   const auto weight = fp32_weight(weight_in);
@@ -491,7 +495,7 @@ at::Tensor rms_norm_gated(const at::Tensor& x, const std::optional<at::Tensor>& 
     } else {
       run.template operator()<T>();
     }
-  });
+  }, 0.0, fp32_multiply);
   return out;
 }
 

@@ -24,17 +24,21 @@ _DTYPES = (torch.float16, torch.bfloat16)
 _BIASES = (0.0, 1.0)
 
 
-def supports_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0) -> bool:
-    if weight is None or variance_size is not None or weight_bias not in _BIASES:
+def supports_rms_norm(
+    x, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
+) -> bool:
+    # fp32_multiply: FlashInfer's kernels round the normalised value before the
+    # weight multiply; the single-rounding contract is not theirs.
+    if weight is None or variance_size is not None or weight_bias not in _BIASES or fp32_multiply:
         return False
     dtype = x.dtype
     return dtype in _DTYPES and x.is_cuda and weight.dtype is dtype and x.is_contiguous()
 
 
 def supports_fused_add_rms_norm(
-    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0
+    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
 ) -> bool:
-    if weight is None or variance_size is not None or weight_bias not in _BIASES:
+    if weight is None or variance_size is not None or weight_bias not in _BIASES or fp32_multiply:
         return False
     dtype = x.dtype
     if dtype not in _DTYPES or not x.is_cuda or weight.dtype is not dtype:

@@ -36,7 +36,9 @@ MiB = 2**20
 MAX_FUSED_BYTES = {2: 64 * MiB, 4: 2 * MiB, 8: MiB // 2}
 
 
-def rms_norm(x, weight, epsilon: float, variance_size: None, weight_bias: float) -> torch.Tensor:
+def rms_norm(
+    x, weight, epsilon: float, variance_size: None, weight_bias: float, fp32_multiply: bool = False
+) -> torch.Tensor:
     x2 = x.view(-1, x.shape[-1])
     if x2.shape[0] == 0:
         return torch.empty_like(x)
@@ -45,7 +47,13 @@ def rms_norm(x, weight, epsilon: float, variance_size: None, weight_bias: float)
 
 
 def fused_add_rms_norm(
-    x, residual, weight, epsilon: float, variance_size: None, weight_bias: float
+    x,
+    residual,
+    weight,
+    epsilon: float,
+    variance_size: None,
+    weight_bias: float,
+    fp32_multiply: bool = False,
 ):
     """In place: the normalised rows into ``x``, the sum into ``residual``; returns both."""
     x2, r2 = x.view(-1, x.shape[-1]), residual.view(-1, x.shape[-1])

@@ -95,7 +95,14 @@ traceable_kernel = wrap_triton(gated_kernel)
 
 
 def rms_norm_gated(
-    x, gate, weight, epsilon, group_size, norm_before_gate, kernel=gated_kernel
+    x,
+    gate,
+    weight,
+    epsilon,
+    group_size,
+    norm_before_gate,
+    fp32_multiply=False,
+    kernel=gated_kernel,
 ) -> torch.Tensor:
     """The ``rms_norm_gated`` contract (the op's parameters positionally, then the
     kernel); returns a new contiguous tensor."""
@@ -111,7 +118,7 @@ def rms_norm_gated(
     lg = lx if gate is None else config.row_layout(gate)
     if lx is None or lg is None:  # > 3 dims that do not collapse
         g = None if gate is None else gate.contiguous()
-        args = (weight, epsilon, group_size, norm_before_gate, kernel)
+        args = (weight, epsilon, group_size, norm_before_gate, fp32_multiply, kernel)
         return out.copy_(rms_norm_gated(x.contiguous(), g, *args))
     group = n if group_size is None else group_size
     block, warps, single = config.launch_config(group)
@@ -133,7 +140,7 @@ def rms_norm_gated(
         HAS_GATE=gate is not None,
         HAS_WEIGHT=weight is not None,
         GATE_FIRST=not norm_before_gate,
-        ROUND=config.round_code(x.dtype, weight, 0.0),
+        ROUND=config.ROUND_NONE if fp32_multiply else config.round_code(x.dtype, weight, 0.0),
         OUT_BF16=x.dtype is torch.bfloat16,
         BLOCK=block,
         SINGLE=single,

@@ -32,7 +32,9 @@ _CPU = ON_CPU
 # which the ops' own checks then reject with a clear message.
 
 
-def supports_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0) -> bool:
+def supports_rms_norm(
+    x, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
+) -> bool:
     if x.dtype not in _DTYPES or not (x.is_cpu if _CPU else x.is_cuda):
         return False
     if not (x.is_contiguous() or x.stride(-1) == 1):
@@ -41,7 +43,7 @@ def supports_rms_norm(x, weight, epsilon, variance_size=None, weight_bias=0.0) -
 
 
 def supports_fused_add_rms_norm(
-    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0
+    x, x_residual, weight, epsilon, variance_size=None, weight_bias=0.0, fp32_multiply=False
 ) -> bool:
     if x.dtype not in _DTYPES or not (x.is_cpu if _CPU else x.is_cuda):
         return False
@@ -53,7 +55,7 @@ def supports_fused_add_rms_norm(
 
 
 def supports_rms_norm_gated(
-    x, gate, weight, epsilon, group_size=None, norm_before_gate=False
+    x, gate, weight, epsilon, group_size=None, norm_before_gate=False, fp32_multiply=False
 ) -> bool:
     if x.dtype not in _DTYPES or not (x.is_cpu if _CPU else x.is_cuda):
         return False

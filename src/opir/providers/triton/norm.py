@@ -110,6 +110,7 @@ def launch(
     epsilon: float,
     variance_size: int | None,
     weight_bias: float,
+    fp32_multiply: bool = False,
 ) -> None:
     """Normalise ``x`` (+ ``residual``) into ``out`` (and ``residual_out``).
 
@@ -131,7 +132,8 @@ def launch(
         copies = [t.contiguous() for t in tensors[: len(tensors) // 2]]
         outs = [torch.empty_like(c) for c in copies]
         r, ro = (copies[1], outs[1]) if residual is not None else (None, None)
-        launch(kernel, copies[0], r, outs[0], ro, weight, epsilon, variance_size, weight_bias)
+        args = (weight, epsilon, variance_size, weight_bias, fp32_multiply)
+        launch(kernel, copies[0], r, outs[0], ro, *args)
         for dst, src in zip(tensors[len(tensors) // 2 :], outs, strict=True):
             dst.copy_(src)
         return
@@ -166,7 +168,9 @@ def launch(
         HAS_RESIDUAL=has_residual,
         HAS_WEIGHT=weight is not None,
         HAS_BIAS=weight_bias != 0.0,
-        ROUND=config.round_code(x.dtype, weight, weight_bias),
+        ROUND=config.ROUND_NONE
+        if fp32_multiply
+        else config.round_code(x.dtype, weight, weight_bias),
         OUT_BF16=x.dtype is torch.bfloat16,
         BLOCK=block,
         SINGLE=single,
@@ -179,33 +183,53 @@ def launch(
 # a custom op.
 
 
-def rms_norm(x, weight, epsilon, variance_size, weight_bias, kernel=norm_kernel) -> torch.Tensor:
+def rms_norm(
+    x, weight, epsilon, variance_size, weight_bias, fp32_multiply=False, kernel=norm_kernel
+) -> torch.Tensor:
     """The ``rms_norm`` contract; returns a new contiguous tensor."""
     check_x_weight(x, weight, "rms_norm")
     check_size(variance_size, x.shape[-1], "variance_size", "rms_norm")
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    launch(kernel, x, None, out, None, weight, epsilon, variance_size, weight_bias)
+    args = (weight, epsilon, variance_size, weight_bias, fp32_multiply)
+    launch(kernel, x, None, out, None, *args)
     return out
 
 
 def fused_add_rms_norm_(
-    x, x_residual, weight, epsilon, variance_size, weight_bias, kernel=norm_kernel
+    x,
+    x_residual,
+    weight,
+    epsilon,
+    variance_size,
+    weight_bias,
+    fp32_multiply=False,
+    kernel=norm_kernel,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``fused_add_rms_norm`` contract in place: out -> x, residual_out -> x_residual."""
     _check_add(x, x_residual, weight, variance_size)
-    launch(kernel, x, x_residual, x, x_residual, weight, epsilon, variance_size, weight_bias)
+    args = (weight, epsilon, variance_size, weight_bias, fp32_multiply)
+    launch(kernel, x, x_residual, x, x_residual, *args)
     return x, x_residual
 
 
 def add_rms_norm(
-    x, x_residual, weight, epsilon, variance_size, weight_bias, kernel=norm_kernel, out=None
+    x,
+    x_residual,
+    weight,
+    epsilon,
+    variance_size,
+    weight_bias,
+    fp32_multiply=False,
+    kernel=norm_kernel,
+    out=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``fused_add_rms_norm`` into new tensors (``out`` may be a buffer the caller owns)."""
     _check_add(x, x_residual, weight, variance_size)
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     residual_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    launch(kernel, x, x_residual, out, residual_out, weight, epsilon, variance_size, weight_bias)
+    args = (weight, epsilon, variance_size, weight_bias, fp32_multiply)
+    launch(kernel, x, x_residual, out, residual_out, *args)
     return out, residual_out
 
 
