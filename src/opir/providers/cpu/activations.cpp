@@ -20,7 +20,7 @@
 //  * fatrelu has no transcendental; gelu_and_mul_sparse computes its per-row
 //    statistics in fp64, rounds relu(gate - cutoff) to T, and looks up GELU.
 // In fp32 the activation is computed in fp32 (silu and gelu-tanh through
-// exp_u20, gelu through erf) and held to the op's fp32 tolerance.
+// exp_u20, gelu through erfc) and held to the op's fp32 tolerance.
 //
 // Rows: any leading dims with any strides, last dim contiguous; nothing is
 // copied. Outputs are new contiguous tensors. Rows are split over threads with
@@ -174,7 +174,8 @@ inline fVec act_vec(const fVec& v) {
   if constexpr (A == kSilu) {
     return v / (fVec(1.0f) + v.neg().exp_u20());
   } else if constexpr (A == kGelu) {
-    return v * fVec(0.5f) * (fVec(1.0f) + (v * fVec(kSqrt1_2)).erf());
+    // 0.5 x erfc(-x / sqrt 2): no cancellation in 1 + erf(.) for negative x.
+    return v * fVec(0.5f) * (v * fVec(-kSqrt1_2)).erfc();
   } else {
     fVec u2 = v * fVec(kBeta2) * (fVec(1.0f) + fVec(kKappa) * v * v);
     return v / (fVec(1.0f) + u2.neg().exp_u20());
