@@ -107,7 +107,13 @@ def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
         wide[:, 2 : 2 + x.shape[1]] = x
         return wide[:, 2 : 2 + x.shape[1]]
     if layout == "non_collapsible_3d":
-        return torch.stack([x, torch.zeros_like(x)], dim=1)[:, 0].unsqueeze(0)
+        # [2, T/2, C] whose two blocks are a padded row apart: no single row stride.
+        t, c = x.shape
+        if t % 2:
+            return x.unsqueeze(0)
+        buf = torch.zeros(2, t // 2 + 1, c, dtype=x.dtype)
+        buf[:, : t // 2] = x.reshape(2, t // 2, c)
+        return buf[:, : t // 2]
     # [T, 1, C] stored as [1, T, C] then transposed back: leading dims permuted.
     return x.unsqueeze(0).transpose(0, 1)
 
