@@ -27,6 +27,9 @@ from __future__ import annotations
 import torch
 
 from opir.ops import all_reduce_rms_norm, fused_add_rms_norm, rms_norm, rms_norm_gated
+
+# The activation impls register themselves on import (all their glue is in that file).
+from opir.providers.triton import activation_impls  # noqa: F401
 from opir.providers.triton.config import INTERPRET, KERNEL_DTYPES, ON_CPU, REASON, SUPPORTED
 
 __all__ = ["INTERPRET", "REASON", "SUPPORTED"]
