@@ -39,9 +39,9 @@ def _k():
     """The kernel module (imports Triton on first use)."""
     global _kernels
     if _kernels is None:
-        from opir.providers.triton import activation
+        import opir.providers.triton.activation as kernels
 
-        _kernels = activation
+        _kernels = kernels
     return _kernels
 
 
