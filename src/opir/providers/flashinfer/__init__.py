@@ -179,3 +179,9 @@ def flashinfer_all_reduce_rms_norm(
     variance_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return custom_ops().all_reduce_rms_norm.default(x, x_residual, weight, epsilon, weight_bias)
+
+
+# The activation impls (all their glue is in that file).
+from opir.providers.flashinfer.activation_impls import register as _register_activations  # noqa: E402
+
+_register_activations(SUPPORTED, REASON)
