@@ -144,6 +144,12 @@ def _bench_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_activations(args: argparse.Namespace) -> int:
+    from opir.bench import activations
+
+    return activations.main(vllm=args.vllm, short=args.short, rounds=args.rounds)
+
+
 def _bench_compile(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
@@ -266,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tokens", type=int, default=16)
     t.add_argument("--rounds", type=int, default=15)
     t.set_defaults(run=_bench_tp)
+    a = benches.add_parser("activations", help="activation ops vs native (and vLLM's CPU _C)")
+    a.add_argument("--vllm", action="store_true", help="also time vLLM's torch.ops._C kernels")
+    a.add_argument("--short", action="store_true", help="a few shapes only")
+    a.add_argument("--rounds", type=int, default=7, help="interleaved rounds per shape")
+    a.set_defaults(run=_bench_activations)
     commands.add_parser(
         "build", help="build the cpu provider's C++ kernels now instead of at first use"
     ).set_defaults(run=_build)

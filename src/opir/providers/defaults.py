@@ -33,6 +33,21 @@ CPU_EAGER = {
     "rms_norm": ["cpu", "native"],
     "fused_add_rms_norm": ["cpu", "native"],
     "rms_norm_gated": ["cpu", "native"],
+    # Activations: the cpu kernels are bit-identical to native in bf16/fp16 and faster
+    # than native and vLLM's CPU kernels (docs/activations.md, "opir bench activations").
+    **{
+        name: ["cpu", "native"]
+        for name in (
+            "silu_and_mul",
+            "mul_and_silu",
+            "gelu_and_mul",
+            "fatrelu_and_mul",
+            "gelu_and_mul_sparse",
+            "swigluoai_and_mul",
+            "silu_mul",
+            "gelu_mul",
+        )
+    },
 }
 
 

@@ -20,6 +20,7 @@ impl then runs on private copies (see ``impls.py``).
 
 from __future__ import annotations
 
+import opir.providers.cpu.activation_impls
 import opir.providers.cpu.ops  # noqa: F401  (defines torch.ops.opir_cpu)
 from opir.providers.cpu.availability import REASON, SUPPORTED
 from opir.providers.cpu.impls import extension, kernels
