@@ -2,7 +2,7 @@
 
 Held to the ops' contract (``opir.ops.activations``): bit-identical to the native
 in bf16 and fp16 (``torch.equal``), and in fp32 within the op's tolerance (also
-counted exactly: see ``test_bit_identical_counts``). Runs where the kernels can
+bit-identical in practice). Runs where the kernels can
 run; on a plain CPU run the one test below runs this file again in a subprocess
 with ``TRITON_INTERPRET=1`` (set before opir and Triton are imported). Shapes
 stay tiny: the interpreter runs one program at a time in numpy.
@@ -100,12 +100,21 @@ else:
                 assert torch.equal(a, b), "the op mutated an input"
         return got
 
+    # Every op, parameter variant and dtype: one row of one column, and rows longer
+    # than a block. The interpreter runs one program at a time, so shapes stay tiny.
     @pytest.mark.parametrize("case", CASES, ids=_case_id)
     @pytest.mark.parametrize("dtype", DTYPES, ids=_ids)
-    @pytest.mark.parametrize(("tokens", "d"), [(0, 8), (1, 1), (3, 7), (5, 130)], ids=str)
+    @pytest.mark.parametrize(("tokens", "d"), [(1, 1), (5, 130)], ids=str)
     def test_grid(case, dtype, tokens, d):
         op, kw = case
         _check(op, _sample(op, kw, dtype=dtype, num_tokens=tokens, hidden_size=d))
+
+    @pytest.mark.parametrize("case", CASES, ids=_case_id)
+    def test_zero_tokens_and_3d(case):
+        op, kw = case
+        _check(op, _sample(op, kw, dtype=torch.float16, num_tokens=0, hidden_size=8))
+        args = _sample(op, kw, dtype=torch.bfloat16, num_tokens=6, hidden_size=7)
+        _check(op, tuple(a.view(2, 3, -1) if isinstance(a, torch.Tensor) else a for a in args))
 
     def _strided(t):
         """Rows with a stride larger than the row (a slice of a wider buffer)."""
@@ -127,9 +136,18 @@ else:
         return view
 
     LAYOUTS = {"strided_rows": _strided, "3d_non_collapsible": _three_d, "4d": _four_d}
+    # Every op on strided rows and a non-collapsible 3-d view; the 4-d copy path once
+    # per layout kind (merged, interleaved, separate).
+    LAYOUT_CASES = [
+        (case, layout)
+        for case in CASES
+        for layout in LAYOUTS
+        if layout != "4d" or case[0].name in ("silu_and_mul", "swigluoai_and_mul", "silu_mul")
+    ]
 
-    @pytest.mark.parametrize("case", CASES, ids=_case_id)
-    @pytest.mark.parametrize("layout", LAYOUTS)
+    @pytest.mark.parametrize(
+        ("case", "layout"), LAYOUT_CASES, ids=lambda v: v if isinstance(v, str) else _case_id(v)
+    )
     def test_layouts(case, layout):
         op, kw = case
         args = _sample(op, kw, dtype=torch.bfloat16, num_tokens=3, hidden_size=9)
@@ -164,7 +182,7 @@ else:
         """
         bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
         gate = bits.view(torch.bfloat16)
-        gate = gate[gate.float().abs() <= 6.0]
+        gate = gate[gate.float().abs() <= 6.0][::2].contiguous()  # half: the interpreter is slow
         up = torch.full_like(gate, 1.0)
         x = torch.stack([gate, up]).reshape(1, -1)
         for op, kw in [(acts.silu_mul, {}), (acts.gelu_mul, {"approximate": "none"})]:
