@@ -3,7 +3,8 @@
 ``silu_and_mul`` -> ``flashinfer.activation.silu_and_mul``; ``gelu_and_mul`` ->
 ``flashinfer.activation.gelu_and_mul`` (``approximate="none"``) or
 ``gelu_tanh_and_mul`` (``"tanh"``). API written against (docs.flashinfer.ai,
-``flashinfer.activation``): ``fn(input, out=None, enable_pdl=None) -> Tensor``,
+``flashinfer.activation``, flashinfer-python 0.7.x): ``fn(input, out=None,
+enable_pdl=None) -> Tensor``,
 ``input`` of shape ``(..., 2 * d)``, output ``(..., d)``.
 
 Limits the predicates state (anything else falls through to the next provider):

@@ -71,7 +71,6 @@ SILU, GELU, GELU_TANH, FATRELU, SWIGLUOAI = 0, 1, 2, 3, 4
 _OUT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
-
 @triton.jit
 def round_out(v, OUT: tl.constexpr):
     """``v`` (fp32) rounded to the output dtype (round-to-nearest-even); still fp32."""
