@@ -225,3 +225,29 @@ else:
         targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
         assert targets == [torch.ops.opir_triton.silu_and_mul.default]
         torch.testing.assert_close(gm(x), acts.silu_and_mul.native(x))
+
+    def test_compile_fuses_and_lowers_onto_the_triton_kernels():
+        """HF's ``silu(gate(x)) * up(x)`` -> fused ``silu_mul`` -> the triton kernel."""
+
+        class MLP(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.gate = torch.nn.Linear(16, 24, bias=False)
+                self.up = torch.nn.Linear(16, 24, bias=False)
+
+            def forward(self, x):
+                return torch.nn.functional.silu(self.gate(x)) * self.up(x)
+
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = MLP().to(DEVICE).bfloat16().eval()
+        x = torch.randn(2, 3, 16, device=DEVICE).bfloat16()
+        options = {"inductor": False, "priority": {"silu_mul": ["triton"]}}
+        compiled = opir.compile(model, options=options)
+        with torch.no_grad():
+            got = compiled(x)
+            expected = acts.silu_mul.native(model.gate(x), model.up(x))
+        assert torch.equal(got, expected)
+        report = compiled.opir_report.last
+        assert report.fusions == {"silu_mul": 1}
+        assert [(e.op, e.provider) for e in report.lowered] == [("silu_mul", "triton")]
