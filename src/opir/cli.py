@@ -147,7 +147,9 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 def _bench_activations(args: argparse.Namespace) -> int:
     from opir.bench import activations
 
-    return activations.main(vllm=args.vllm, short=args.short, rounds=args.rounds)
+    return activations.main(
+        vllm=args.vllm, short=args.short, rounds=args.rounds, threads=args.threads
+    )
 
 
 def _bench_compile(args: argparse.Namespace) -> int:
@@ -276,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--vllm", action="store_true", help="also time vLLM's torch.ops._C kernels")
     a.add_argument("--short", action="store_true", help="a few shapes only")
     a.add_argument("--rounds", type=int, default=7, help="interleaved rounds per shape")
+    a.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: default)")
     a.set_defaults(run=_bench_activations)
     commands.add_parser(
         "build", help="build the cpu provider's C++ kernels now instead of at first use"

@@ -148,11 +148,14 @@ def check_outputs_agree(vllm: bool) -> list[str]:
     return lines
 
 
-def main(vllm: bool = False, short: bool = False, rounds: int = 7) -> int:
+def main(vllm: bool = False, short: bool = False, rounds: int = 7, threads: int = 0) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=120)
+    if threads:
+        torch.set_num_threads(threads)  # opir's at::parallel_for and vLLM's OpenMP alike
+    console.print(f"threads: {torch.get_num_threads()}")
     if vllm:
         loaded, detail = load_vllm()
         if not loaded:

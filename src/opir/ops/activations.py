@@ -153,7 +153,7 @@ def gelu_and_mul_sparse(
     gate, up = _halves(x)
     g = _f64(gate)
     mean = g.mean(dim=-1, keepdim=True)
-    std = g.std(dim=-1, keepdim=True, correction=0)
+    std = (g - mean).square().mean(dim=-1, keepdim=True).sqrt()  # population std
     shifted = torch.relu(g - (mean + std * std_multiplier)).to(x.dtype)
     return activation(shifted, _gelu_kind(approximate)) * up
 

@@ -167,11 +167,26 @@ _SCHEMAS = {
 }
 
 
+# The dispatcher leaves out trailing arguments equal to their schema defaults, so
+# each implementation restates the defaults.
+_CPU = {
+    "silu_and_mul": lambda x: extension().silu_and_mul(x),
+    "mul_and_silu": lambda x: extension().mul_and_silu(x),
+    "gelu_and_mul": lambda x, approximate="none": extension().gelu_and_mul(x, approximate),
+    "fatrelu_and_mul": lambda x, threshold=0.0: extension().fatrelu_and_mul(x, threshold),
+    "gelu_and_mul_sparse": lambda x, std_multiplier, approximate="none": (
+        extension().gelu_and_mul_sparse(x, std_multiplier, approximate)
+    ),
+    "swigluoai_and_mul": lambda x, alpha=1.702, limit=7.0: extension().swigluoai_and_mul(
+        x, alpha, limit
+    ),
+    "silu_mul": lambda gate, up: extension().silu_mul(gate, up),
+    "gelu_mul": lambda gate, up, approximate="none": extension().gelu_mul(gate, up, approximate),
+}
+
+
 def _define(name: str, separate: bool) -> None:
     LIBRARY.define(name + _SCHEMAS[name])
-
-    def cpu(*args):
-        return getattr(extension(), name)(*args)
 
     def fake(*args):
         x = args[0]
@@ -181,7 +196,7 @@ def _define(name: str, separate: bool) -> None:
             raise ValueError(f"{name}: x's last dim must be even, got shape {list(x.shape)}")
         return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
 
-    LIBRARY.impl(name, cpu, "CPU")
+    LIBRARY.impl(name, _CPU[name], "CPU")
     torch.library.register_fake(f"opir_cpu::{name}", fake, lib=LIBRARY)
 
 
