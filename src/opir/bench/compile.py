@@ -2,9 +2,10 @@
 
 The same decoder stack (``bench/models.py``), timed interleaved per token
 count: eager with opir ops (default eager priority), ``opir.compile`` with
-the norms lowered to the ``cpu`` kernels and with them lowered to ``native``
-(which Inductor then fuses with the neighbouring adds), and ``torch.compile``
-(Inductor) of the twin model written in plain PyTorch. All compiled variants
+the norms (and the SwiGLU activation, where the provider has it) lowered to the
+``cpu`` kernels and with them lowered to ``native`` (which Inductor then fuses
+with the neighbouring ops), and ``torch.compile`` (Inductor) of the twin model
+written in plain PyTorch. All compiled variants
 use ``dynamic=True``, so one compile serves every token count.
 """
 
@@ -23,6 +24,7 @@ from opir.bench.timing import interleave
 EAGER = "eager (opir ops)"
 PLAIN = "torch.compile (plain PyTorch model)"
 NORM_OPS = ("rms_norm", "fused_add_rms_norm")
+LOWERED_OPS = (*NORM_OPS, "silu_mul")  # the SwiGLU MLP's activation
 
 
 def lowered_to(provider: str) -> str:
@@ -57,7 +59,11 @@ def run(
     compiled_plain = torch.compile(plain, dynamic=True)
     variants: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {EAGER: with_opir}
     for provider in providers:
-        fixed = {name: [provider] for name in NORM_OPS}
+        fixed = {
+            name: [provider]
+            for name in LOWERED_OPS
+            if provider in getattr(opir.ops, name).impls or provider == "native"
+        }
         variants[lowered_to(provider)] = opir.compile(
             with_opir, options={"priority": fixed}, dynamic=True
         )

@@ -1,9 +1,13 @@
 """A decoder stack written twice: with opir layers, and in plain PyTorch.
 
 Both compute the same thing with the same weights (the numerics of
-``opir.ops.norms``), so ``opir.compile`` can be compared with
-``torch.compile`` of code that never heard of opir. Attention is stood in
-for by a linear layer: the norms and residual adds are what differ between the two.
+``opir.ops.norms``), so
+``opir.compile`` can be compared with ``torch.compile`` of code that never
+heard of opir. Attention is stood in for by a linear layer. The MLP is
+Llama's SwiGLU, ``down(silu(gate(x)) * up(x))``: the opir model calls
+``opir.ops.silu_mul`` on the two projections, the plain model writes
+``F.silu(gate) * up``, which ``opir.compile``'s fusion rule would turn into the
+same op. The norms, residual adds and the gated activation are what differ.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch
 from torch import nn
 
 from opir.layers import RMSNorm
+from opir.ops import silu_mul
 
 
 def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -29,8 +34,10 @@ class _Layer(nn.Module):
         self.input_norm = RMSNorm(hidden, dtype=dtype)
         self.post_norm = RMSNorm(hidden, dtype=dtype)
         self.attn = nn.Linear(hidden, hidden, bias=False, dtype=dtype)
-        self.up = nn.Linear(hidden, 2 * hidden, bias=False, dtype=dtype)
-        self.down = nn.Linear(2 * hidden, hidden, bias=False, dtype=dtype)
+        inter = 2 * hidden
+        self.gate = nn.Linear(hidden, inter, bias=False, dtype=dtype)
+        self.up = nn.Linear(hidden, inter, bias=False, dtype=dtype)
+        self.down = nn.Linear(inter, hidden, bias=False, dtype=dtype)
 
     def _norm(self, norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
         if self.opir_norms:
@@ -41,8 +48,13 @@ class _Layer(nn.Module):
         residual = hidden + residual  # Hugging Face style: add, then norm
         h = self.attn(self._norm(self.input_norm, residual))
         residual = h + residual
-        h = self.down(torch.nn.functional.silu(self.up(self._norm(self.post_norm, residual))))
-        return h, residual
+        h = self._norm(self.post_norm, residual)
+        return self.down(self._swiglu(self.gate(h), self.up(h))), residual
+
+    def _swiglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        if self.opir_norms:
+            return silu_mul(gate, up)
+        return torch.nn.functional.silu(gate) * up
 
 
 class Decoder(nn.Module):

@@ -33,13 +33,15 @@ from opir.core.op import Op
 @dataclasses.dataclass(frozen=True)
 class Fused:
     """A match: call ``op``'s default overload with ``args``; output ``i`` replaces
-    ``outputs[i]`` (uses after the new call); ``dead`` nodes go if unused."""
+    ``outputs[i]`` (uses after the new call); ``dead`` nodes go if unused.
+    ``single``: the op returns one tensor (``outputs == {0: node}``), not a tuple."""
 
     op: Op
     args: tuple
     outputs: dict[int, fx.Node]
     out_vals: tuple
     dead: tuple[fx.Node, ...] = ()
+    single: bool = False
 
 
 Match = Callable[[fx.Node, tuple], "Fused | str | None"]
@@ -91,7 +93,7 @@ def _insert(graph: fx.Graph, anchor: fx.Node, fused: Fused) -> fx.Node | str:
             return f"'{old.name}' is used by '{early[0].name}' before the fused op's inputs exist"
     with graph.inserting_after(last_input):
         call = graph.call_function(fused.op.torch_op, fused.args)
-    call.meta["val"] = fused.out_vals
+    call.meta["val"] = fused.out_vals[0] if fused.single else fused.out_vals
     targets = op_targets()
     replaced = (anchor, *fused.outputs.values(), *fused.dead)
     call.meta[FUSED_FROM] = tuple(
@@ -102,6 +104,9 @@ def _insert(graph: fx.Graph, anchor: fx.Node, fused: Fused) -> fx.Node | str:
             call.meta[key] = anchor.meta[key]
     previous = call
     for index, old in sorted(fused.outputs.items()):
+        if fused.single:
+            old.replace_all_uses_with(call)
+            continue
         with graph.inserting_after(previous):
             item = graph.call_function(operator.getitem, (call, index))
         item.meta.update({k: v for k, v in call.meta.items() if k != "val"})

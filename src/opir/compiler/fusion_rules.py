@@ -17,6 +17,12 @@ Gemma form) becomes the raw ``w`` with ``weight_bias=1.0``. Any other weight
 must have x's dtype (the dtype guard: fused all-reduce kernels take a weight
 of the activation dtype), otherwise the rule does not fire.
 
+Gated-MLP activations (``activation_fusion``): ``silu(a) * b``, ``gelu(a) * b`` and
+``gelu_tanh(a) * b`` become ``silu_mul``/``gelu_mul`` or, when ``a`` and ``b`` are the
+halves of one tensor, ``silu_and_mul``/``mul_and_silu``/``gelu_and_mul``; fusing
+applies the op's fp64-once activation contract (bit-identical to opir's native
+composition, within tolerance of torch's own activation; see that module).
+
 Each rule returns a reason when it recognises its pattern but must not fuse,
 and ``add_rms_norm`` says why a norm has no residual add to fuse with: the
 compile report prints these next to the module the norm came from.
@@ -29,6 +35,7 @@ import typing
 import torch
 from torch import fx
 
+import opir.compiler.activation_fusion as act
 from opir.compiler.fusion import Fused, Rule
 from opir.compiler.fx_utils import val
 from opir.distributed.collectives import all_reduce
@@ -178,4 +185,11 @@ RULES: tuple[Rule, ...] = (
     Rule("all_reduce_fused_add_rms_norm", fused_add_rms_norm, _all_reduce_fused_add_rms_norm),
     Rule("add_rms_norm", rms_norm, _add_rms_norm),
     Rule("all_reduce_rms_norm", rms_norm, _all_reduce_rms_norm),
+    # Gated-MLP activations, ``act(a) * b`` (see ``activation_fusion``): one entry per
+    # activation, anchored on the product; then activations nothing multiplies,
+    # reported as "not a product" (these never fuse).
+    Rule("silu_mul", act.MUL, act.match_silu),
+    Rule("gelu_mul", act.MUL, act.match_gelu),
+    Rule("gelu_tanh_mul", act.MUL, act.match_gelu_tanh),
+    *(Rule("activation_not_a_product", anchor, act.not_a_product) for anchor in act.REPORT_ANCHORS),
 )

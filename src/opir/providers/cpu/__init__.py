@@ -23,8 +23,8 @@ launcher then runs it on private copies (see ``kernels.py``).
 
 from __future__ import annotations
 
+import opir.providers.cpu.activation_impls
 import opir.providers.cpu.kernels  # noqa: F401  (defines torch.ops.opir_cpu)
-import opir.providers.cpu.activation_impls  # noqa: F401  (the activation family)
 from opir.providers.cpu.availability import REASON, SUPPORTED
 from opir.providers.cpu.impls import (
     PROVIDER,

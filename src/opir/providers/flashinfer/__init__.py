@@ -28,6 +28,7 @@ the sum after rounding it to x's dtype (contract: the unrounded fp32 sum).
 
 from __future__ import annotations
 
+from opir.providers.flashinfer.activation_impls import register as _register_activations
 from opir.providers.flashinfer.availability import REASON, SUPPORTED
 from opir.providers.flashinfer.impls import (
     PROVIDER,
@@ -44,3 +45,5 @@ __all__ = [
     "supports_fused_add_rms_norm",
     "supports_rms_norm",
 ]
+
+_register_activations(SUPPORTED, REASON)
