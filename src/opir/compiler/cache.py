@@ -24,7 +24,10 @@ state is recomputed only when the registry epoch or the scope changes, so the
 per-call cost is a counter and a context variable read. Threads calling one
 compiled function with different scoped priorities each get their own variant;
 recomputing and (re)lowering hold Dynamo's compile lock, so they never run
-concurrently with each other or with Dynamo compiling.
+concurrently with each other or with Dynamo compiling. A re-lowering also runs
+as a torch compile session (:mod:`opir.compiler.session`). Without it, a
+thread calling a compiled function while another thread re-lowers would take
+that thread's FX trace for its own and fail.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from opir.compiler.session import compile_session
 from opir.core import scope as _scope
 from opir.core.impl import Impl
 from opir.core.op import Op
@@ -119,7 +123,10 @@ class Variants:
         state = lowering_state(self._ops, self._fixed)
         fn = self._by_state.get(state)
         if fn is None:
-            fn, ops = self._compile_for()
+            # A compile session, as Dynamo opens for a frame: threads calling
+            # compiled functions meanwhile must not take our FX traces for theirs.
+            with compile_session():
+                fn, ops = self._compile_for()
             self.compiles += 1
             self._ops = tuple(ops)
             state = lowering_state(self._ops, self._fixed)
