@@ -16,7 +16,7 @@ from opir.ops import (
     silu_mul,
     swigluoai_and_mul,
 )
-from opir.ops.activations import OPS
+from opir.ops.activations import OPS, activation, gelu_tanh_f64
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 MERGED = [silu_and_mul, mul_and_silu, gelu_and_mul, fatrelu_and_mul, gelu_and_mul_sparse]
@@ -49,11 +49,64 @@ def test_activation_is_fp64_rounded_once_then_multiplied(dtype):
     g, u = x[:, :67], x[:, 67:]
     assert _bits_equal(silu_and_mul.native(x), F.silu(g.double()).to(dtype) * u)
     assert _bits_equal(mul_and_silu.native(x), g * F.silu(u.double()).to(dtype))
-    for approx in ("none", "tanh"):
-        want = F.gelu(g.double(), approximate=approx).to(dtype) * u
+    gelus = {"none": F.gelu(g.double()), "tanh": gelu_tanh_f64(g.double())}
+    for approx, act in gelus.items():
+        want = act.to(dtype) * u
         assert _bits_equal(gelu_and_mul.native(x, approx), want)
         assert _bits_equal(gelu_mul.native(g, u, approx), want)
     assert _bits_equal(silu_mul.native(g, u), silu_and_mul.native(x))
+
+
+def _every_16bit(dtype: torch.dtype) -> torch.Tensor:
+    return torch.arange(65536, dtype=torch.int32).to(torch.int16).view(dtype)
+
+
+def _same_or_both_nan(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many elements differ (NaN equals NaN)."""
+    return int(((a != b) & ~(a.isnan() & b.isnan())).sum())
+
+
+@pytest.mark.parametrize("kind", ["silu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=_ids)
+def test_activation_layout_independent_on_every_16bit_value(kind, dtype):
+    """Every 16-bit gate value gives the same bits whatever its layout or position.
+
+    The native computes on a contiguous fp64 copy, but ATen's elementwise loop runs a
+    vectorised path (Sleef) over most of it and a scalar path (libm) over the last
+    < 2 vectors: where the two fp64 results differ enough to change the rounding to T,
+    the result depends on where a value sits. Torch's fp64 ``gelu(approximate="tanh")``
+    did (``0.5 g (1 + tanh y)`` cancels below g ~ -5; the vector tanh is -1 from |y| >
+    18.71, the scalar one from 19.06): 2 bf16 values. Pieces of 7 elements run
+    entirely in the scalar loop.
+    """
+    g = _every_16bit(dtype)
+    want = activation(g, kind)  # one contiguous call: the vectorised loop
+    square = g.reshape(256, 256)
+    wide = torch.zeros(65536, 3, dtype=dtype)
+    wide[:, 1] = g
+    got = {
+        "strided": activation(wide[:, 1], kind),
+        "transposed_copy": activation(square.t().contiguous().t(), kind).reshape(-1),
+        "transposed": activation(square.t(), kind).t().reshape(-1),
+        "pieces_of_7": torch.cat([activation(c, kind) for c in g.split(7)]),
+    }
+    differ = {name: _same_or_both_nan(out, want) for name, out in got.items()}
+    assert differ == dict.fromkeys(got, 0), differ
+
+
+def test_gelu_tanh_is_torchs_function_without_the_cancellation():
+    """``g / (1 + exp(-2y))`` is ``F.gelu(g, approximate="tanh")`` where the latter is
+    well-conditioned, and keeps the tiny values torch's fp64 tanh form loses to 0."""
+    g = torch.linspace(-4.0, 10.0, 28001, dtype=torch.float64)
+    torch.testing.assert_close(gelu_tanh_f64(g), F.gelu(g, approximate="tanh"), rtol=1e-9, atol=0)
+    tail = torch.tensor([-7.25, -8.0, -10.0], dtype=torch.float64)
+    y = 0.7978845608028654 * (tail + 0.044715 * tail**3)
+    torch.testing.assert_close(gelu_tanh_f64(tail), tail * torch.exp(2 * y), rtol=1e-12, atol=0)
+    assert F.gelu(tail, approximate="tanh").eq(0).all()  # torch's form: all lost
+    special = torch.tensor([0.0, -0.0, float("inf"), -3e38, 3e38, float("-inf"), float("nan")])
+    got, torchs = gelu_tanh_f64(special.double()), F.gelu(special.double(), approximate="tanh")
+    assert _same_or_both_nan(got, torchs) == 0
+    assert got[:-2].signbit().equal(torchs[:-2].signbit())  # -0.0 stays -0.0
 
 
 def test_contract_differs_from_torch_bf16_activation_somewhere():

@@ -11,9 +11,11 @@ Numerics (where each rounding happens; ``T`` is x's dtype, fp32/bf16/fp16):
 
 * the activation ``act(gate)`` (silu, gelu erf, gelu tanh, and swigluoai's
   ``gate * sigmoid(alpha * gate)``) is computed in fp64 from the exact input
-  and rounded **once** to ``T``: it is the correctly rounded value of the
-  function, so it does not depend on layout, vector width or thread split
-  (torch's own fp32/bf16 CPU activations do);
+  and converted once to ``T`` (as torch converts), so it does not depend on
+  layout, vector width or thread split (torch's own fp32/bf16 CPU activations
+  do). GELU-tanh is computed as ``g / (1 + exp(-2y))``, ``y = sqrt(2/pi) * (g +
+  0.044715 g^3)``: the same function as torch's ``0.5 g (1 + tanh(y))``, which in
+  fp64 cancels for g below about -5 and there depends on which fp64 ``tanh`` ran;
 * the product ``act * up`` is computed in ``T`` (one more rounding; the exact
   product of two bf16/fp16 values fits in fp32, so it is correctly rounded).
 
@@ -69,11 +71,33 @@ def _f64(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float64, memory_format=torch.contiguous_format)
 
 
-def activation(gate: torch.Tensor, kind: str) -> torch.Tensor:
-    """``act(gate)`` computed in fp64 and rounded once to gate's dtype.
+SQRT_2_OVER_PI = 0.7978845608028654  # fp64 sqrt(2 / pi), torch's kBeta
+GELU_TANH_KAPPA = 0.044715
 
-    ``kind`` is "silu", "gelu" (erf) or "gelu_tanh". Shared by every op of the family
-    (and by kernels' tests as the definition of the rounded activation).
+
+def gelu_tanh_f64(g: torch.Tensor) -> torch.Tensor:
+    """GELU-tanh of an fp64 tensor as ``g / (1 + exp(-2y))``, ``y = sqrt(2/pi) (g + 0.044715
+    g^3)``: equal to torch's ``0.5 g (1 + tanh(y))`` (``(1 + tanh y) / 2 = sigmoid(2y)``).
+
+    Why not torch's form: for g below about -5, ``1 + tanh(y)`` cancels (it is below
+    fp64's resolution from g ~ -7.15), so its value is the error of whichever fp64
+    ``tanh`` ran: ATen's vectorised tanh returns -1 from |y| > 18.71, its scalar tail a
+    correctly rounded one only from 19.06, so ``F.gelu(x, approximate="tanh")`` in fp64
+    gives 0 or not depending on an element's position, where the true value (about
+    ``g e^(2y)``, 1e-16) is representable in bf16 and fp32. Here every step is
+    well-conditioned: ``exp`` and the division are accurate to an ulp or two in both
+    tails (relative error about ``|2y|`` fp64 ulps from y's rounding) and near 0
+    (``1 + exp(-2y)`` is about 2). Keep the operation order: kernels repeat it.
+    """
+    y = SQRT_2_OVER_PI * (g + GELU_TANH_KAPPA * g * g * g)
+    return g / (1.0 + torch.exp(-2.0 * y))
+
+
+def activation(gate: torch.Tensor, kind: str) -> torch.Tensor:
+    """``act(gate)`` computed in fp64 and converted once to gate's dtype.
+
+    ``kind`` is "silu", "gelu" (erf) or "gelu_tanh" (``gelu_tanh_f64``). Shared by every
+    op of the family (and by kernels' tests as the definition of the rounded activation).
     """
     g = _f64(gate)
     if kind == "silu":
@@ -81,7 +105,7 @@ def activation(gate: torch.Tensor, kind: str) -> torch.Tensor:
     elif kind == "gelu":
         a = F.gelu(g)
     elif kind == "gelu_tanh":
-        a = F.gelu(g, approximate="tanh")
+        a = gelu_tanh_f64(g)
     else:
         raise ValueError(f"unknown activation {kind!r}; expected 'silu', 'gelu' or 'gelu_tanh'")
     return a.to(gate.dtype)

@@ -7,8 +7,9 @@
 // How the kernels match it bit for bit in bf16 and fp16:
 //  * silu / gelu / gelu-tanh of a 16-bit input have only 65536 possible
 //    arguments. The first call per (activation, dtype) builds a table of all of
-//    them with the native formula itself (ATen's fp64 silu/gelu on every bit
-//    pattern, converted to T and stored as fp32, 256 KiB); the row loop then
+//    them with the native formula itself (ATen's fp64 silu/gelu, or the native's
+//    gelu-tanh op sequence, on every bit pattern, converted to T and stored as
+//    fp32, 256 KiB); the row loop then
 //    looks the activation up and multiplies in fp32. No error analysis, no
 //    fallback: the table *is* the native function.
 //  * swigluoai's activation g * sigmoid(alpha * g) depends on alpha and limit,
@@ -146,6 +147,18 @@ Act gelu_kind(const std::string& approximate, const char* op) {
   return approximate == "none" ? kGelu : kGeluTanh;
 }
 
+// GELU-tanh in fp64 as the native (ops/activations.py gelu_tanh_f64) computes it, op
+// for op: g / (1 + exp(-2y)), y = sqrt(2/pi) (g + 0.044715 g^3). Not at::gelu(g, "tanh"):
+// its 0.5 g (1 + tanh y) cancels for g below about -5, and ATen's vector and scalar
+// fp64 tanh disagree there.
+at::Tensor gelu_tanh_f64(const at::Tensor& g) {
+  at::Tensor cube = g * 0.044715;
+  cube = cube * g;
+  cube = cube * g;
+  at::Tensor y = (g + cube) * 0.7978845608028654;
+  return g / (at::exp(y * -2.0) + 1.0);
+}
+
 // The table of a 16-bit dtype: entry b is float(T(act_fp64(value with bits b))),
 // built once by ATen's fp64 kernels, i.e. by the native function's own formula.
 template <typename T>
@@ -158,7 +171,7 @@ const float* act_table(Act act) {
     auto g = bits.view(dtype).to(at::kDouble);
     at::Tensor a = act == kSilu   ? at::silu(g)
                    : act == kGelu ? at::gelu(g, "none")
-                                  : at::gelu(g, "tanh");
+                                  : gelu_tanh_f64(g);
     auto values = a.to(dtype).to(at::kFloat).contiguous();
     auto table = std::make_unique<float[]>(65536);
     std::memcpy(table.get(), values.template data_ptr<float>(), 65536 * sizeof(float));
