@@ -243,6 +243,10 @@ def _bench_kernels(args: argparse.Namespace) -> int:
     providers = _providers_arg(args.providers)
     if args.plot:
         _require("matplotlib", "bench", "--plot")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # every provider's kernels and the copy alike
     families = kernels.FULL if args.full else kernels.FAMILIES
     if args.short:
         families = tuple(kernels.shorten(f) for f in families)
@@ -487,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated providers to time (unsupported ones are skipped)",
     )
     k.add_argument("--plot", metavar="FILE.png", help="draw GB/s per provider per shape")
+    k.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch.set_num_threads (0: default); 1 on a loaded machine, where a multi-threaded "
+        "call waits for descheduled threads",
+    )
     _json_flag(k)
     k.set_defaults(run=_bench_kernels)
     c = benches.add_parser("compile", help="eager vs opir.compile vs plain torch.compile")
