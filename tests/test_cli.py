@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -57,15 +58,41 @@ def test_build_command_prints_the_library_it_left_in_the_cache(capsys):
     assert path.is_file() and cache_root() in path.parents  # not a deleted scratch dir
 
 
-def test_bench_kernels_short_prints_tables_targets_and_plot(capsys, tmp_path):
+def test_bench_kernels_short_prints_tables_targets_and_plot(capsys, tmp_path, monkeypatch):
+    from opir.bench import kernels
+
+    # one shape per family keeps this fast; --short's own shapes are checked below
+    monkeypatch.setattr(
+        kernels, "shorten", lambda f: dataclasses.replace(f, tokens=(4,), hidden=(256,))
+    )
     plot = tmp_path / "k.png"
     args = ["bench", "kernels", "--short", "--rounds", "2", "--providers", "native,cpu"]
     assert cli.main([*args, "--plot", str(plot)]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps long titles
     for expected in ("rms_norm", "fused_add_rms_norm", "clone()", "copy_ into existing", "target:"):
         assert expected in out
-    assert "cpu >= 3x faster than native on every shape" in out
+    for expected in ("silu_and_mul", "gelu_and_mul", "tokens x d", "approximate=", "tanh"):
+        assert expected in out  # (a narrow table folds "approximate=tanh")
+    assert "norms: cpu >= 3x faster than native on every shape" in out
+    assert "activations: cpu faster than native on every shape" in out
     assert plot.stat().st_size > 10_000
+
+
+def test_bench_kernels_short_keeps_a_couple_of_shapes_per_op():
+    from opir.bench import kernels
+
+    for family in kernels.FAMILIES:
+        short = kernels.shorten(family)
+        assert short.cases == family.cases
+        assert len(short.tokens) * len(short.hidden) * len(short.variants) <= 6
+    names = {(c.op.name, c.label) for c in kernels.ACTIVATIONS.cases}
+    assert names == {
+        ("silu_and_mul", ""),
+        ("gelu_and_mul", "approximate=none"),
+        ("gelu_and_mul", "approximate=tanh"),
+    }
+    full = {c.op.name for f in kernels.FULL for c in f.cases}
+    assert {"rms_norm_gated", "swigluoai_and_mul", "silu_mul", "gelu_mul"} <= full
 
 
 @pytest.mark.slow
@@ -222,10 +249,33 @@ def test_kernel_verdicts_come_after_the_noise_floor(capsys, monkeypatch, cpu_us,
     assert cli.main(["bench", "kernels", "--providers", "native,cpu"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     floor = out.index(f"noise floor: times vary by {spread:.0%} between rounds")
-    target = out.index(f"target: cpu >= 3x faster than native on every shape: {verdict}")
+    target = out.index(f"target: norms: cpu >= 3x faster than native on every shape: {verdict}")
     assert floor < target
     if verdict != "met":
         assert ("(within noise)" in out) == (verdict != "NOT met")
+
+
+def test_activation_target_is_its_own_verdict(capsys, monkeypatch):
+    from opir.bench import kernels
+
+    medians = {kernels.COPY: 10.0, "native": 30.0, "cpu": 40.0}  # cpu slower: a miss
+    slow = kernels.KernelResult(
+        "silu_and_mul",
+        "bf16",
+        16,
+        3072,
+        3 << 16,
+        medians,
+        dict.fromkeys(medians, 0.01),
+        "activation",
+    )
+    monkeypatch.setattr(kernels, "run", lambda **kw: [_kernel_result(9.0, 0.01), slow])
+    assert cli.main(["bench", "kernels", "--providers", "native,cpu"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "target: norms: cpu >= 3x faster than native on every shape: met" in out
+    assert "target: activations: cpu faster than native on every shape: NOT met" in out
+    assert "silu_and_mul bf16 16x3072: 0.75x" in out
+    assert "tokens x d" in out  # the activation table's own shape column
 
 
 def test_kernels_json(capsys, monkeypatch):
@@ -236,7 +286,7 @@ def test_kernels_json(capsys, monkeypatch):
     document = json.loads(capsys.readouterr().out)
     assert document["noise_floor"]["median_spread"] == pytest.approx(0.02)
     assert document["results"][0]["median_us"]["cpu"] == 15.0
-    target = next(t for t in document["targets"] if t["description"].startswith("cpu >= 3x"))
+    target = next(t for t in document["targets"] if t["description"].startswith("norms: cpu >= 3x"))
     assert target["met"] is False and target["within_noise"] == [False]
 
 

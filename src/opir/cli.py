@@ -243,22 +243,21 @@ def _bench_kernels(args: argparse.Namespace) -> int:
     providers = _providers_arg(args.providers)
     if args.plot:
         _require("matplotlib", "bench", "--plot")
-    shape_kw: dict[str, Any] = {}
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # every provider's kernels and the copy alike
+    families = kernels.FULL if args.full else kernels.FAMILIES
     if args.short:
-        shape_kw = {"tokens": (1, 256, 4096), "hidden": (4096,), "variants": kernels.VARIANTS[::2]}
-    total = (
-        2
-        * len(shape_kw.get("variants", kernels.VARIANTS))
-        * len(shape_kw.get("tokens", kernels.TOKENS))
-        * len(shape_kw.get("hidden", kernels.HIDDEN))
-    )
+        families = tuple(kernels.shorten(f) for f in families)
     with Progress(console=progress_console, transient=True, disable=args.json) as progress:
+        total = sum(f.size for f in families)
         task = progress.add_task("timing kernels (first use builds/compiles)", total=total)
         results = kernels.run(
+            families=families,
             providers=providers,
             rounds=args.rounds,
             on_result=lambda _: progress.advance(task),
-            **shape_kw,
         )
     targets = kernels.check_targets(results)
     median_noise, max_noise = kernels.noise_floor(results)
@@ -274,21 +273,26 @@ def _bench_kernels(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    names = [n for n in dict.fromkeys(n for r in results for n in r.median_us) if n != kernels.COPY]
     for op in dict.fromkeys(r.op for r in results):
+        rows = [r for r in results if r.op == op]
+        names = [
+            n for n in dict.fromkeys(n for r in rows for n in r.median_us) if n != kernels.COPY
+        ]
         copy = "copy_ into existing memory" if opir.registry[op].allow_inplace else "clone()"
         table = Table(
             title=f"{op}: median µs, GB/s, fraction of copy bandwidth (copy = {copy} of the "
             "same bytes), speed-up vs native"
         )
-        for column in ("x dtype / weight", "shape", "MiB", "copy µs"):
+        dtype = "x dtype / weight" if rows[0].family == "norm" else "x dtype"
+        shape = "tokens x hidden" if rows[0].family == "norm" else "tokens x d"
+        for column in (dtype, shape, "MiB", "copy µs"):
             table.add_column(column, justify="right", overflow="fold")
         for name in names:
             table.add_column(name, justify="right", overflow="fold")
-        for r in (r for r in results if r.op == op):
+        for r in rows:
             cells = [
                 f"{r.median_us[n]:.1f} µs {r.gbps(n):.1f} GB/s {r.of_copy(n):.0%} "
-                f"{r.speedup(n):.1f}x"
+                + (f"{r.speedup(n):.1f}x" if r.has("native") else "")
                 if r.has(n)
                 else "[dim]n/a[/dim]"
                 for n in names
@@ -474,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(run=_bench_dispatch)
     k = benches.add_parser("kernels", help="kernel time per provider next to a plain copy")
     k.add_argument("--short", action="store_true", help="a few shapes only (for `make run`)")
+    k.add_argument(
+        "--full",
+        action="store_true",
+        help="every op with kernels (rms_norm_gated and every activation op), not only the "
+        "RMSNorm pair, silu_and_mul and gelu_and_mul",
+    )
     k.add_argument("--rounds", type=_positive_int, default=9, help="interleaved rounds per shape")
     k.add_argument(
         "--providers",
@@ -481,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated providers to time (unsupported ones are skipped)",
     )
     k.add_argument("--plot", metavar="FILE.png", help="draw GB/s per provider per shape")
+    k.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch.set_num_threads (0: default); 1 on a loaded machine, where a multi-threaded "
+        "call waits for descheduled threads",
+    )
     _json_flag(k)
     k.set_defaults(run=_bench_kernels)
     c = benches.add_parser("compile", help="eager vs opir.compile vs plain torch.compile")

@@ -23,16 +23,18 @@ from pathlib import Path
 
 import torch
 
-from opir.bench.timing import interleave
+from opir.bench.timing import bytes_moved, calls_per_round, copy_baseline, interleave
 
+# tokens x intermediate size d (x is [tokens, 2 * d]); also `opir bench kernels`' shapes
 TOKENS = (1, 16, 256, 2048)
 INTERMEDIATE = (3072, 8192, 14336)
+SHORT_TOKENS, SHORT_INTERMEDIATE = (1, 256), (3072,)  # --short
 DTYPES = (torch.bfloat16, torch.float32)
-# (opir op name, extra args, vLLM op name)
+# (opir op name, its input generator's keywords, vLLM op name); also `opir bench kernels`' cases
 OPS = (
-    ("silu_and_mul", (), "silu_and_mul"),
-    ("gelu_and_mul", ("none",), "gelu_and_mul"),
-    ("gelu_and_mul", ("tanh",), "gelu_tanh_and_mul"),
+    ("silu_and_mul", {}, "silu_and_mul"),
+    ("gelu_and_mul", {"approximate": "none"}, "gelu_and_mul"),
+    ("gelu_and_mul", {"approximate": "tanh"}, "gelu_tanh_and_mul"),
 )
 NATIVE_MAX_ELEMENTS = 1 << 20  # native computes in fp64: skip it on larger shapes
 OPIR, VLLM, NATIVE, COPY = "opir", "vllm", "native", "copy"
@@ -78,11 +80,6 @@ class Row:
     ratio_to_copy: float | None = None
 
 
-def _number(elements: int) -> int:
-    # About 2 ms of work per candidate per round on one core at ~1 element/ns.
-    return max(2, min(500, 2_000_000 // max(elements, 1)))
-
-
 def run(
     *,
     vllm: bool = False,
@@ -96,24 +93,24 @@ def run(
 
     rows = []
     for dtype in dtypes:
-        for name, extra, vllm_name in OPS:
+        for name, inputs, vllm_name in OPS:
             op = getattr(ops, name)
             for t in tokens:
                 for d in intermediate:
-                    x = torch.randn(t, 2 * d).mul_(2).to(dtype)
+                    args = op.sample_inputs(dtype=dtype, num_tokens=t, hidden_size=d, **inputs)
+                    x = args[0]
                     out = torch.empty(t, d, dtype=dtype)
-                    src = torch.empty(t * 3 * d // 2, dtype=dtype)
-                    dst = torch.empty_like(src)
                     candidates = {
-                        OPIR: lambda op=op, x=x, extra=extra: op(x, *extra),
-                        COPY: lambda s=src, c=dst: c.copy_(s),
+                        OPIR: lambda op=op, args=args: op(*args),
+                        # vLLM writes into a preallocated out: copy into existing memory
+                        COPY: copy_baseline(bytes_moved(op, args), fresh=False),
                     }
                     if vllm:
                         kernel = getattr(torch.ops._C, vllm_name)
                         candidates[VLLM] = lambda k=kernel, o=out, x=x: k(o, x)
                     if t * d <= NATIVE_MAX_ELEMENTS:
-                        candidates[NATIVE] = lambda op=op, x=x, extra=extra: op.native(x, *extra)
-                    n = _number(t * d)
+                        candidates[NATIVE] = lambda op=op, args=args: op.native(*args)
+                    n = max(2, min(calls_per_round(fn) for fn in candidates.values()))
                     samples = interleave(candidates, rounds=rounds, number=n, warmup=max(2, n // 4))
                     row = Row(vllm_name, dtype, t, d)
                     for c in candidates:
@@ -134,10 +131,10 @@ def check_outputs_agree(vllm: bool) -> list[str]:
 
     lines = []
     x = torch.randn(64, 2 * 4096).mul_(2).to(torch.bfloat16)
-    for name, extra, vllm_name in OPS:
+    for name, inputs, vllm_name in OPS:
         op = getattr(ops, name)
-        want = op.native(x, *extra)
-        got = op(x, *extra)
+        want = op.native(x, *inputs.values())
+        got = op(x, *inputs.values())
         line = f"{vllm_name} bf16: opir == native: {torch.equal(got, want)}"
         if vllm:
             out = torch.empty_like(want)
@@ -162,7 +159,7 @@ def main(vllm: bool = False, short: bool = False, rounds: int = 7, threads: int 
             console.print(f"[red]vLLM's CPU kernels could not be loaded:[/red] {detail}")
             return 1
         console.print(f"vLLM kernels from {detail}")
-    kw = {"tokens": (1, 256), "intermediate": (3072,)} if short else {}
+    kw = {"tokens": SHORT_TOKENS, "intermediate": SHORT_INTERMEDIATE} if short else {}
     for line in check_outputs_agree(vllm):
         console.print(line)
     rows = run(vllm=vllm, rounds=rounds, on_row=lambda r: None, **kw)

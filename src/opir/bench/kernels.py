@@ -24,6 +24,15 @@ device-to-device copy of the same bytes (the caching allocator makes
 ``clone()`` allocation free, so both ops use ``copy_``-like costs). A provider
 whose predicate rejects a variant (FlashInfer with fp32, say) is left out of
 that row.
+
+Two op families, one table per op: the RMSNorm family (``rms_norm``,
+``fused_add_rms_norm``; ``rms_norm_gated`` with ``--full``) over ``TOKENS`` x
+``HIDDEN`` tokens x hidden size, and the gated-MLP activations
+(``silu_and_mul``, ``gelu_and_mul`` erf and tanh: the ops ``opir bench
+activations`` compares with vLLM, on its shapes; every other activation op with
+``--full``) over tokens x intermediate size ``d`` (x is ``[tokens, 2 * d]``).
+An activation op returns a new tensor, so its copy is a ``clone()`` of
+read 2d + write d elements per token.
 """
 
 from __future__ import annotations
@@ -36,9 +45,19 @@ from typing import Any
 
 import torch
 
-from opir.bench.timing import Samples, check_counts, interleave
+import opir.ops as _ops
+from opir.bench import activations as _activations
+from opir.bench.timing import (
+    Samples,
+    bytes_moved,
+    calls_per_round,
+    check_counts,
+    copy_baseline,
+    interleave,
+)
 from opir.core.op import Op
 from opir.ops import fused_add_rms_norm, rms_norm
+from opir.ops.activations import OPS as ACTIVATION_OPS
 
 COPY = "copy"
 PROVIDERS = ("native", "cpu", "inductor", "triton", "flashinfer")
@@ -50,6 +69,70 @@ VARIANTS = (
     ("fp32", torch.float32, torch.float32),
     ("gemma bf16 x, fp32 w", torch.bfloat16, torch.float32),
 )
+# activations: x dtype only (no weight)
+ACTIVATION_VARIANTS = (("bf16", torch.bfloat16, None), ("fp32", torch.float32, None))
+
+Variant = tuple[str, torch.dtype, "torch.dtype | None"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One op called one way: ``inputs`` are extra input-generator keywords
+    (``approximate="tanh"``), shown after the dtype in the row's label."""
+
+    op: Op
+    inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.inputs.items())
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """Ops timed on the same shapes, checked against the same targets."""
+
+    name: str  # "norm" or "activation"
+    cases: tuple[Case, ...]
+    variants: tuple[Variant, ...]
+    tokens: tuple[int, ...]
+    hidden: tuple[int, ...]  # hidden size (norms) or intermediate size d (activations)
+
+    @property
+    def size(self) -> int:
+        return len(self.cases) * len(self.variants) * len(self.tokens) * len(self.hidden)
+
+
+def _cases(ops: Sequence[Op]) -> tuple[Case, ...]:
+    return tuple(Case(op) for op in ops)
+
+
+NORMS = Family("norm", _cases((rms_norm, fused_add_rms_norm)), VARIANTS, TOKENS, HIDDEN)
+# the ops and shapes ``opir bench activations`` times against vLLM
+ACTIVATIONS = Family(
+    "activation",
+    tuple(Case(getattr(_ops, name), dict(kw)) for name, kw, _ in _activations.OPS),
+    ACTIVATION_VARIANTS,
+    _activations.TOKENS,
+    _activations.INTERMEDIATE,
+)
+FAMILIES = (NORMS, ACTIVATIONS)
+# --full: every op with kernels (all_reduce_rms_norm needs a process group: not here)
+_MORE_ACTIVATIONS = [op for op in ACTIVATION_OPS if all(c.op is not op for c in ACTIVATIONS.cases)]
+FULL = (
+    dataclasses.replace(NORMS, cases=(*NORMS.cases, Case(_ops.rms_norm_gated))),
+    dataclasses.replace(ACTIVATIONS, cases=(*ACTIVATIONS.cases, *_cases(_MORE_ACTIVATIONS))),
+)
+# --short (``make run``): a couple of shapes per op
+_SHORT = {
+    "norm": {"tokens": (1, 256, 4096), "hidden": (4096,), "variants": VARIANTS[::2]},
+    "activation": {"tokens": _activations.SHORT_TOKENS, "hidden": _activations.SHORT_INTERMEDIATE},
+}
+
+
+def shorten(family: Family) -> Family:
+    """The family on its ``--short`` shapes."""
+    return dataclasses.replace(family, **_SHORT[family.name])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +145,7 @@ class KernelResult:
     median_us: dict[str, float]  # COPY and each provider
     # relative spread between rounds (IQR / median) per candidate: the noise floor
     spread: dict[str, float] = dataclasses.field(default_factory=dict)
+    family: str = "norm"
 
     def noise(self, *names: str) -> float:
         """Relative noise of a ratio of these candidates (their spreads added; 0 if unknown)."""
@@ -82,14 +166,6 @@ class KernelResult:
         return self.median_us[over] / self.median_us[name]
 
 
-def _bytes_moved(op: Op, args: tuple) -> int:
-    x, weight = args[0], args[2] if op is fused_add_rms_norm else args[1]
-    activations = 2 if op is fused_add_rms_norm else 1  # x (and residual)
-    per_activation = x.numel() * x.element_size()
-    weight_bytes = 0 if weight is None else weight.numel() * weight.element_size()
-    return per_activation * activations * 2 + weight_bytes  # read + write each activation
-
-
 def steady_allocator() -> bool:
     """Pin glibc's mmap/trim thresholds (see module docstring); False if not glibc."""
     import ctypes
@@ -103,20 +179,6 @@ def steady_allocator() -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3
     ok = mallopt(m_mmap_threshold, 32 * 2**20) == 1
     return ok and mallopt(m_trim_threshold, 2**30) == 1
-
-
-def _calls_per_round(fn: Callable[[], object], budget_s: float = 2e-3, cuda: bool = False) -> int:
-    import time
-
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    fn()
-    sync()
-    start = time.perf_counter()
-    for _ in range(3):
-        fn()
-    sync()
-    elapsed = (time.perf_counter() - start) / 3
-    return max(1, min(2000, int(budget_s / max(elapsed, 1e-7))))
 
 
 def interleave_cuda(
@@ -153,30 +215,27 @@ def default_device() -> str:
 
 
 def measure(
-    op: Op,
-    variant: tuple[str, torch.dtype, torch.dtype],
+    op: Op | Case,
+    variant: Variant,
     tokens: int,
     hidden: int,
     providers: Sequence[str],
     rounds: int,
     device: str = "cpu",
+    family: str = "norm",
 ) -> KernelResult:
+    case = op if isinstance(op, Case) else Case(op)
+    op = case.op
     label, dtype, weight_dtype = variant
-    args = op.sample_inputs(
-        dtype=dtype,
-        weight_dtype=weight_dtype,
-        num_tokens=tokens,
-        hidden_size=hidden,
-        device=device,
-    )
-    moved = _bytes_moved(op, args)
+    shape_kw: dict[str, Any] = {"num_tokens": tokens, "hidden_size": hidden, **case.inputs}
+    if weight_dtype is not None:
+        shape_kw["weight_dtype"] = weight_dtype
+    args = op.sample_inputs(dtype=dtype, device=device, **shape_kw)
+    moved = bytes_moved(op, tuple(args))
     cuda = device != "cpu"
-    source = torch.empty(moved // 2, dtype=torch.uint8, device=device)
-    if op.allow_inplace or cuda:
-        target = torch.empty_like(source)
-        candidates: dict[str, Callable[[], object]] = {COPY: lambda: target.copy_(source)}
-    else:
-        candidates = {COPY: source.clone}
+    candidates: dict[str, Callable[[], object]] = {
+        COPY: copy_baseline(moved, device, fresh=not (op.allow_inplace or cuda))
+    }
     args = op.complete_args(tuple(args))  # every argument, as impls receive them
     for provider in providers:
         impl = op.impls[provider]
@@ -186,70 +245,73 @@ def measure(
         impl.eager_fn(*call_args)  # warm up (builds / compiles / loads on first use)
         eager = op.impls[provider].eager_fn  # after loading: the launcher itself
         candidates[provider] = functools.partial(eager, *call_args)
-    number = min(_calls_per_round(fn, cuda=cuda) for fn in candidates.values())
+    number = min(calls_per_round(fn, cuda=cuda) for fn in candidates.values())
     if cuda:
         samples = interleave_cuda(candidates, rounds=rounds, number=number, warmup=2)
     else:
         samples = interleave(candidates, rounds=rounds, number=number, warmup=2)
     return KernelResult(
         op.name,
-        label,
+        f"{label}, {case.label}" if case.label else label,
         tokens,
         hidden,
         moved,
         {name: samples.median(name) * 1e6 for name in candidates},
         {name: samples.spread(name) for name in candidates},
+        family,
     )
 
 
 def run(
     *,
     ops: Sequence[Op] = (rms_norm, fused_add_rms_norm),
-    variants: Sequence[tuple[str, torch.dtype, torch.dtype]] = VARIANTS,
+    variants: Sequence[Variant] = VARIANTS,
     tokens: Sequence[int] = TOKENS,
     hidden: Sequence[int] = HIDDEN,
+    families: Sequence[Family] | None = None,
     providers: Sequence[str] = PROVIDERS,
     rounds: int = 9,
     on_result: Callable[[KernelResult], None] | None = None,
     device: str | None = None,
 ) -> list[KernelResult]:
+    """Time every family's cases on its shapes (``families``, e.g. ``FAMILIES``); without
+    ``families``, the norm family made of ``ops`` on ``variants`` x ``tokens`` x ``hidden``."""
     check_counts(rounds=rounds)
-    unknown = [p for p in providers if all(p not in op.impls for op in ops)]
+    if families is None:
+        families = [Family("norm", _cases(ops), tuple(variants), tuple(tokens), tuple(hidden))]
+    all_ops = [c.op for f in families for c in f.cases]
+    unknown = [p for p in providers if all(p not in op.impls for op in all_ops)]
     if unknown:
-        known = sorted({p for op in ops for p in op.impls})
+        known = sorted({p for op in all_ops for p in op.impls})
         raise ValueError(f"unknown provider(s) {', '.join(unknown)}; known: {', '.join(known)}")
     device = device or default_device()
-    usable = [p for p in providers if _usable(p, ops, device)]
     steady_allocator()
     results = []
     with torch.inference_mode():
-        for op, variant, t, h in itertools.product(ops, variants, tokens, hidden):
-            result = measure(op, variant, t, h, usable, rounds, device)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
+        for family in families:
+            for case in family.cases:
+                usable = [p for p in providers if _usable(p, case, device)]
+                shapes = itertools.product(family.variants, family.tokens, family.hidden)
+                for variant, t, h in shapes:
+                    result = measure(case, variant, t, h, usable, rounds, device, family.name)
+                    results.append(result)
+                    if on_result is not None:
+                        on_result(result)
     return results
 
 
-def _usable(provider: str, ops: Sequence[Op], device: str) -> bool:
-    """Registered and supported for every op, on a kernel that runs on ``device``
+def _usable(provider: str, case: Case, device: str) -> bool:
+    """Registered and supported for the op, on a kernel that runs on ``device``
     (Triton's CPU interpreter is a correctness tool, not something to time)."""
-    found = [op.impls.get(provider) for op in ops]
-    impls = [impl for impl in found if impl is not None]
-    if len(impls) != len(found) or not all(impl.supported for impl in impls):
+    impl = case.op.impls.get(provider)
+    if impl is None or not impl.supported:
         return False
     if provider == "triton" and device == "cpu":
         return False
-    probe_kw: dict[str, Any] = {
-        "dtype": torch.bfloat16,
-        "num_tokens": 1,
-        "hidden_size": 64,
-        "device": device,
-    }
-    return any(
-        impl.supports_args is None or impl.supports_args(*op.sample_inputs(**probe_kw))
-        for op, impl in zip(ops, impls, strict=True)
+    probe = case.op.sample_inputs(
+        dtype=torch.bfloat16, num_tokens=1, hidden_size=64, device=device, **case.inputs
     )
+    return impl.supports_args is None or impl.supports_args(*probe)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,13 +348,12 @@ def _target(description: str, misses: list[tuple[str, bool]]) -> Target:
 
 
 def check_targets(results: Sequence[KernelResult]) -> list[Target]:
-    """The issue's targets for the cpu provider, evaluated on measured results."""
+    """The issues' targets, evaluated on measured results: the norm family's for the
+    cpu provider (and triton's on a GPU), and cpu faster than native on every
+    activation shape."""
 
     def shape(r: KernelResult) -> str:
         return f"{r.op} {r.variant} {r.tokens}x{r.hidden}"
-
-    have = set().union(*(r.median_us for r in results))
-    targets = []
 
     def ratio_misses(rows, name, over, threshold, strict=False):
         """Rows where median[over]/median[name] falls short of threshold, with the noise."""
@@ -305,25 +366,33 @@ def check_targets(results: Sequence[KernelResult]) -> list[Target]:
                 misses.append((f"{shape(r)}: {shown}", quiet))
         return misses
 
-    if "triton" in have:  # the GPU goals (issue 11)
-        rows = [r for r in results if r.has("triton")]
+    def having(rows, *names):
+        return [r for r in rows if all(r.has(n) for n in names)]
+
+    norms = [r for r in results if r.family == "norm"]
+    targets = []
+    if rows := having(norms, "triton", "native"):  # the GPU goals (issue 11)
         misses = ratio_misses(rows, "triton", "native", 1.0, strict=True)
-        targets.append(_target("triton faster than native on every shape", misses))
+        targets.append(_target("norms: triton faster than native on every shape", misses))
         big = [r for r in rows if r.bytes_moved >= 16 * 2**20]
         misses = ratio_misses(big, "triton", COPY, 0.85)
-        targets.append(_target("triton >= 85% of copy bandwidth at >= 16 MiB", misses))
-    if {"cpu", "native"} <= have:
-        rows = [r for r in results if r.has("cpu") and r.has("native")]
+        targets.append(_target("norms: triton >= 85% of copy bandwidth at >= 16 MiB", misses))
+    if rows := having(norms, "cpu", "native"):
         misses = ratio_misses(rows, "cpu", "native", 3.0)
-        targets.append(_target("cpu >= 3x faster than native on every shape", misses))
-    if {"cpu", "inductor"} <= have:
-        rows = [r for r in results if r.tokens <= 256 and r.has("cpu") and r.has("inductor")]
+        targets.append(_target("norms: cpu >= 3x faster than native on every shape", misses))
+    if rows := having(norms, "cpu", "inductor"):
+        rows = [r for r in rows if r.tokens <= 256]
         misses = ratio_misses(rows, "cpu", "inductor", 1.0, strict=True)
-        targets.append(_target("cpu faster than inductor up to 256 tokens", misses))
-    if "cpu" in have:
-        big = [r for r in results if r.bytes_moved >= 16 * 2**20 and r.has("cpu")]
+        targets.append(_target("norms: cpu faster than inductor up to 256 tokens", misses))
+    if rows := having(norms, "cpu"):
+        big = [r for r in rows if r.bytes_moved >= 16 * 2**20]
         misses = ratio_misses(big, "cpu", COPY, 0.6)
-        targets.append(_target("cpu >= 60% of copy bandwidth on shapes moving >= 16 MiB", misses))
+        description = "norms: cpu >= 60% of copy bandwidth on shapes moving >= 16 MiB"
+        targets.append(_target(description, misses))
+    activations = [r for r in results if r.family == "activation"]
+    if rows := having(activations, "cpu", "native"):  # issue 17
+        misses = ratio_misses(rows, "cpu", "native", 1.0, strict=True)
+        targets.append(_target("activations: cpu faster than native on every shape", misses))
     return targets
 
 

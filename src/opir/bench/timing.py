@@ -94,3 +94,50 @@ def interleave(
         if on_round is not None:
             on_round()
     return Samples(per_round)
+
+
+def calls_per_round(fn: Callable[[], object], budget_s: float = 2e-3, cuda: bool = False) -> int:
+    """How many calls of ``fn`` fill about ``budget_s`` (1 to 2000), from three timed calls."""
+    import torch
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(3):
+        fn()
+    sync()
+    elapsed = (time.perf_counter() - start) / 3
+    return max(1, min(2000, int(budget_s / max(elapsed, 1e-7))))
+
+
+def bytes_moved(op, args: tuple) -> int:
+    """Bytes an op must move for one call on ``args``: every tensor argument read once,
+    every output written once (an in-place op writes its activation arguments back).
+    The output sizes come from the native function run on meta tensors."""
+    import torch
+
+    def size(t: torch.Tensor) -> int:
+        return t.numel() * t.element_size()
+
+    read = sum(size(a) for a in args if isinstance(a, torch.Tensor))
+    if op.allow_inplace:
+        return read + sum(size(args[i]) for i in op.activation_positions)
+    meta = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in args]
+    out = op.native(*meta)
+    outs = out if isinstance(out, tuple | list) else (out,)
+    return read + sum(size(o) for o in outs if isinstance(o, torch.Tensor))
+
+
+def copy_baseline(moved: int, device: str = "cpu", *, fresh: bool) -> Callable[[], object]:
+    """A plain copy that moves ``moved`` bytes (half read, half written): ``clone()``
+    (a freshly allocated output, as an op that returns a new tensor) when ``fresh``,
+    else ``copy_()`` into memory allocated once (as an in-place op, or a kernel that
+    writes into a preallocated ``out``)."""
+    import torch
+
+    source = torch.empty(moved // 2, dtype=torch.uint8, device=device)
+    if fresh:
+        return source.clone
+    target = torch.empty_like(source)
+    return lambda: target.copy_(source)
