@@ -214,10 +214,22 @@ def test_eager_calls_run_the_pybind_function_itself():
     assert silu_and_mul.impls["cpu"].eager is activation_kernels.extension().silu_and_mul
 
 
+def _run_python(code: str) -> str:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 def test_each_family_builds_on_its_own_first_call():
     """The first norm call loads only norms.cpp's extension, and an activation's only
     activations.cpp's (separate Providers of the one 'cpu' provider)."""
-    code = (
+    out = _run_python(
         "import torch, opir\n"
         "from opir.providers.cpu import build\n"
         "x = torch.randn(2, 8)\n"
@@ -228,15 +240,24 @@ def test_each_family_builds_on_its_own_first_call():
         "    opir.ops.silu_and_mul(x)\n"
         "print(sorted(build._modules))\n"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    assert out.split("\n")[:2] == ["['norms']", "['activations', 'norms']"]
+
+
+def test_a_failed_activations_build_withdraws_only_the_activations():
+    out = _run_python(
+        "import warnings, torch, opir\n"
+        "from opir.providers.cpu import build\n"
+        "build._failures['activations'] = build.ProviderBuildError('no compiler (test)')\n"
+        "x = torch.randn(2, 8)\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    y = opir.ops.silu_and_mul(x)\n"
+        "assert torch.equal(y, opir.ops.silu_and_mul.native(x))\n"
+        "print(len(caught), 'no compiler (test)' in str(caught[0].message))\n"
+        "print([op.impls['cpu'].supported for op in opir.ops.activations.OPS])\n"
+        "print(opir.ops.rms_norm.impls['cpu'].supported, sorted(build._modules))\n"
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split("\n")[:2] == ["['norms']", "['activations', 'norms']"]
+    assert out.split("\n")[:3] == ["1 True", str([False] * 8), "True []"]
 
 
 def test_last_dim_not_contiguous_is_not_the_kernels():
