@@ -15,11 +15,8 @@ rejected by the kernels with the same ValueError the native ops raise.
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-import opir.providers.cpu.build as build
 from opir.ops.activations import (
     fatrelu_and_mul,
     gelu_and_mul,
@@ -30,26 +27,12 @@ from opir.ops.activations import (
     silu_mul,
     swigluoai_and_mul,
 )
-from opir.providers.cpu.availability import REASON, SUPPORTED
-from opir.providers.kit import Provider
+from opir.providers.cpu.impls import family_provider
 
-
-def _load():
-    return importlib.import_module("opir.providers.cpu.activation_kernels").load()
-
-
-# The same 'cpu' provider as impls.PROVIDER (one name for users and priorities),
-# but a Provider of its own because each source family is its own extension,
-# built on its family's first call: the first rms_norm call never waits for the
-# activations' build, nor the first silu_and_mul for the norms'. A failed build
-# withdraws only the ops of the family that failed.
-PROVIDER = Provider(
-    "cpu",
-    namespace="opir_cpu",
-    availability=(SUPPORTED, REASON),
-    load=_load,
-    load_errors=(build.ProviderBuildError,),
-)
+# Its own Provider of 'cpu' (see family_provider): activations.cpp is built on the
+# first activation call, never by the first norm call, and a failed build
+# withdraws the activations only.
+PROVIDER = family_provider("opir.providers.cpu.activation_kernels")
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
