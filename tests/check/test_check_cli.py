@@ -100,3 +100,17 @@ def test_example_plugin_passes_and_a_wrong_plugin_fails(tmp_path):
     outcomes = {o["check"]: o for o in json.loads(wrong.stdout)["outcomes"]}
     assert outcomes["native"]["status"] == "fail"
     assert "not close" in outcomes["native"]["detail"]
+
+
+@pytest.mark.slow
+def test_triton_rms_norm_passes_in_the_interpreter():
+    """``TRITON_INTERPRET=1 opir check triton --op rms_norm`` (~25 s): among others the
+    bad epsilons (None, "1e-6") raise native's TypeError, not the interpreter's error."""
+    pytest.importorskip("triton", reason="triton is a test dependency: pip install triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "COLUMNS": "200"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, "-m", "opir", "check", "triton", "--op", "rms_norm", "--json"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    outcomes = {o["check"]: o for o in json.loads(done.stdout)["outcomes"]}
+    assert outcomes["bad_inputs"]["status"] == "pass", outcomes["bad_inputs"]

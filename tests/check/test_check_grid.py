@@ -22,8 +22,9 @@ def _rms(
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
 ) -> torch.Tensor:
-    return rms_norm.native(x, weight, epsilon, variance_size, weight_bias)
+    return rms_norm.native(x, weight, epsilon, variance_size, weight_bias, fp32_multiply)
 
 
 @contextlib.contextmanager
@@ -47,8 +48,9 @@ def test_a_correct_impl_passes_every_check():
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> torch.Tensor:
-        return _rms(x, weight, epsilon, variance_size, weight_bias)
+        return _rms(x, weight, epsilon, variance_size, weight_bias, fp32_multiply)
 
     with registered(rms_norm, "test_good", good):
         report = check_provider("test_good", ["rms_norm"])
@@ -65,6 +67,7 @@ def test_wrong_values_fail_native():
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> torch.Tensor:
         y = x.float() / (x.float().abs().mean(-1, keepdim=True) + epsilon)
         return (y * weight if weight is not None else y).to(x.dtype)
@@ -82,8 +85,9 @@ def test_mutating_an_input_fails_native():
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> torch.Tensor:
-        out = _rms(x, weight, epsilon, variance_size, weight_bias)
+        out = _rms(x, weight, epsilon, variance_size, weight_bias, fp32_multiply)
         x.copy_(out)
         return out
 
@@ -100,9 +104,10 @@ def test_ignoring_strides_fails_layouts_only():
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> torch.Tensor:
         dense = torch.as_strided(x, x.shape, torch.empty(x.shape).stride(), x.storage_offset())
-        return _rms(dense, weight, epsilon, variance_size, weight_bias)
+        return _rms(dense, weight, epsilon, variance_size, weight_bias, fp32_multiply)
 
     with registered(rms_norm, "test_dense", assumes_contiguous):
         got = outcomes("test_dense", rms_norm, ["native", "layouts"])
@@ -117,6 +122,7 @@ def test_declining_hostile_layouts_is_allowed():
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> bool:
         return x.is_contiguous()
 
@@ -126,9 +132,10 @@ def test_declining_hostile_layouts_is_allowed():
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> torch.Tensor:
         dense = torch.as_strided(x, x.shape, torch.empty(x.shape).stride(), x.storage_offset())
-        return _rms(dense, weight, epsilon, variance_size, weight_bias)
+        return _rms(dense, weight, epsilon, variance_size, weight_bias, fp32_multiply)
 
     with registered(rms_norm, "test_picky", assumes_contiguous, supports_args=contiguous_only):
         got = outcomes("test_picky", rms_norm, ["layouts"])
@@ -143,9 +150,10 @@ def test_crashing_on_zero_rows_fails_zero_rows():
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> torch.Tensor:
         x.float().abs().amax(dim=-2)  # no identity for an empty reduction
-        return _rms(x, weight, epsilon, variance_size, weight_bias)
+        return _rms(x, weight, epsilon, variance_size, weight_bias, fp32_multiply)
 
     with registered(rms_norm, "test_rows", needs_rows):
         got = outcomes("test_rows", rms_norm, ["zero_rows", "native"])
@@ -159,6 +167,7 @@ def test_bad_inputs_need_native_exception_type():
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> torch.Tensor:
         y = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + epsilon)
         return (y * weight if weight is not None else y).to(x.dtype)
@@ -176,6 +185,7 @@ def test_supports_args_must_return_a_bool():
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> bool:
         return torch.tensor(x.shape[-1] > 0)
 
@@ -185,8 +195,9 @@ def test_supports_args_must_return_a_bool():
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> torch.Tensor:
-        return _rms(x, weight, epsilon, variance_size, weight_bias)
+        return _rms(x, weight, epsilon, variance_size, weight_bias, fp32_multiply)
 
     with registered(rms_norm, "test_verdict", good, supports_args=tensor_verdict):
         got = outcomes("test_verdict", rms_norm, ["native"])
@@ -210,6 +221,7 @@ def test_a_fake_of_the_wrong_shape_fails_fake():
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> torch.Tensor:
         return kernel(x, weight, epsilon)
 
@@ -219,8 +231,9 @@ def test_a_fake_of_the_wrong_shape_fails_fake():
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> bool:
-        return variance_size is None and weight_bias == 0.0
+        return variance_size is None and weight_bias == 0.0 and not fp32_multiply
 
     with registered(rms_norm, "test_fake", impl, supports_args=plain):
         got = outcomes("test_fake", rms_norm, ["native", "fake"])
@@ -236,9 +249,12 @@ def test_an_inplace_impl_that_breaks_on_aliasing_fails_inplace():
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x_residual.add_(x)  # residual := x + residual, then x := norm(residual)
-        x.copy_(rms_norm.native(x_residual, weight, epsilon, variance_size, weight_bias))
+        x.copy_(
+            rms_norm.native(x_residual, weight, epsilon, variance_size, weight_bias, fp32_multiply)
+        )
         return x, x_residual
 
     # aliasing_safe=True is a false promise: opir does not guard the calls.
@@ -257,8 +273,11 @@ def test_an_inplace_impl_that_writes_the_weight_fails_inplace():
         epsilon: float,
         variance_size: int | None = None,
         weight_bias: float = 0.0,
+        fp32_multiply: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = fused_add_rms_norm.native(x, x_residual, weight, epsilon, variance_size, weight_bias)
+        out = fused_add_rms_norm.native(
+            x, x_residual, weight, epsilon, variance_size, weight_bias, fp32_multiply
+        )
         if weight is not None:
             weight.zero_()
         return out

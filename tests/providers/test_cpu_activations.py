@@ -6,6 +6,11 @@ bf16/fp16: bit-identical (torch.equal) on every input tried, including every
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conformance import run_provider
@@ -24,8 +29,9 @@ from opir.ops import (
     swigluoai_and_mul,
 )
 from opir.ops.activations import OPS
-from opir.providers.cpu import activation_impls
+from opir.providers.cpu import activation_impls, activation_kernels
 
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 SIXTEEN = [torch.bfloat16, torch.float16]
 MERGED_ARGS = {
     "silu_and_mul": [()],
@@ -79,7 +85,7 @@ def test_swigluoai_every_gate_value(dtype, alpha, limit):
     """The fp32 fast path with fp64 fallback lanes, on every 16-bit gate value."""
     g = _every_16bit(dtype)
     x = torch.stack([g, torch.zeros_like(g)], dim=-1).reshape(1, -1)
-    ext = activation_impls.extension()
+    ext = activation_kernels.extension()
     ext.fallback_lanes(True)
     assert_same_bits(
         cpu(swigluoai_and_mul, x, alpha, limit), swigluoai_and_mul.native(x, alpha, limit)
@@ -89,7 +95,7 @@ def test_swigluoai_every_gate_value(dtype, alpha, limit):
 
 def test_swigluoai_fallback_is_rare_on_model_like_inputs():
     x = (2 * torch.randn(64, 2 * 2048, generator=torch.Generator().manual_seed(0))).bfloat16()
-    ext = activation_impls.extension()
+    ext = activation_kernels.extension()
     ext.fallback_lanes(True)
     cpu(swigluoai_and_mul, x)
     assert ext.fallback_lanes(True) / (64 * 2048) < 0.03
@@ -191,6 +197,67 @@ def test_kernel_rejects_bad_arguments():
         cpu(gelu_mul, x, x.bfloat16())
     with pytest.raises(TypeError, match="threshold must be a float"):
         cpu(fatrelu_and_mul, x, "0.5")
+    # pybind refuses these types; native's exception type, with the argument named
+    with pytest.raises(ValueError, match=r"gelu_and_mul: approximate must be one of"):
+        cpu(gelu_and_mul, x, 5)
+    with pytest.raises(ValueError, match=r"gelu_and_mul_sparse: approximate must be one of"):
+        cpu(gelu_and_mul_sparse, x, 1.0, None)
+    with pytest.raises(TypeError, match="swigluoai_and_mul: alpha must be a float, got NoneType"):
+        cpu(swigluoai_and_mul, x, None, 7.0)
+
+
+def test_eager_calls_run_the_pybind_function_itself():
+    """After the first call the impl's eager entry is the launcher: for tensor-only ops
+    the pybind function, with no Python frame in between."""
+    x = torch.randn(2, 8)
+    cpu(silu_and_mul, x)
+    assert silu_and_mul.impls["cpu"].eager is activation_kernels.extension().silu_and_mul
+
+
+def _run_python(code: str) -> str:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_each_family_builds_on_its_own_first_call():
+    """The first norm call loads only norms.cpp's extension, and an activation's only
+    activations.cpp's (separate Providers of the one 'cpu' provider)."""
+    out = _run_python(
+        "import torch, opir\n"
+        "from opir.providers.cpu import build\n"
+        "x = torch.randn(2, 8)\n"
+        "with opir.ops.rms_norm.set_priority(['cpu']):\n"
+        "    opir.ops.rms_norm(x, None, 1e-6)\n"
+        "print(sorted(build._modules))\n"
+        "with opir.ops.silu_and_mul.set_priority(['cpu']):\n"
+        "    opir.ops.silu_and_mul(x)\n"
+        "print(sorted(build._modules))\n"
+    )
+    assert out.split("\n")[:2] == ["['norms']", "['activations', 'norms']"]
+
+
+def test_a_failed_activations_build_withdraws_only_the_activations():
+    out = _run_python(
+        "import warnings, torch, opir\n"
+        "from opir.providers.cpu import build\n"
+        "build._failures['activations'] = build.ProviderBuildError('no compiler (test)')\n"
+        "x = torch.randn(2, 8)\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    y = opir.ops.silu_and_mul(x)\n"
+        "assert torch.equal(y, opir.ops.silu_and_mul.native(x))\n"
+        "print(len(caught), 'no compiler (test)' in str(caught[0].message))\n"
+        "print([op.impls['cpu'].supported for op in opir.ops.activations.OPS])\n"
+        "print(opir.ops.rms_norm.impls['cpu'].supported, sorted(build._modules))\n"
+    )
+    assert out.split("\n")[:3] == ["1 True", str([False] * 8), "True []"]
 
 
 def test_last_dim_not_contiguous_is_not_the_kernels():
@@ -200,20 +267,22 @@ def test_last_dim_not_contiguous_is_not_the_kernels():
 
 
 @pytest.mark.parametrize(
-    ("op", "impl", "args"),
+    ("op", "args"),
     [
-        (silu_and_mul, activation_impls.cpu_silu_and_mul, ()),
-        (gelu_and_mul, activation_impls.cpu_gelu_and_mul, ("tanh",)),
-        (fatrelu_and_mul, activation_impls.cpu_fatrelu_and_mul, (0.5,)),
-        (gelu_and_mul_sparse, activation_impls.cpu_gelu_and_mul_sparse, (1.0, "none")),
-        (swigluoai_and_mul, activation_impls.cpu_swigluoai_and_mul, (1.702, 7.0)),
-        (silu_mul, activation_impls.cpu_silu_mul, ()),
-        (gelu_mul, activation_impls.cpu_gelu_mul, ("none",)),
+        (silu_and_mul, ()),
+        (mul_and_silu, ()),
+        (gelu_and_mul, ("tanh",)),
+        (fatrelu_and_mul, (0.5,)),
+        (gelu_and_mul_sparse, (1.0, "none")),
+        (swigluoai_and_mul, (1.702, 7.0)),
+        (silu_mul, ()),
+        (gelu_mul, ("none",)),
     ],
     ids=lambda v: getattr(v, "name", None),
 )
-def test_custom_op_under_make_fx(op, impl, args):
+def test_custom_op_under_make_fx(op, args):
     """The traceable impl (what lowering records) is one opir_cpu node, real and fake."""
+    impl = op.impls["cpu"].fn
     x = torch.randn(3, 2, 32, dtype=torch.bfloat16)
     tensors = (x[..., :16], x[..., 16:]) if op in (silu_mul, gelu_mul) else (x,)
 

@@ -213,6 +213,22 @@ else:
         with pytest.raises(ValueError, match=match):
             _run(op, tuple(a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args()))
 
+    @pytest.mark.parametrize(
+        ("op", "extra", "match"),
+        [
+            (acts.fatrelu_and_mul, ("0.5",), "threshold must be a float"),
+            (acts.swigluoai_and_mul, (None, 7.0), "alpha must be a float"),
+            (acts.gelu_and_mul_sparse, ("1", "none"), "std_multiplier must be a float"),
+        ],
+        ids=lambda v: getattr(v, "name", None) or "",
+    )
+    def test_non_number_floats_raise_natives_type_error(op, extra, match):
+        x = torch.ones(2, 4, device=DEVICE)
+        with pytest.raises(TypeError):
+            op.native(x, *extra)
+        with pytest.raises(TypeError, match=match):
+            _run(op, (x, *extra))
+
     def test_predicates_reject_what_the_kernels_cannot_do():
         from opir.providers.triton import activation_impls as impls
 
@@ -226,10 +242,8 @@ else:
         """Under make_fx the impl records ``opir_triton.silu_and_mul``: one node."""
         from torch.fx.experimental.proxy_tensor import make_fx
 
-        from opir.providers.triton import activation_impls as impls
-
         x = torch.randn(3, 8, device=DEVICE)
-        gm = make_fx(impls.triton_silu_and_mul)(x)
+        gm = make_fx(acts.silu_and_mul.impls["triton"].fn)(x)
         targets = [n.target for n in gm.graph.nodes if n.op == "call_function"]
         assert targets == [torch.ops.opir_triton.silu_and_mul.default]
         torch.testing.assert_close(gm(x), acts.silu_and_mul.native(x))

@@ -1,14 +1,28 @@
-"""The norm ops' input contract: checks every implementation runs.
+"""The ops' input contract: checks every implementation runs.
 
 The native functions call them, and so do launchers that do not go through
 the native function (the triton kernels), so that bad input gets the same
 clear ``ValueError`` whichever provider runs. Each names the op and the
-argument, and says what was expected.
+argument, and says what was expected. ``check_float`` is the scalar check:
+the natives reject a non-number where a float belongs with a TypeError from
+their arithmetic; a launcher that hands the value to a kernel raises that
+TypeError with this message instead of the kernel library's own error.
 """
 
 from __future__ import annotations
 
+import numbers
+
 import torch
+
+_REALS = (float, int, numbers.Real, torch.SymFloat, torch.SymInt)  # the common ones first
+
+
+def check_float(value: object, name: str, op: str) -> None:
+    """``value`` is a real number (the op's float parameter ``name``); TypeError otherwise."""
+    if isinstance(value, _REALS):
+        return
+    raise TypeError(f"{op}: {name} must be a float, got {type(value).__name__} {value!r}")
 
 
 def check_x_weight(x: torch.Tensor, weight: torch.Tensor | None, op: str) -> None:

@@ -16,7 +16,10 @@ Every provider package has the same layout, written with the provider kit
 ``PROVIDER.kernels()`` is the one accessor for the loaded kernels; a load
 failure follows the kit's one policy (withdraw with the reason; fall back with
 one warning unless the user asked for the provider). Kernel sources are one
-file per op family. ``inductor`` compiles each op's native function and needs
+file per op family; a family may have its own ``<family>_kernels.py`` and
+``<family>_impls.py`` (cpu's activations: each C++ family is built on its own
+first call, so it has its own ``Provider`` instance of the same provider).
+``inductor`` compiles each op's native function and needs
 none of this; ``defaults`` installs the measured platform priorities.
 """
 

@@ -174,7 +174,7 @@ def load(family: str = DEFAULT_FAMILY) -> ModuleType:
                 _failures[family] = e
                 raise
             except Exception as e:  # OSError, ImportError, ...: the same documented path
-                _failures[family] = _build_error(e)
+                _failures[family] = _build_error(e, family)
                 raise _failures[family] from e
     return _modules[family]
 
@@ -213,13 +213,19 @@ def _import(name: str, library: Path) -> ModuleType:
     return module
 
 
-def _build_error(e: BaseException) -> ProviderBuildError:
+def _build_error(e: BaseException, family: str) -> ProviderBuildError:
+    example = _EXAMPLE_PRIORITY.get(family, "<op>=native")
     return ProviderBuildError(
-        f"building opir's 'cpu' provider failed:\n{type(e).__name__}: {e}\n\nTo run without "
-        "it, choose another provider, e.g. OPIR_PRIORITY='rms_norm=native;"
-        "fused_add_rms_norm=native;rms_norm_gated=native' or opir.set_priority({...}); "
-        "`opir info` lists providers."
+        f"building opir's 'cpu' provider failed ({family}.cpp):\n{type(e).__name__}: "
+        f"{e}\n\nTo run without it, choose another provider, e.g. OPIR_PRIORITY="
+        f"'{example}' or opir.set_priority({{...}}); `opir info` lists providers."
     )
+
+
+_EXAMPLE_PRIORITY = {
+    "norms": "rms_norm=native;fused_add_rms_norm=native;rms_norm_gated=native",
+    "activations": "silu_and_mul=native;silu_mul=native",
+}
 
 
 def _build(family: str = DEFAULT_FAMILY) -> ModuleType:
@@ -274,7 +280,7 @@ def _compile(family: str, name: str, directory: Path, library: Path, manifest: P
                 verbose=False,
             )
         except Exception as e:
-            raise _build_error(e) from e
+            raise _build_error(e, family) from e
         built = scratch / f"{name}.so"
         record = {"size": built.stat().st_size, "sha256": _sha256(built)}
         os.replace(built, library)

@@ -20,17 +20,25 @@ from opir.providers.cpu.availability import REASON, SUPPORTED
 from opir.providers.kit import Provider
 
 
-def _load():
-    return importlib.import_module("opir.providers.cpu.kernels").load()
+def family_provider(kernels: str) -> Provider:
+    """The ``cpu`` Provider of one C++ source family: it loads ``kernels`` (a module
+    name) and returns its ``load()``, which builds that family's extension alone.
+
+    Every family is the same 'cpu' provider to users and priorities, but a Provider
+    instance of its own: a family is built on its own first call (the first
+    rms_norm never waits for the activations' build, nor the reverse), and a
+    failed build withdraws only the ops of that family.
+    """
+    return Provider(
+        "cpu",
+        namespace="opir_cpu",
+        availability=(SUPPORTED, REASON),
+        load=lambda: importlib.import_module(kernels).load(),
+        load_errors=(build.ProviderBuildError,),
+    )
 
 
-PROVIDER = Provider(
-    "cpu",
-    namespace="opir_cpu",
-    availability=(SUPPORTED, REASON),
-    load=_load,
-    load_errors=(build.ProviderBuildError,),
-)
+PROVIDER = family_provider("opir.providers.cpu.kernels")
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 

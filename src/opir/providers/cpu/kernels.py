@@ -12,7 +12,7 @@ functions directly (about 1 µs per call).
 from __future__ import annotations
 
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ import torch
 import opir.providers.cpu.build as build
 from opir.core.op import Op
 from opir.ops import fused_add_rms_norm, rms_norm, rms_norm_gated
+from opir.ops.checks import check_float
 from opir.providers.kit import define
 
 NAMESPACE = "opir_cpu"
@@ -43,33 +44,45 @@ def load() -> types.SimpleNamespace:
     that fails)."""
     ext = extension()
     return types.SimpleNamespace(
-        rms_norm=_typed(ext.rms_norm, rms_norm),
-        fused_add_rms_norm=_typed(
+        rms_norm=typed(ext.rms_norm, rms_norm),
+        fused_add_rms_norm=typed(
             _in_place_or_on_copies(ext.fused_add_rms_norm_), fused_add_rms_norm
         ),
-        rms_norm_gated=_typed(ext.rms_norm_gated, rms_norm_gated),
+        rms_norm_gated=typed(ext.rms_norm_gated, rms_norm_gated),
     )
 
 
-def _typed(fn: Callable[..., Any], op: Op) -> Callable[..., Any]:
-    """``fn`` with pybind's "incompatible function arguments" turned into a TypeError
-    naming the argument."""
+def typed(
+    fn: Callable[..., Any], op: Op, checks: Mapping[str, Callable[[Any, str], None]] | None = None
+) -> Callable[..., Any]:
+    """``fn`` (a pybind function) with its "incompatible function arguments" TypeError
+    turned into the error native raises for the culprit: a TypeError naming a float or
+    int argument, or what ``checks[name](value, op_name)`` raises for the parameter
+    ``name`` (e.g. ``{"approximate": check_approximate}``: the op's own ValueError).
+    Every family's launchers use it (``activation_kernels.py`` too)."""
 
     def launch(*args: Any) -> Any:
         try:
             return fn(*args)
         except TypeError as e:
-            raise _argument_error(op, args, e) from None
+            raise _argument_error(op, args, e, checks or {}) from None
 
     launch.__name__ = f"cpu_{op.name}"
     return launch
 
 
-def _argument_error(op: Op, args: tuple, error: TypeError) -> TypeError:
+def _argument_error(
+    op: Op, args: tuple, error: TypeError, checks: Mapping[str, Callable[[Any, str], None]]
+) -> Exception:
     for param, value in zip(op.signature.parameters.values(), args, strict=False):
         kind = str(param.annotation)
-        if kind == "float" and (isinstance(value, bool) or not isinstance(value, (float, int))):
-            return TypeError(f"{op.name}: {param.name} must be a float, got {type(value).__name__}")
+        try:
+            if param.name in checks:
+                checks[param.name](value, op.name)
+            elif kind == "float":
+                check_float(value, param.name, op.name)
+        except (TypeError, ValueError) as clear:
+            return clear
         if (
             "int" in kind
             and value is not None

@@ -18,7 +18,9 @@ inside the impl, so the predicate never depends on the token count.
 
 Laid out like every provider (see ``opir.providers``): ``availability.py``,
 ``kernels.py`` (the FlashInfer calls and ``torch.ops.opir_flashinfer.*``),
-``impls.py`` (predicates and registrations, ``PROVIDER``).
+``impls.py`` (predicates and registrations, ``PROVIDER``); the activation ops'
+predicates and registrations are in ``activation_impls.py`` (what they cover
+is said there).
 
 Rounding differs from opir's contract (held to the op tolerance, see
 docs/gpu-providers.md): with a weight of x's dtype FlashInfer rounds once
@@ -28,7 +30,7 @@ the sum after rounding it to x's dtype (contract: the unrounded fp32 sum).
 
 from __future__ import annotations
 
-from opir.providers.flashinfer.activation_impls import register as _register_activations
+from opir.providers.flashinfer import activation_impls  # noqa: F401  (the activation impls)
 from opir.providers.flashinfer.availability import REASON, SUPPORTED
 from opir.providers.flashinfer.impls import (
     PROVIDER,
@@ -45,5 +47,3 @@ __all__ = [
     "supports_fused_add_rms_norm",
     "supports_rms_norm",
 ]
-
-_register_activations(SUPPORTED, REASON)

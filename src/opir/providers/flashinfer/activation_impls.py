@@ -1,11 +1,8 @@
-"""The ``flashinfer`` provider's activation impls (all of their glue is this file).
+"""The ``flashinfer`` provider's activation predicates and impls (launchers: ``kernels.py``).
 
 ``silu_and_mul`` -> ``flashinfer.activation.silu_and_mul``; ``gelu_and_mul`` ->
 ``flashinfer.activation.gelu_and_mul`` (``approximate="none"``) or
-``gelu_tanh_and_mul`` (``"tanh"``). API written against (docs.flashinfer.ai,
-``flashinfer.activation``, flashinfer-python 0.7.x): ``fn(input, out=None,
-enable_pdl=None) -> Tensor``,
-``input`` of shape ``(..., 2 * d)``, output ``(..., d)``.
+``gelu_tanh_and_mul`` (``"tanh"``). The impls belong to ``impls.PROVIDER``.
 
 Limits the predicates state (anything else falls through to the next provider):
 CUDA tensors in fp16 or bf16, contiguous, with rows of a multiple of 16 bytes
@@ -28,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from opir.ops import gelu_and_mul, silu_and_mul
+from opir.providers.flashinfer.impls import PROVIDER
 
 _DTYPES = (torch.float16, torch.bfloat16)
 
@@ -50,64 +48,5 @@ def supports_gelu_and_mul(x, approximate="none") -> bool:
     return approximate in ("none", "tanh") and _ok(x)
 
 
-_ops = None
-
-
-def _custom_ops():
-    """``torch.ops.opir_flashinfer`` activation ops, defined on first use."""
-    global _ops
-    if _ops is None:
-        _define()
-        _ops = torch.ops.opir_flashinfer
-    return _ops
-
-
-def _run(x: torch.Tensor, name: str) -> torch.Tensor:
-    from flashinfer import activation
-
-    if x.numel() == 0:
-        return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
-    return getattr(activation, name)(x)
-
-
-def _define() -> None:
-    @torch.library.custom_op("opir_flashinfer::silu_and_mul", mutates_args=())
-    def silu_and_mul_op(x: torch.Tensor) -> torch.Tensor:
-        return _run(x, "silu_and_mul")
-
-    @torch.library.custom_op("opir_flashinfer::gelu_and_mul", mutates_args=())
-    def gelu_and_mul_op(x: torch.Tensor, approximate: str) -> torch.Tensor:
-        return _run(x, "gelu_tanh_and_mul" if approximate == "tanh" else "gelu_and_mul")
-
-    for op in (silu_and_mul_op, gelu_and_mul_op):
-        op.register_fake(lambda x, *_: x.new_empty((*x.shape[:-1], x.shape[-1] // 2)))
-
-
-def flashinfer_silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    return _custom_ops().silu_and_mul.default(x)
-
-
-def flashinfer_gelu_and_mul(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-    return _custom_ops().gelu_and_mul.default(x, approximate)
-
-
-def _eager_gelu_and_mul(x, approximate="none"):
-    return _run(x, "gelu_tanh_and_mul" if approximate == "tanh" else "gelu_and_mul")
-
-
-def register(supported: bool, reason: str) -> None:
-    """Register the impls (called once by the provider package, which knows availability)."""
-    silu_and_mul.register_impl(
-        "flashinfer",
-        supported=supported,
-        reason=reason,
-        supports_args=supports_silu_and_mul,
-        eager=lambda x: _run(x, "silu_and_mul"),
-    )(flashinfer_silu_and_mul)
-    gelu_and_mul.register_impl(
-        "flashinfer",
-        supported=supported,
-        reason=reason,
-        supports_args=supports_gelu_and_mul,
-        eager=_eager_gelu_and_mul,
-    )(flashinfer_gelu_and_mul)
+PROVIDER.register(silu_and_mul, supports_silu_and_mul)
+PROVIDER.register(gelu_and_mul, supports_gelu_and_mul)

@@ -11,19 +11,25 @@ FlashInfer API used (documented at docs.flashinfer.ai): ``flashinfer.norm.rmsnor
 ``[tokens, hidden]``, fp16/bf16, weight of the input's dtype; the fused ones
 write the normalised rows into ``input`` and the sum into ``residual``), and
 ``flashinfer.comm.create_allreduce_fusion_workspace`` / ``allreduce_fusion``
-with ``AllReduceFusionPattern.kARResidualRMSNorm`` and ``weight_bias``.
+with ``AllReduceFusionPattern.kARResidualRMSNorm`` and ``weight_bias``;
+``flashinfer.activation.silu_and_mul``, ``gelu_and_mul`` and
+``gelu_tanh_and_mul`` (``fn(input, out=None, enable_pdl=None) -> Tensor``,
+``input`` of shape ``(..., 2 * d)``, output ``(..., d)``; flashinfer-python 0.7.x).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from flashinfer import activation as fi_activation
 from flashinfer import norm as fi_norm
 
 from opir.distributed.group import tp_rank, tp_world_size
 from opir.ops import all_reduce_rms_norm as _ar_op
 from opir.ops import fused_add_rms_norm as _fused_add_op
+from opir.ops import gelu_and_mul as _gelu_and_mul_op
 from opir.ops import rms_norm as _rms_norm_op
+from opir.ops import silu_and_mul as _silu_and_mul_op
 from opir.providers.kit import define
 
 NAMESPACE = "opir_flashinfer"
@@ -117,6 +123,22 @@ def all_reduce_rms_norm(
     return norm_out.view(x.shape), residual_out.view(x.shape)
 
 
+def silu_and_mul(x) -> torch.Tensor:
+    if x.numel() == 0:  # no launch for zero tokens
+        return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+    return fi_activation.silu_and_mul(x)
+
+
+def gelu_and_mul(x, approximate: str) -> torch.Tensor:
+    if x.numel() == 0:
+        return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+    if approximate == "tanh":
+        return fi_activation.gelu_tanh_and_mul(x)
+    return fi_activation.gelu_and_mul(x)
+
+
 define(NAMESPACE, _rms_norm_op, rms_norm, device_types="cuda")
+define(NAMESPACE, _silu_and_mul_op, silu_and_mul, device_types="cuda")
+define(NAMESPACE, _gelu_and_mul_op, gelu_and_mul, device_types="cuda")
 define(NAMESPACE, _fused_add_op, fused_add_rms_norm, inplace=True, device_types="cuda")
 define(NAMESPACE, _ar_op, all_reduce_rms_norm, device_types="cuda")

@@ -1,4 +1,4 @@
-"""The ``triton`` provider: Triton kernels for the whole RMSNorm family.
+"""The ``triton`` provider: Triton kernels for the whole RMSNorm family and the activations.
 
 Supported on CUDA/ROCm GPUs, and on a CPU-only machine when ``TRITON_INTERPRET=1``
 is set before ``import opir``: then the predicates accept CPU tensors and the
@@ -18,8 +18,10 @@ Laid out like every provider (see ``opir.providers``): ``availability.py``,
 ``kernels.py`` (launchers and ``torch.ops.opir_triton.*``, ``triton_op`` custom
 ops, so lowering records one node per kernel and Inductor sees the Triton
 kernel), ``impls.py`` (predicates and registrations, ``PROVIDER``); the kernel
-sources are one file per op family (``norm.py``, ``gated.py``, ``all_reduce.py``)
-with ``config.py`` (launch configuration) and ``common.py`` (shared helpers).
+sources are one file per op family (``norm.py``, ``gated.py``, ``all_reduce.py``,
+``activation.py``) with ``config.py`` (launch configuration) and ``common.py``
+(shared helpers). The activations' predicates and registrations are in
+``activation_impls.py`` (what they cover is said there).
 The kernels never synchronise with the host and the predicates read only
 tensor metadata, so both are safe inside CUDA graph capture.
 """

@@ -54,10 +54,11 @@ import struct
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 import opir.providers.triton.config as config
 from opir.ops.activations import check_approximate, check_gate_up, check_x
+from opir.ops.checks import check_float
 from opir.providers.triton.common import rne_bf16
 
 # ACT codes (constexpr): which activation.
@@ -200,7 +201,8 @@ def act_mul_kernel(
         store_out(OUT + cols, y, mask, OUT_KIND)
 
 
-_traceable_kernel = wrap_triton(act_mul_kernel)
+traceable_kernel = wrap_triton(act_mul_kernel)
+"""The kernel as launched inside a custom op (``triton_op`` sees it)."""
 
 
 # --- host side -------------------------------------------------------------------
@@ -323,124 +325,63 @@ def _gelu_code(approximate: str, op: str) -> int:
     return _ACT_OF[approximate]
 
 
-def silu_and_mul(x: torch.Tensor, kernel=act_mul_kernel) -> torch.Tensor:
+# The launchers take the op's parameters positionally (see opir.ops.activations for
+# their types and defaults), then the kernel: ``act_mul_kernel``, or
+# ``traceable_kernel`` inside a custom op. Floats are checked here because the
+# host code would otherwise convert a str (or fail inside Triton) where native
+# raises a TypeError.
+
+
+def silu_and_mul(x, kernel=act_mul_kernel) -> torch.Tensor:
     d, out = _merged(x, "silu_and_mul")
     launch(kernel, x, x, 0, d, 1, d, out, SILU)
     return out
 
 
-def mul_and_silu(x: torch.Tensor, kernel=act_mul_kernel) -> torch.Tensor:
+def mul_and_silu(x, kernel=act_mul_kernel) -> torch.Tensor:
     d, out = _merged(x, "mul_and_silu")
     launch(kernel, x, x, d, 0, 1, d, out, SILU)
     return out
 
 
-def gelu_and_mul(x: torch.Tensor, approximate: str = "none", kernel=act_mul_kernel):
+def gelu_and_mul(x, approximate, kernel=act_mul_kernel) -> torch.Tensor:
     act = _gelu_code(approximate, "gelu_and_mul")
     d, out = _merged(x, "gelu_and_mul")
     launch(kernel, x, x, 0, d, 1, d, out, act)
     return out
 
 
-def fatrelu_and_mul(x: torch.Tensor, threshold: float = 0.0, kernel=act_mul_kernel):
+def fatrelu_and_mul(x, threshold, kernel=act_mul_kernel) -> torch.Tensor:
     d, out = _merged(x, "fatrelu_and_mul")
+    check_float(threshold, "threshold", "fatrelu_and_mul")
     launch(kernel, x, x, 0, d, 1, d, out, FATRELU, threshold=threshold)
     return out
 
 
-def gelu_and_mul_sparse(
-    x: torch.Tensor, std_multiplier: float, approximate: str = "none", kernel=act_mul_kernel
-) -> torch.Tensor:
+def gelu_and_mul_sparse(x, std_multiplier, approximate, kernel=act_mul_kernel) -> torch.Tensor:
     act = _gelu_code(approximate, "gelu_and_mul_sparse")
     d, out = _merged(x, "gelu_and_mul_sparse")
+    check_float(std_multiplier, "std_multiplier", "gelu_and_mul_sparse")
     launch(kernel, x, x, 0, d, 1, d, out, act, param=std_multiplier, sparse=True)
     return out
 
 
-def swigluoai_and_mul(
-    x: torch.Tensor, alpha: float = 1.702, limit: float = 7.0, kernel=act_mul_kernel
-) -> torch.Tensor:
+def swigluoai_and_mul(x, alpha, limit, kernel=act_mul_kernel) -> torch.Tensor:
     d, out = _merged(x, "swigluoai_and_mul")
+    check_float(alpha, "alpha", "swigluoai_and_mul")
+    check_float(limit, "limit", "swigluoai_and_mul")
     launch(kernel, x, x, 0, 1, 2, d, out, SWIGLUOAI, param=alpha, limit=limit)
     return out
 
 
-def silu_mul(gate: torch.Tensor, up: torch.Tensor, kernel=act_mul_kernel) -> torch.Tensor:
+def silu_mul(gate, up, kernel=act_mul_kernel) -> torch.Tensor:
     out = _pair(gate, up, "silu_mul")
     launch(kernel, gate, up, 0, 0, 1, gate.shape[-1], out, SILU)
     return out
 
 
-def gelu_mul(
-    gate: torch.Tensor, up: torch.Tensor, approximate: str = "none", kernel=act_mul_kernel
-) -> torch.Tensor:
+def gelu_mul(gate, up, approximate, kernel=act_mul_kernel) -> torch.Tensor:
     act = _gelu_code(approximate, "gelu_mul")
     out = _pair(gate, up, "gelu_mul")
     launch(kernel, gate, up, 0, 0, 1, gate.shape[-1], out, act)
     return out
-
-
-# --- torch custom ops: what tracing (make_fx, lowering, Inductor) sees ------------
-# One triton_op per opir op, same parameters; the fake returns the output's shape.
-
-_T = _traceable_kernel
-
-
-def _half(x: torch.Tensor) -> torch.Tensor:
-    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
-
-
-@triton_op("opir_triton::silu_and_mul", mutates_args=())
-def silu_and_mul_op(x: torch.Tensor) -> torch.Tensor:
-    return silu_and_mul(x, _T)
-
-
-@triton_op("opir_triton::mul_and_silu", mutates_args=())
-def mul_and_silu_op(x: torch.Tensor) -> torch.Tensor:
-    return mul_and_silu(x, _T)
-
-
-@triton_op("opir_triton::gelu_and_mul", mutates_args=())
-def gelu_and_mul_op(x: torch.Tensor, approximate: str) -> torch.Tensor:
-    return gelu_and_mul(x, approximate, _T)
-
-
-@triton_op("opir_triton::fatrelu_and_mul", mutates_args=())
-def fatrelu_and_mul_op(x: torch.Tensor, threshold: float) -> torch.Tensor:
-    return fatrelu_and_mul(x, threshold, _T)
-
-
-@triton_op("opir_triton::gelu_and_mul_sparse", mutates_args=())
-def gelu_and_mul_sparse_op(
-    x: torch.Tensor, std_multiplier: float, approximate: str
-) -> torch.Tensor:
-    return gelu_and_mul_sparse(x, std_multiplier, approximate, _T)
-
-
-@triton_op("opir_triton::swigluoai_and_mul", mutates_args=())
-def swigluoai_and_mul_op(x: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
-    return swigluoai_and_mul(x, alpha, limit, _T)
-
-
-@triton_op("opir_triton::silu_mul", mutates_args=())
-def silu_mul_op(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return silu_mul(gate, up, _T)
-
-
-@triton_op("opir_triton::gelu_mul", mutates_args=())
-def gelu_mul_op(gate: torch.Tensor, up: torch.Tensor, approximate: str) -> torch.Tensor:
-    return gelu_mul(gate, up, approximate, _T)
-
-
-for _op in (
-    silu_and_mul_op,
-    mul_and_silu_op,
-    gelu_and_mul_op,
-    fatrelu_and_mul_op,
-    gelu_and_mul_sparse_op,
-    swigluoai_and_mul_op,
-):
-    _op.register_fake(lambda x, *_: _half(x))
-silu_mul_op.register_fake(lambda gate, up: torch.empty_like(gate))
-gelu_mul_op.register_fake(lambda gate, up, approximate: torch.empty_like(gate))
-del _op

@@ -14,7 +14,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 import opir.providers.triton.config as config
-from opir.ops.checks import check_gate, check_size, check_x_weight
+from opir.ops.checks import check_float, check_gate, check_size, check_x_weight
 from opir.providers.triton.common import apply_weight, to_out
 
 
@@ -107,6 +107,7 @@ def rms_norm_gated(
     """The ``rms_norm_gated`` contract (the op's parameters positionally, then the
     kernel); returns a new contiguous tensor."""
     check_x_weight(x, weight, "rms_norm_gated")
+    check_float(epsilon, "epsilon", "rms_norm_gated")
     if gate is not None:
         check_gate(x, gate)
     n = x.shape[-1]

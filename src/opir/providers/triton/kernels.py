@@ -1,22 +1,24 @@
 """The triton kernels' launchers by op name, and ``torch.ops.opir_triton.*``.
 
 Imported on the first call (importing Triton takes a while), never by
-``import opir``. The custom ops are ``triton_op``s with the norm ops' own
-schemas and fakes (``kit.define``), so lowering records one node per kernel
-and Inductor sees the Triton kernel inside. ``fused_add_rms_norm`` is the
+``import opir``. The custom ops are ``triton_op``s with the ops' own schemas
+and fakes (``kit.define``), so lowering records one node per kernel and
+Inductor sees the Triton kernel inside. ``fused_add_rms_norm`` is the
 functional form (new outputs; the local part of the all-reduce op),
-``fused_add_rms_norm_`` the in-place one.
+``fused_add_rms_norm_`` the in-place one. The activation ops' launchers are
+``activation.py``'s, one kernel for all of them.
 """
 
 from __future__ import annotations
 
 from torch.library import triton_op
 
+from opir.ops import activations as _activation_ops
 from opir.ops import fused_add_rms_norm as _fused_add_op
 from opir.ops import rms_norm as _rms_norm_op
 from opir.ops import rms_norm_gated as _gated_op
 from opir.providers.kit import define
-from opir.providers.triton import all_reduce, gated, norm
+from opir.providers.triton import activation, all_reduce, gated, norm
 
 NAMESPACE = "opir_triton"
 
@@ -25,6 +27,15 @@ fused_add_rms_norm = norm.fused_add_rms_norm_
 rms_norm_gated = gated.rms_norm_gated
 all_reduce_rms_norm = all_reduce.all_reduce_rms_norm
 traceable_all_reduce_rms_norm = all_reduce.traceable_all_reduce_rms_norm
+
+silu_and_mul = activation.silu_and_mul
+mul_and_silu = activation.mul_and_silu
+gelu_and_mul = activation.gelu_and_mul
+fatrelu_and_mul = activation.fatrelu_and_mul
+gelu_and_mul_sparse = activation.gelu_and_mul_sparse
+swigluoai_and_mul = activation.swigluoai_and_mul
+silu_mul = activation.silu_mul
+gelu_mul = activation.gelu_mul
 
 
 def _traced(fn, kernel):
@@ -48,3 +59,20 @@ define(
 define(
     NAMESPACE, _gated_op, _traced(gated.rms_norm_gated, gated.traceable_kernel), definer=triton_op
 )
+for _launcher in (
+    silu_and_mul,
+    mul_and_silu,
+    gelu_and_mul,
+    fatrelu_and_mul,
+    gelu_and_mul_sparse,
+    swigluoai_and_mul,
+    silu_mul,
+    gelu_mul,
+):  # each launcher is named like its op
+    define(
+        NAMESPACE,
+        getattr(_activation_ops, _launcher.__name__),
+        _traced(_launcher, activation.traceable_kernel),
+        definer=triton_op,
+    )
+del _launcher

@@ -19,7 +19,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 import opir.providers.triton.config as config
-from opir.ops.checks import check_like_x, check_size, check_x_weight
+from opir.ops.checks import check_float, check_like_x, check_size, check_x_weight
 from opir.providers.triton.common import apply_weight, to_out
 
 
@@ -188,6 +188,7 @@ def rms_norm(
 ) -> torch.Tensor:
     """The ``rms_norm`` contract; returns a new contiguous tensor."""
     check_x_weight(x, weight, "rms_norm")
+    check_float(epsilon, "epsilon", "rms_norm")
     check_size(variance_size, x.shape[-1], "variance_size", "rms_norm")
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     args = (weight, epsilon, variance_size, weight_bias, fp32_multiply)
@@ -206,7 +207,7 @@ def fused_add_rms_norm_(
     kernel=norm_kernel,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``fused_add_rms_norm`` contract in place: out -> x, residual_out -> x_residual."""
-    _check_add(x, x_residual, weight, variance_size)
+    _check_add(x, x_residual, weight, epsilon, variance_size)
     args = (weight, epsilon, variance_size, weight_bias, fp32_multiply)
     launch(kernel, x, x_residual, x, x_residual, *args)
     return x, x_residual
@@ -224,7 +225,7 @@ def add_rms_norm(
     out=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``fused_add_rms_norm`` into new tensors (``out`` may be a buffer the caller owns)."""
-    _check_add(x, x_residual, weight, variance_size)
+    _check_add(x, x_residual, weight, epsilon, variance_size)
     if out is None:
         out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     residual_out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
@@ -233,7 +234,8 @@ def add_rms_norm(
     return out, residual_out
 
 
-def _check_add(x, x_residual, weight, variance_size) -> None:
+def _check_add(x, x_residual, weight, epsilon, variance_size) -> None:
     check_x_weight(x, weight, "fused_add_rms_norm")
+    check_float(epsilon, "epsilon", "fused_add_rms_norm")
     check_like_x(x, x_residual, "x_residual", "fused_add_rms_norm")
     check_size(variance_size, x.shape[-1], "variance_size", "fused_add_rms_norm")
