@@ -30,6 +30,7 @@ def wrong_rms_norm(
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
 ) -> torch.Tensor:
     y = x.float() / (x.float().abs().mean(-1, keepdim=True) + epsilon)
     return (y if weight is None else y * weight).to(x.dtype)

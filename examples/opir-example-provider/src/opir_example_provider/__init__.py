@@ -20,6 +20,7 @@ def supports(
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
 ) -> bool:
     """Take the calls this kernel handles; decline the rest (native runs them).
 
@@ -51,13 +52,17 @@ def example_rms_norm(
     epsilon: float,
     variance_size: int | None = None,
     weight_bias: float = 0.0,
+    fp32_multiply: bool = False,
 ) -> torch.Tensor:
     """Normalise in fp32 over the first ``variance_size`` columns, multiply by the
-    weight in ``promote_types(x.dtype, weight.dtype)``, return x's dtype."""
+    weight in ``promote_types(x.dtype, weight.dtype)`` (in fp32 with ``fp32_multiply``),
+    return x's dtype."""
     s = x.float()
     head = s if variance_size is None else s[..., :variance_size]
     y = s * torch.rsqrt(head.pow(2).mean(dim=-1, keepdim=True) + epsilon)
     if weight is not None:
         w = weight if weight_bias == 0.0 else weight.float() + weight_bias
+        if fp32_multiply:  # multiply in fp32, round once
+            return (y * w.float()).to(x.dtype)
         y = y.to(torch.promote_types(x.dtype, w.dtype)) * w
     return y.to(x.dtype)
