@@ -27,7 +27,7 @@ from opir.core.trace import DispatchRecord, Trace
 _load_plugins()
 _apply_env()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DonationError",
