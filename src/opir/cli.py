@@ -247,7 +247,7 @@ def _bench_kernels(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)  # every provider's kernels and the copy alike
-    families = kernels.FULL if args.full else kernels.FAMILIES
+    families: tuple[kernels.Family, ...] = kernels.FULL if args.full else kernels.FAMILIES
     if args.short:
         families = tuple(kernels.shorten(f) for f in families)
     with Progress(console=progress_console, transient=True, disable=args.json) as progress:
@@ -336,7 +336,7 @@ def _bench_compile(args: argparse.Namespace) -> int:
 
     from opir.bench import compile as bench
 
-    kwargs = {"tokens": (16,), "layers": 2} if args.short else {}
+    kwargs: dict[str, Any] = {"tokens": (16,), "layers": 2} if args.short else {}
     with Progress(console=progress_console, transient=True, disable=args.json) as progress:
         task = progress.add_task("compiling and timing", total=None)
         results = bench.run(
@@ -373,7 +373,7 @@ def _bench_model(args: argparse.Namespace) -> int:
         _require("matplotlib", "bench", "--plot")
     from opir.bench import model as bench
 
-    kwargs = {"tokens": (1, 16), "generate": 8, "rounds": 3} if args.short else {}
+    kwargs: dict[str, Any] = {"tokens": (1, 16), "generate": 8, "rounds": 3} if args.short else {}
     if args.json:
         results = bench.run(layers=args.layers, grad=args.grad_on, **kwargs)
     else:

@@ -1,9 +1,10 @@
 """A user's script, typed: `make typecheck` runs mypy on it (and tests/test_docs.py runs it).
 
 Every ``assert_type`` states what a type checker must infer from opir's
-annotations: op calls typed by their native functions, ``maybe_inplace`` on
-ops registered with ``allow_inplace=True``, layers, ``register_op`` used bare
-and with options, ``register_impl`` and ``opir.compile``.
+annotations: op calls typed by their native functions (norms and activations),
+``opir.set_default``, ``maybe_inplace`` on ops registered with ``allow_inplace=True``,
+layers, ``register_op`` used bare and with options, ``register_impl`` and
+``opir.compile``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ def built_in_ops() -> None:
     assert_type(opir.ops.rms_norm.native(x, w, 1e-6), torch.Tensor)
     assert_type(opir.ops.rms_norm.dispatch(x, w, 1e-6).provider, str)
     assert_type(opir.ops.rms_norm.get_priority(), list[str])
+
+
+def activation_ops() -> None:
+    x = torch.randn(2, 8)  # [gate | up], d = 4
+    assert_type(opir.ops.silu_and_mul(x), torch.Tensor)
+    opir.set_default({"silu_and_mul": ["native"]})  # a Mapping[str, Sequence[str]]
+    assert_type(opir.ops.silu_and_mul.get_priority(), list[str])
+    assert opir.ops.silu_and_mul(x).shape == (2, 4)
 
 
 def layers() -> None:
@@ -87,6 +96,7 @@ def compiled() -> None:
 
 if __name__ == "__main__":
     built_in_ops()
+    activation_ops()
     layers()
     own_ops()
     compiled()

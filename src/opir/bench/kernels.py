@@ -124,7 +124,7 @@ FULL = (
     dataclasses.replace(ACTIVATIONS, cases=(*ACTIVATIONS.cases, *_cases(_MORE_ACTIVATIONS))),
 )
 # --short (``make run``): a couple of shapes per op
-_SHORT = {
+_SHORT: dict[str, dict[str, Any]] = {
     "norm": {"tokens": (1, 256, 4096), "hidden": (4096,), "variants": VARIANTS[::2]},
     "activation": {"tokens": _activations.SHORT_TOKENS, "hidden": _activations.SHORT_INTERMEDIATE},
 }

@@ -177,7 +177,11 @@ def bad_cases(op: Op) -> Iterator[Case]:
                     args[i] = args[first].shape[-1] + delta
 
                 yield Case(f"{name}=hidden+{delta}", mutate(too_big))
-            yield Case(f"{name}=0", mutate(lambda args, i=i: args.__setitem__(i, 0)))
+
+            def zero(args: list, i: int = i) -> None:
+                args[i] = 0
+
+            yield Case(f"{name}=0", mutate(zero))
 
 
 def inplace_cases(op: Op, *, full: bool) -> Iterator[Case]:

@@ -8,6 +8,7 @@ skipped (with the reason) when the provider declined every case or none applies.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -235,7 +236,7 @@ def check_compile(op: Op, impl: Impl, s: Settings) -> Outcome:
     cases = [
         Case(
             f"{str(dtype)[6:]} {t}x{h}{' maybe_inplace' if donate else ''}",
-            lambda dtype=dtype, t=t, h=h: _cases.sample(op, dtype=dtype, tokens=t, hidden=h),
+            functools.partial(_cases.sample, op, dtype=dtype, tokens=t, hidden=h),
             donate,
         )
         for dtype, t, h in shapes
@@ -244,11 +245,15 @@ def check_compile(op: Op, impl: Impl, s: Settings) -> Outcome:
     return _over(op, "compile", cases, _bind(_compiled, op, impl))
 
 
+def _random_args(op: Op, seed: int) -> tuple:
+    return _cases.random_case(op, seed)[0]
+
+
 def check_random(op: Op, impl: Impl, s: Settings) -> Outcome:
     cases = [
         Case(
             f"seed={seed}{' maybe_inplace' if donate else ''}",
-            lambda seed=seed: _cases.random_case(op, seed)[0],
+            functools.partial(_random_args, op, seed),
             donate,
         )
         for seed in (s.seed + 7919 * i for i in range(s.random_cases))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import torch
 
@@ -16,7 +16,8 @@ from opir.core.scope import strict
 def call(op: Op, provider: str, args: tuple, *, donate: bool = False) -> Any:
     """``op(*args)`` (or ``op.maybe_inplace``) with the priority ``[provider]``:
     the provider runs when its ``supports_args`` accepts, native otherwise."""
-    overload = op.maybe_inplace if donate else op
+    # only ops registered with allow_inplace are donated to, and those have maybe_inplace
+    overload = cast("Callable[..., Any]", op.maybe_inplace) if donate else op
     with op.set_priority([provider]):
         return overload(*args)
 
@@ -66,8 +67,13 @@ def assert_close_to(op: Op, got: Any, expected: Any) -> None:
         else:
             atol = rtol = 0.0
         torch.testing.assert_close(
-            g, e, atol=atol, rtol=rtol, equal_nan=True, msg=lambda m, n=n: f"output {n}: {m}"
+            g, e, atol=atol, rtol=rtol, equal_nan=True, msg=_prefixed(f"output {n}")
         )
+
+
+def _prefixed(prefix: str) -> Callable[[str], str]:
+    """A ``msg`` for ``torch.testing.assert_close``: its own message after ``prefix``."""
+    return lambda message: f"{prefix}: {message}"
 
 
 def assert_untouched(args: tuple, before: tuple, positions: range | tuple[int, ...]) -> None:
@@ -80,7 +86,7 @@ def assert_untouched(args: tuple, before: tuple, positions: range | tuple[int, .
                 rtol=0,
                 atol=0,
                 equal_nan=True,
-                msg=lambda m, i=i: f"argument {i} was modified by a call that may not write to it",
+                msg=f"argument {i} was modified by a call that may not write to it",
             )
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, cast
 
 from opir.check.checks import CHECKS, Settings
 from opir.check.report import Outcome, Report
 from opir.core.registry import ops as registry
+
+if TYPE_CHECKING:
+    from opir.core.op import Op
 
 
 class CheckError(ValueError):
@@ -77,7 +81,7 @@ def check_provider(
     settings = Settings(full=full, random_cases=random_cases or (40 if full else 8))
     report = Report(provider)
     for name in names:
-        op = registry[name]
+        op = cast("Op", registry[name])  # every registered op is an Op
         impl = op.impls[provider]
         for check in chosen:
             if not impl.supported:

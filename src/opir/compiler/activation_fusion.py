@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 from torch import fx
@@ -46,6 +47,9 @@ from torch import fx
 from opir.compiler.fusion import Fused
 from opir.compiler.fx_utils import val
 from opir.ops import gelu_and_mul, gelu_mul, mul_and_silu, silu_and_mul, silu_mul
+
+if TYPE_CHECKING:
+    from opir.core.op import Op
 
 aten = torch.ops.aten
 _CAST = torch.ops.prims.convert_element_type.default
@@ -58,11 +62,15 @@ _BETA = 0.7978845608028654  # sqrt(2 / pi)
 _KAPPA = 0.044715
 
 
-def _call(node: object, *targets) -> bool:
+# fx types every argument as the wide ``Argument`` union; a tensor argument of an aten op
+# in a traced graph is always a node, so the matchers cast those (``cast(fx.Node, ...)``).
+
+
+def _call(node: object, *targets: object) -> TypeGuard[fx.Node]:
     return isinstance(node, fx.Node) and node.op == "call_function" and node.target in targets
 
 
-def _two(node: fx.Node) -> list[tuple]:
+def _two(node: fx.Node) -> list[tuple[Any, Any]]:
     """Both operand orders of a commutative binary node."""
     if len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1:
         return []
@@ -117,17 +125,17 @@ def _times(node: object, constant: float) -> fx.Node | None:
 
 def _silu_core(top: fx.Node) -> tuple[fx.Node, list[fx.Node]] | None:
     if _call(top, aten.silu.default):
-        return top.args[0], [top]
+        return cast(fx.Node, top.args[0]), [top]
     if _call(top, aten.div.Tensor) and len(top.args) == 2:  # s / (1 + exp(-s))
         s, denominator = top.args
         e = _plus_one(denominator)
         negated = e.args[0] if _call(e, aten.exp.default) else None
         if _call(negated, aten.neg.default) and negated.args[0] is s:
-            return s, [top, denominator, e, negated]
+            return cast(fx.Node, s), [top, cast(fx.Node, denominator), cast(fx.Node, e), negated]
     if _call(top, MUL):  # s * sigmoid(s)
         for s, sig in _two(top):
             if _call(sig, aten.sigmoid.default) and sig.args[0] is s:
-                return s, [top, sig]
+                return cast(fx.Node, s), [top, sig]
     return None
 
 
@@ -145,7 +153,7 @@ def _cube(node: object, s: fx.Node) -> list[fx.Node] | None:
 def _gelu_core(top: fx.Node) -> tuple[str, fx.Node, list[fx.Node]] | None:
     if _call(top, aten.gelu.default):
         approximate = top.kwargs.get("approximate", top.args[1] if len(top.args) > 1 else "none")
-        return (GELU_TANH if approximate == "tanh" else GELU), top.args[0], [top]
+        return (GELU_TANH if approximate == "tanh" else GELU), cast(fx.Node, top.args[0]), [top]
     if not _call(top, MUL):
         return None
     for half, bracket in _two(top):  # (s * 0.5) * (1 + f(s))
@@ -202,13 +210,13 @@ def _halves(a: fx.Node, b: fx.Node) -> tuple[fx.Node, bool] | None:
     if _call(a, operator.getitem) and _call(b, operator.getitem) and a.args[0] is b.args[0]:
         split = a.args[0]
         if _call(split, aten.split.Tensor, aten.split_with_sizes.default):
-            t, dim = split.args[0], split.args[2] if len(split.args) > 2 else 0
+            t, dim = cast(fx.Node, split.args[0]), split.args[2] if len(split.args) > 2 else 0
             v = val(split)
             two_halves = len(v) == 2 and v[0].shape == v[1].shape
             if two_halves and _last_dim(t, dim) and {a.args[1], b.args[1]} == {0, 1}:
-                return t, a.args[1] == 0
+                return t, bool(a.args[1] == 0)
     if _call(a, aten.slice.Tensor) and _call(b, aten.slice.Tensor) and a.args[0] is b.args[0]:
-        t = a.args[0]
+        t = cast(fx.Node, a.args[0])
         full = val(t).shape[-1] if isinstance(val(t), torch.Tensor) else None
         if full is None or full % 2 or not (_last_dim(t, a.args[1]) and _last_dim(t, b.args[1])):
             return None
@@ -272,6 +280,8 @@ def _match(kind: str) -> Callable[[fx.Node, tuple], Fused | str | None]:
         if shared is not None:
             return f"{name}(a) * b: '{shared.name}' inside the activation is used elsewhere"
         halves = _halves(a, b)
+        op: Op
+        call_args: tuple[object, ...]
         if halves is not None and (halves[1] or kind == SILU):
             t, gate_first = halves
             if kind == SILU:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import operator
 import typing
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx
@@ -29,7 +29,8 @@ _BUILTIN_NAMESPACES = ("aten", "prims", "_operator")
 def op_targets() -> dict[OpTarget, tuple[Op, str]]:
     """Every opir overload object -> (op, overload name), built from the registry."""
     targets: dict[OpTarget, tuple[Op, str]] = {}
-    for op in registry.values():
+    for registered in registry.values():
+        op = cast(Op, registered)  # every registered op is an Op (the registry names OpLike)
         targets[op.torch_op] = (op, "default")
         if op.maybe_inplace is not None:
             targets[op.maybe_inplace.torch_op] = (op, "maybe_inplace")

@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import fx
@@ -169,7 +169,7 @@ def node_priority(
         return fixed[op], ""
     note = ""
     for source in node.meta.get(FUSED_FROM, ()):
-        source_op = _registered_ops.get(source)
+        source_op = cast("Op | None", _registered_ops.get(source))  # registered ops are Ops
         pin = annotated_priority(node.meta, source)
         if pin is None and source_op is not None:
             pin = fixed.get(source_op)

@@ -18,7 +18,7 @@ import tomllib
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from opir.core import scope as _scope
 from opir.core.errors import PriorityError
@@ -49,7 +49,8 @@ def resolve_config(config: PriorityConfig, source: str) -> dict[Op, tuple[str, .
         if op is None:
             raise PriorityError(f"{source}: unknown op '{name}'; registered ops are {sorted(ops)}")
         try:
-            resolved[op] = validate_providers(op, providers)
+            # every registered op is an Op; the registry names the OpLike protocol only
+            resolved[cast("Op", op)] = validate_providers(op, providers)
         except PriorityError as e:
             raise PriorityError(f"{source}: {e}") from None
     return resolved

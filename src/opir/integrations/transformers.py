@@ -27,7 +27,7 @@ import copy
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -40,7 +40,12 @@ from opir.ops import fused_add_rms_norm, rms_norm, rms_norm_gated
 _HUB_NAMES = ("RMSNorm", "RMSNormGated")
 _NATIVE = {op: ["native"] for op in ("rms_norm", "fused_add_rms_norm", "rms_norm_gated")}
 _RANKS = (1, 2, 3, 4)
-_LEADING = {1: [()], 2: [(3,), (1,)], 3: [(2, 5), (1, 1)], 4: [(2, 3, 2)]}
+_LEADING: dict[int, list[tuple[int, ...]]] = {
+    1: [()],
+    2: [(3,), (1,)],
+    3: [(2, 5), (1, 1)],
+    4: [(2, 3, 2)],
+}
 _PLAIN = (int, float, bool, str, type(None), torch.dtype)
 # Module state the applied layer shares with the original (by reference, not copied).
 _SHARED = (
@@ -118,9 +123,8 @@ class _Spec:
 def _compute(spec: _Spec, weight: torch.Tensor | None, x: torch.Tensor, other) -> Any:
     """The opir ops for ``spec``; functional only: the caller's tensors are never donated."""
     w = weight if spec.uses_weight else None
-    eps, once = spec.eps, spec.fp32_multiply
-    if eps == _FINFO_EPS:
-        eps = torch.finfo(x.dtype).eps
+    eps = torch.finfo(x.dtype).eps if spec.eps == _FINFO_EPS else cast(float, spec.eps)
+    once = spec.fp32_multiply
     if spec.kind == "RMSNormGated":
         return rms_norm_gated(x, other, w, eps, spec.group_size, spec.norm_before_gate, once)
     if other is None:
@@ -164,6 +168,11 @@ class _Applied:
 
     opir_priority: dict[str, list[str]] | None
     opir_envelope: dict[Key, bool]
+    # of the nn.Module this is mixed into; ``weight`` is Any because the layers type it
+    # differently (Parameter | None in RMSNorm, Parameter in RMSNormGated)
+    weight: Any
+    _parameters: dict[str, nn.Parameter | None]
+    _buffers: dict[str, torch.Tensor | None]
 
     @property
     def opir_original(self) -> nn.Module:
@@ -283,7 +292,7 @@ def _call_form(module: nn.Module) -> tuple[tuple[str, ...], str | None] | str:
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     if not params or params[0].kind not in positional:
         return "forward does not take the input as its first positional argument"
-    names = (params[0].name,)
+    names: tuple[str, ...] = (params[0].name,)
     second = None
     if len(params) > 1 and params[1].kind in positional and params[1].name == "gate":
         second = "gate"
@@ -548,14 +557,16 @@ def _make_layer(module: nn.Module, verdict: _Verdict, priority: dict | None) -> 
     spec = verdict.spec
     hidden = _hidden(module)
     size = hidden or 1
-    eps = 0.0 if spec.eps == _FINFO_EPS else spec.eps
+    eps = 0.0 if spec.eps == _FINFO_EPS else cast(float, spec.eps)
     if spec.kind == "RMSNormGated":
         layer = AppliedRMSNormGated(size, eps, spec.group_size, spec.norm_before_gate)
     else:
         layer = _LAYERS[spec.kind](size, eps)
-    layer.hidden_size = hidden  # None for a weightless norm: any width
+    # Plain attributes Hugging Face code reads, set in __dict__: None is a value here that
+    # the opir layers' own (int, float) attributes never take.
+    layer.__dict__["hidden_size"] = hidden  # None for a weightless norm: any width
     if spec.eps == _FINFO_EPS:
-        layer.variance_epsilon = None  # as torch.nn.RMSNorm: finfo(x.dtype).eps per call
+        layer.__dict__["variance_epsilon"] = None  # as torch.nn.RMSNorm: finfo(x.dtype).eps
     layer.__dict__.pop("weight", None)
     for name in _SHARED:
         if name in module.__dict__:

@@ -36,12 +36,13 @@ import struct
 import threading
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from opir.core.errors import DispatchError
 from opir.core.op import Op
+from opir.core.protocols import OpLike
 from opir.core.registry import on_register
 
 PROVIDER = "inductor"
@@ -152,8 +153,8 @@ def register(op: Op) -> CompiledNative:
     return impl
 
 
-def _serve(op: Op) -> None:
-    register(op)
+def _serve(op: OpLike) -> None:
+    register(cast(Op, op))  # every registered op is an Op (the registry names OpLike)
 
 
 on_register(_serve)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.library import CustomOpDef
@@ -73,7 +73,7 @@ def define(
     inplace: bool = False,
     name: str | None = None,
     device_types: str | Sequence[str] | None = None,
-    definer: Callable[..., CustomOpDef] | None = None,
+    definer: Callable[..., Any] | None = None,  # torch types triton_op's result loosely
 ) -> CustomOpDef:
     """Define the custom op ``<namespace>::<name>`` running ``fn(*args)`` (every argument,
     defaults filled), with the op's schema (``custom_op_schema``) and fake (nothing in
@@ -101,9 +101,15 @@ def define(
     run.__signature__ = (  # type: ignore[attr-defined]
         op.signature.replace(return_annotation=None) if inplace else op.signature
     )
-    defined = definer(f"{namespace}::{name}", run, **kwargs)
+    defined: CustomOpDef = definer(f"{namespace}::{name}", run, **kwargs)
     defined.register_fake(_no_result if inplace else op._fake)
     return defined
+
+
+def _overload(op: Op, inplace: bool) -> Callable[..., Any]:
+    """``op.maybe_inplace`` for in-place impls (ops registered with ``allow_inplace``,
+    which always have it), else ``op``."""
+    return cast("Callable[..., Any]", op.maybe_inplace) if inplace else op
 
 
 class Provider:
@@ -207,15 +213,15 @@ class Provider:
                 return None
             if custom_op is not None:
                 fn = getattr(getattr(torch.ops, provider.namespace), custom_op).default
-            else:
-                fn = provider._launcher(op, traceable)
+            else:  # register() sets custom_op whenever traceable is None
+                fn = provider._launcher(op, cast(str, traceable))
             resolved.append(fn)
             return fn
 
         def traced(*args: Any) -> Any:
             fn = resolved[0] if resolved else resolve()
             if fn is None:
-                return (op.maybe_inplace if inplace else op)(*args)
+                return _overload(op, inplace)(*args)
             if inplace and custom_op is not None:
                 fn(*args)
                 return tuple(args[i] for i in activations)
@@ -229,7 +235,7 @@ class Provider:
 
         def first_call(*args: Any) -> Any:
             if provider._loaded_or_withdrawn(op) is None:
-                return (op.maybe_inplace if inplace else op)(*args)
+                return _overload(op, inplace)(*args)
             return provider._launcher(op, name)(*args)
 
         return self._as_op_function(first_call, op, "eager")

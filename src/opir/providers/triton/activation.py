@@ -264,6 +264,7 @@ def launch(
         gate = gate.contiguous()
         up = gate if same else up.contiguous()
         lg, lu = config.row_layout(gate), config.row_layout(up)
+    assert lg is not None and lu is not None  # contiguous tensors always have one
     (inner, g_so, g_si), (_, u_so, u_si) = lg, lu
     if sparse:
         block = min(max(triton.next_power_of_2(d), 16), 4096)

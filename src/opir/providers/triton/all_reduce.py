@@ -16,7 +16,7 @@ from opir.ops.checks import check_all_reduce_args
 
 
 def all_reduce_rms_norm(
-    x, x_residual, weight, epsilon, variance_size, weight_bias, traceable=False
+    x, x_residual, weight, epsilon, variance_size, weight_bias, *, traceable=False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``all_reduce_rms_norm`` contract (the op's parameters positionally).
     ``traceable``: call the custom ops (for make_fx / lowering) instead of
