@@ -195,3 +195,26 @@ def test_stock_swiglu_is_replaced_and_runs_the_original_outside_the_envelope():
         model.mlp(x)
     assert not any(model.mlp.opir_envelope.values())  # silu no longer matches: refused
     assert revert(model) == 1 and type(model.mlp) is StockSwiGLU
+
+
+def test_deepcopy_pickle_and_bf16_after_apply():
+    import io
+
+    model = build("llama", torch.float32)
+    apply(model, activations=True)
+    for twin in (copy.deepcopy(model), _roundtrip(model, io)):
+        mlp = twin.model.layers[0].mlp
+        assert isinstance(mlp, AppliedGatedMLP)
+        assert mlp.down_proj is mlp.opir_original.down_proj  # still shared in the copy
+        torch.testing.assert_close(_logits(twin), _logits(model), rtol=0, atol=0)
+    model.to(torch.bfloat16)  # an unseen key: verified on first use, within tolerance
+    _logits(model)
+    mlp = model.model.layers[0].mlp
+    assert any(k[0] == torch.bfloat16 and ok for k, ok in mlp.opir_envelope.items())
+
+
+def _roundtrip(model, io):
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
