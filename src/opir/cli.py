@@ -390,7 +390,8 @@ def _bench_model(args: argparse.Namespace) -> int:
     mode = "grad on" if args.grad_on else "inference_mode"
     table = Table(
         title=f"Qwen3-0.6B-shaped model, {args.layers} layers, random weights, {mode}: median "
-        "ms, ratio to stock eager (per-round, interleaved)"
+        "ms, ratio to stock eager (per-round, interleaved); applied = opir.apply(model, "
+        "activations=True): norms and MLP activations"
     )
     for column in ("dtype", "case", *bench.VARIANTS):
         table.add_column(column, justify="right", overflow="fold")

@@ -3,7 +3,9 @@
 Random weights from a config (no downloads): hidden 1024, intermediate 3072,
 16/8 heads, head_dim 128, ``layers`` decoder layers. Four variants, timed
 interleaved per case (forward at 1/16/256 tokens, ``generate`` of 32 tokens):
-stock eager, opir-applied eager (``integrations.transformers.apply``),
+stock eager, opir-applied eager (``integrations.transformers.apply`` with
+``activations=True``: norms **and** gated-MLP activations, the latter within the
+ops' tolerance rather than bit-exact),
 ``torch.compile(stock)`` and ``opir.compile(applied)``. Compiled variants
 compile ``forward`` (``dynamic=True``); ``generate`` runs with the compiled
 forward put on a copy of the model. A variant that fails keeps its column and
@@ -55,7 +57,7 @@ def _variants(stock: torch.nn.Module) -> tuple[dict[str, torch.nn.Module], dict[
     from opir.integrations.transformers import apply
 
     applied = copy.deepcopy(stock)
-    apply(applied)
+    apply(applied, activations=True)  # norms and MLP activations
     models, failed = {STOCK: stock, APPLIED: applied}, {}
     for name, base, compile_fn in (
         (TORCH_COMPILE, stock, torch.compile),

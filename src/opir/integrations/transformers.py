@@ -35,7 +35,15 @@ from torch import nn
 import opir
 from opir.core.config import resolve_config
 from opir.layers import GemmaRMSNorm, RMSNorm, RMSNormGated
-from opir.ops import fused_add_rms_norm, rms_norm, rms_norm_gated
+from opir.ops import (
+    fused_add_rms_norm,
+    gelu_and_mul,
+    gelu_mul,
+    rms_norm,
+    rms_norm_gated,
+    silu_and_mul,
+    silu_mul,
+)
 
 _HUB_NAMES = ("RMSNorm", "RMSNormGated")
 _NATIVE = {op: ["native"] for op in ("rms_norm", "fused_add_rms_norm", "rms_norm_gated")}
@@ -72,25 +80,44 @@ _FINFO_EPS = "finfo"  # an eps of None in torch.nn.RMSNorm: torch.finfo(x.dtype)
 @dataclass
 class ApplyReport:
     """What ``apply`` did: per original class, the count of modules replaced and by
-    which opir layer; per class left alone, the count and the reason."""
+    which opir layer; per class left alone, the count and the reason. Gated MLPs
+    replaced with ``activations=True`` are in ``activations`` (class -> count, opir op,
+    all within the op's tolerance, not bit-exact); without it, the MLP classes found are
+    counted in ``activations_left_alone`` and the report says why in one line."""
 
     replaced: dict[str, tuple[int, str]] = field(default_factory=dict)
     left_alone: dict[str, tuple[int, str]] = field(default_factory=dict)
+    activations: dict[str, tuple[int, str]] = field(default_factory=dict)
+    activations_left_alone: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_replaced(self) -> int:
-        return sum(n for n, _ in self.replaced.values())
+        return sum(n for n, _ in self.replaced.values()) + sum(
+            n for n, _ in self.activations.values()
+        )
 
     def _add(self, table: dict, cls: str, what: str) -> None:
         count = table.get(cls, (0, what))[0]
         table[cls] = (count + 1, what)
 
+    def _activations_line(self) -> str | None:
+        if not self.activations_left_alone:
+            return None
+        found = ", ".join(f"{c}: {n}" for c, n in self.activations_left_alone.items())
+        return f"MLP activations left alone ({found}): {ACTIVATIONS_LEFT_ALONE}"
+
     def __str__(self) -> str:
         lines = [f"opir replaced {self.total_replaced} module(s)"]
         lines += [f"  {c}: {n} -> opir.layers.{w}" for c, (n, w) in self.replaced.items()]
+        lines += [
+            f"  {c}: {n} -> {w}, {WITHIN_TOLERANCE}" for c, (n, w) in self.activations.items()
+        ]
         if self.left_alone:
             lines.append("left alone:")
             lines += [f"  {c}: {n} ({why})" for c, (n, why) in self.left_alone.items()]
+        line = self._activations_line()
+        if line:
+            lines.append(line)
         return "\n".join(lines)
 
     def __rich__(self) -> Any:
@@ -101,8 +128,12 @@ class ApplyReport:
             table.add_column(column)
         for c, (n, w) in self.replaced.items():
             table.add_row(c, str(n), f"[green]replaced[/green] by opir.layers.{w}")
+        for c, (n, w) in self.activations.items():
+            table.add_row(c, str(n), f"[green]replaced[/green] by {w}, {WITHIN_TOLERANCE}")
         for c, (n, why) in self.left_alone.items():
             table.add_row(c, str(n), f"[yellow]left alone[/yellow]: {why}")
+        for c, n in self.activations_left_alone.items():
+            table.add_row(c, str(n), f"[yellow]left alone[/yellow]: {ACTIVATIONS_LEFT_ALONE}")
         return table
 
 
@@ -582,6 +613,379 @@ def _make_layer(module: nn.Module, verdict: _Verdict, priority: dict | None) -> 
     return layer
 
 
+# ---------------------------------------------------------------------------------------
+# Gated-MLP activations (opt-in: ``apply(model, activations=True)``).
+#
+# opir's activation ops are correctly rounded (fp64, one rounding to x's dtype); torch's
+# F.silu / F.gelu are not (fp32 math, layout-dependent), so no opir activation can be bit
+# for bit a model's own. An MLP is therefore verified by the same probing as the norms,
+# but held to the op's tolerance (``op.tolerance(dtype)``) on the tensor that enters
+# ``down_proj``, and replaced only on request.
+
+_MLP_PROJ = ("gate_proj", "up_proj", "gate_up_proj", "down_proj")
+_MLP_ACT = ("act_fn", "activation_fn", "act")
+_KINDS = ("silu", "gelu", "gelu_tanh")
+# The probe holds the ops' native functions (the contract) to the tolerance, as the norms'
+# probe holds theirs to bit-exactness; every provider is held to native by opir's tests.
+_MLP_NATIVE = {op: ["native"] for op in ("silu_mul", "gelu_mul", "silu_and_mul", "gelu_and_mul")}
+WITHIN_TOLERANCE = "within tolerance (not bit-exact: opir rounds the activation correctly)"
+ACTIVATIONS_LEFT_ALONE = (
+    "not bit-exact by contract (opir rounds the activation correctly, torch does not); "
+    "apply(model, activations=True) replaces them within the op's tolerance"
+)
+
+
+@dataclass(frozen=True)
+class _MLPSpec:
+    """What an applied MLP computes between its projections (plain data)."""
+
+    kind: str  # "silu", "gelu" (erf) or "gelu_tanh"
+    merged: bool  # one ``gate_up_proj`` ([gate | up], as Phi-3) or ``gate_proj`` + ``up_proj``
+
+    @property
+    def op(self) -> Any:
+        if self.kind == "silu":
+            return silu_and_mul if self.merged else silu_mul
+        return gelu_and_mul if self.merged else gelu_mul
+
+    @property
+    def name(self) -> str:
+        text = f"opir.ops.{self.op.name}"
+        return text + ('(approximate="tanh")' if self.kind == "gelu_tanh" else "")
+
+
+def _mlp_activation(spec: _MLPSpec, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The opir op on the module's projections of ``x``: the tensor ``down_proj`` takes."""
+    extra = () if spec.kind == "silu" else ("tanh" if spec.kind == "gelu_tanh" else "none",)
+    if spec.merged:
+        return spec.op(module.gate_up_proj(x), *extra)
+    return spec.op(module.gate_proj(x), module.up_proj(x), *extra)
+
+
+def _mlp_compute(spec: _MLPSpec, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return module.down_proj(_mlp_activation(spec, module, x))
+
+
+def _is_mlp_like(module: nn.Module) -> bool:
+    """``down_proj`` and ``gate_proj`` + ``up_proj`` or a merged ``gate_up_proj``, all
+    modules (the probe decides whether it computes ``down(act(gate) * up)``)."""
+    children = module._modules
+    if not isinstance(children.get("down_proj"), nn.Module):
+        return False
+    separate = all(isinstance(children.get(n), nn.Module) for n in ("gate_proj", "up_proj"))
+    return separate or isinstance(children.get("gate_up_proj"), nn.Module)
+
+
+def _gate_proj(module: nn.Module) -> nn.Module | None:
+    proj = module._modules.get("gate_proj")
+    return module._modules.get("gate_up_proj") if proj is None else proj
+
+
+def _mlp_weight_dtype(module: nn.Module) -> torch.dtype | None:
+    weight = getattr(_gate_proj(module), "weight", None)
+    return weight.dtype if isinstance(weight, torch.Tensor) else None
+
+
+def _mlp_key(module: nn.Module, x: torch.Tensor) -> Key:
+    return (
+        x.dtype,
+        _mlp_weight_dtype(module),
+        x.dim(),
+        x.device.type,
+        x.shape[-1] if x.dim() else 0,
+        torch.is_autocast_enabled(x.device.type),
+    )
+
+
+def _mlp_structure(module: nn.Module) -> str | None:
+    """Why ``module`` is out of reach of the MLP probe, or None."""
+    if "forward" in module.__dict__:
+        return "forward is patched on the instance (e.g. an accelerate hook): cannot verify it"
+    if "gate_up_proj" in module._modules and "gate_proj" in module._modules:
+        return "has both gate_up_proj and gate_proj"
+    extra = [
+        n for n, m in module._modules.items() if m is not None and n not in _MLP_PROJ + _MLP_ACT
+    ]
+    if extra:
+        return f"has submodules beyond a gated MLP's ({', '.join(extra)})"
+    own = [n for n, p in module._parameters.items() if p is not None]
+    own += [n for n, b in module._buffers.items() if b is not None]
+    if own:
+        return f"has parameters or buffers of its own ({', '.join(own)})"
+    if type(module).get_extra_state is not nn.Module.get_extra_state:
+        return "has extra state"
+    weight = getattr(module._modules.get("down_proj"), "weight", None)
+    if not isinstance(weight, torch.Tensor) or not weight.dtype.is_floating_point:
+        return "down_proj has no floating weight"
+    if weight.device.type == "meta":
+        return "weight is on the meta device: cannot verify"
+    if _mlp_weight_dtype(module) is None:
+        return "its gate projection has no weight"
+    return None
+
+
+def _mlp_reference(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A deep copy in ``dtype`` without hooks, with random parameters that put the gate's
+    values around [-8, 8] (the activation's interesting range) for unit-variance x."""
+    with torch.inference_mode(False), torch.no_grad():
+        reference = copy.deepcopy(module).to(dtype)
+        gen = torch.Generator().manual_seed(1)
+        for sub in reference.modules():
+            for name in _SHARED:
+                if "hooks" in name and name in sub.__dict__:
+                    sub.__dict__[name] = type(sub.__dict__[name])()  # the copy runs none
+            for pname, p in sub._parameters.items():
+                if p is None or not p.dtype.is_floating_point:
+                    continue
+                values = torch.randn(p.shape, generator=gen)
+                if pname == "weight" and p.dim() == 2:
+                    values = values * (2.5 / p.shape[1] ** 0.5)
+                else:
+                    values = values * 0.5
+                p.copy_(values.to(p.device, p.dtype))
+    return reference
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, op: Any) -> float | None:
+    """The worst error over the op's tolerance (<= 1 passes), or None if not comparable
+    (other dtype/shape/device, non-finite values in other places)."""
+    if got.dtype != want.dtype or got.shape != want.shape or got.device != want.device:
+        return None
+    g, w = got.double(), want.double()
+    finite = torch.isfinite(w)
+    if not torch.equal(finite, torch.isfinite(g)):
+        return None
+    if not torch.equal(g[~finite], w[~finite]):
+        return None
+    tol = op.tolerance(want.dtype)
+    if not finite.any():
+        return 0.0
+    ratio = (g - w).abs()[finite] / (tol.atol + tol.rtol * w.abs()[finite])
+    return float(ratio.max())
+
+
+def _mlp_probe(
+    reference: nn.Module, spec: _MLPSpec, key: Key, device: torch.device
+) -> tuple[str | None, float]:
+    """(None, worst error / tolerance) when every case of ``key`` ran on the reference and
+    the candidate, called ``down_proj`` once on a tensor within the op's tolerance of the
+    original's, returned exactly ``down_proj``'s output and left x as it was; else why not."""
+    x_dtype, w_dtype, rank, _, width, autocast = key
+    what_key = f"rank-{rank} {str(x_dtype).removeprefix('torch.')} x of width {width}"
+    if autocast:
+        return f"{what_key}: calls under torch.autocast are not probed", 0.0
+    if rank not in _RANKS:
+        return f"{what_key}: only ranks {_RANKS} are probed", 0.0
+    if _mlp_weight_dtype(reference) != w_dtype:
+        return f"{what_key}: the weights' dtype changed", 0.0
+    down = reference._modules["down_proj"]
+    seen: list = []
+    handles = [
+        down.register_forward_pre_hook(lambda m, args: seen.append(("in", args))),
+        down.register_forward_hook(lambda m, args, out: seen.append(("out", out))),
+    ]
+    gen = torch.Generator().manual_seed(2)
+    worst = 0.0
+    ran = 0
+    try:
+        with torch.inference_mode(False), torch.no_grad(), opir.priority(_MLP_NATIVE):
+            for lead in _LEADING[rank]:
+                shape = (*lead, width)
+                scale = torch.exp(torch.randn((*lead, 1), generator=gen) * 0.5)
+                x = (torch.randn(shape, generator=gen) * scale).to(device, x_dtype)
+                saved = x.clone()
+                what = f"{what_key} {list(shape)}"
+                seen.clear()
+                try:
+                    expected = type(reference).forward(reference, x)
+                except Exception as e:  # any failure means "not verified"
+                    return f"its forward raises on {what} ({type(e).__name__})", 0.0
+                calls = list(seen)
+                if not _same(x, saved):
+                    return f"its forward modifies its input ({what})", 0.0
+                if [c[0] for c in calls] != ["in", "out"] or len(calls[0][1]) != 1:
+                    return f"its forward does not call down_proj once on one tensor ({what})", 0.0
+                if not (isinstance(expected, torch.Tensor) and _same(expected, calls[1][1])):
+                    return f"its forward does not return down_proj's output ({what})", 0.0
+                try:
+                    got = _mlp_activation(spec, reference, x)
+                except Exception as e:
+                    return f"{spec.name} raises on {what} ({type(e).__name__}: {e})", 0.0
+                if not _same(x, saved):
+                    return f"{spec.name} modifies its input ({what})", 0.0
+                h = calls[0][1][0]
+                error = _close(got, h, spec.op) if isinstance(h, torch.Tensor) else None
+                if error is None or error > 1:
+                    return f"numerics differ from {spec.name} beyond its tolerance on {what}", 0.0
+                worst = max(worst, error)
+                ran += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+    return (None, worst) if ran else (f"{what_key}: no probe case ran", 0.0)
+
+
+@dataclass
+class _MLPVerdict:
+    spec: _MLPSpec
+    names: tuple[str, ...]
+    envelope: dict[Key, bool]
+    worst: float = 0.0
+
+
+def _mlp_call_form(module: nn.Module) -> tuple[str, ...] | str:
+    form = _call_form(module)
+    if isinstance(form, str):
+        return form
+    return form[0][:1]  # one input: a second argument (if any) is never bound
+
+
+def _mlp_verdict(module: nn.Module) -> _MLPVerdict | str:
+    """The verified candidate for a gated MLP (most keys, then least error), or why none."""
+    why = _mlp_structure(module)
+    if why is not None:
+        return why
+    names = _mlp_call_form(module)
+    if isinstance(names, str):
+        return names
+    home = _mlp_weight_dtype(module)
+    device = module._modules["down_proj"].weight.device
+    with torch.inference_mode(False):
+        # fp32 tells GELU erf from tanh (bf16's tolerance may not); bf16 is what
+        # model.to(bfloat16) makes of an fp32 model.
+        dtypes = list(dict.fromkeys((home, torch.float32, torch.bfloat16)))
+        references = {d: _mlp_reference(module, d) for d in dtypes}
+    proj = _gate_proj(module)
+    width = getattr(proj, "in_features", None) or proj.weight.shape[-1]
+    merged = "gate_up_proj" in module._modules
+    best: _MLPVerdict | None = None
+    reasons = []
+    for kind in _KINDS:
+        spec = _MLPSpec(kind, merged)
+        envelope: dict[Key, bool] = {}
+        worst, first_failure = 0.0, None
+        for dtype in dtypes:
+            for rank in _RANKS:
+                key = (dtype, dtype, rank, device.type, width, False)
+                if dtype != home and not any(envelope.values()):
+                    break
+                failure, error = _mlp_probe(references[dtype], spec, key, device)
+                envelope[key] = failure is None
+                worst = max(worst, error)
+                first_failure = first_failure or failure
+        if any(envelope.values()) and (
+            best is None
+            or (sum(envelope.values()), -worst) > (sum(best.envelope.values()), -best.worst)
+        ):
+            best = _MLPVerdict(spec, names, envelope, worst)
+        if first_failure is not None:
+            reasons.append(first_failure)
+    if best is None:
+        return "no opir activation matched within tolerance: " + "; ".join(reasons[:2])
+    return best
+
+
+class AppliedGatedMLP(nn.Module):
+    """A gated MLP whose ``act(gate) * up`` is an opir op (``silu_mul``, ``gelu_mul``,
+    ``silu_and_mul``, ``gelu_and_mul``), in place of a module verified within the op's
+    tolerance. It shares the original's submodules (the same Linear objects), parameter,
+    buffer and hook dictionaries; outside its envelope the original's forward runs."""
+
+    opir_priority: dict[str, list[str]] | None
+    opir_envelope: dict[Key, bool]
+
+    @property
+    def opir_original(self) -> nn.Module:
+        return self.__dict__["_opir_original"]
+
+    @property
+    def opir_op(self) -> str:
+        """The opir op this layer computes, e.g. ``opir.ops.silu_mul``."""
+        return self.__dict__["_opir_spec"].name
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        spec: _MLPSpec = self.__dict__["_opir_spec"]
+        bound = _bind(self.__dict__["_opir_names"], args, kwargs)
+        if bound is not None:
+            x = bound[0]
+            key = _mlp_key(self, x)
+            ok = self.opir_envelope.get(key)
+            if ok is None and not torch.compiler.is_compiling():
+                ok = self._opir_verify(key, x.device)
+            if ok:
+                if self.opir_priority is None:
+                    return _mlp_compute(spec, self, x)
+                with opir.priority(self.opir_priority):
+                    return _mlp_compute(spec, self, x)
+        original = self.__dict__["_opir_original"]
+        return type(original).forward(original, *args, **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Attributes and submodules set after ``apply`` (``mlp.act_fn = ...``) reach the
+        original too, and empty the envelope: every key is verified again."""
+        d = self.__dict__
+        original = d.get("_opir_original")
+        if original is None or name.startswith("_") or name in _LAYER_OWN:
+            return super().__setattr__(name, value)
+        super().__setattr__(name, value)
+        if name not in self._parameters and name not in self._buffers and name not in self._modules:
+            setattr(original, name, value)  # those three dicts are shared
+        d["opir_envelope"].clear()
+
+    def _opir_verify(self, key: Key, device: torch.device) -> bool:
+        spec: _MLPSpec = self.__dict__["_opir_spec"]
+        reference = _mlp_reference(self.__dict__["_opir_original"], key[1] or key[0])
+        ok = _mlp_probe(reference, spec, key, device)[0] is None
+        self.opir_envelope[key] = ok
+        return ok
+
+
+def _make_mlp_layer(module: nn.Module, verdict: _MLPVerdict, priority: dict | None):
+    layer = AppliedGatedMLP()
+    for name, value in vars(module).items():
+        if not name.startswith("_") and name != "training":
+            layer.__dict__[name] = value  # config, hidden_size...: the same objects
+    for name in ("_modules", *_SHARED):
+        if name in module.__dict__:
+            layer.__dict__[name] = module.__dict__[name]
+    layer.__dict__.update(
+        _opir_original=module,
+        _opir_spec=verdict.spec,
+        _opir_names=verdict.names,
+        opir_envelope=dict(verdict.envelope),
+        opir_priority=priority,
+    )
+    layer.training = module.training
+    return layer
+
+
+def _mlp_cache_key(module: nn.Module) -> tuple:
+    """What an MLP verdict depends on: plain attributes by value, others by identity
+    (one ``config`` object is shared by a model's layers), per submodule too."""
+
+    def attrs(m: nn.Module) -> tuple:
+        return tuple(
+            (n, type(v), v if isinstance(v, _PLAIN) else id(v))
+            for n, v in sorted(vars(m).items())
+            if not n.startswith("_") and n != "training"
+        )
+
+    def params(m: nn.Module) -> list:
+        return list(m.named_parameters()) + list(m.named_buffers())
+
+    subs = tuple(
+        (
+            name,
+            type(m),
+            attrs(m),
+            *((n, t.dtype, tuple(t.shape), t.device) for n, t in m.named_parameters()),
+        )
+        for name, m in module._modules.items()
+        if m is not None
+    )
+    return (type(module), attrs(module), subs)
+
+
 def _plain_priority(priority: Any) -> dict[str, list[str]]:
     """``priority`` validated now (a typo fails here, not at every later forward) and
     copied into plain data."""
@@ -589,13 +993,28 @@ def _plain_priority(priority: Any) -> dict[str, list[str]]:
     return {op.name: list(providers) for op, providers in resolved.items()}
 
 
-def apply(model: nn.Module, *, priority: dict[str, list[str]] | None = None) -> ApplyReport:
+def apply(
+    model: nn.Module,
+    *,
+    priority: dict[str, list[str]] | None = None,
+    activations: bool = False,
+) -> ApplyReport:
     """Replace ``model``'s RMSNorm-family modules by verified opir layers in place.
 
     ``priority`` (op name -> providers, as for ``opir.priority``) is validated now,
     stored as plain data on each replaced layer (``layer.opir_priority``) and scoped
     around its opir call. Layers ``apply`` already placed are left as they are.
     Call ``revert(model)`` to put the original modules back.
+
+    Gated-MLP activations (``down_proj(act_fn(gate_proj(x)) * up_proj(x))``, or a merged
+    ``gate_up_proj`` chunked into ``[gate | up]`` as Phi-3) cannot be bit-exact: opir's
+    ``silu_mul`` / ``gelu_mul`` / ``silu_and_mul`` / ``gelu_and_mul`` round the activation
+    correctly (fp64, one rounding), torch's ``F.silu`` / ``F.gelu`` do not (and differ
+    between layouts). So by default they are left alone (the report says why). With
+    ``activations=True`` each MLP is verified by the same probing, but held to the op's
+    tolerance (``op.tolerance(dtype)``) on the tensor entering ``down_proj`` instead of bit
+    for bit, and replaced by an ``AppliedGatedMLP`` that shares its submodules; the report
+    lists it under ``activations``, "within tolerance (not bit-exact: ...)".
     """
     plain = None if priority is None else _plain_priority(priority)
     if model.training and any(p.requires_grad for p in model.parameters()):
@@ -607,43 +1026,58 @@ def apply(model: nn.Module, *, priority: dict[str, list[str]] | None = None) -> 
             stacklevel=2,
         )
     report = ApplyReport()
-    verdicts: dict[tuple, _Verdict | str] = {}
+    verdicts: dict[tuple, Any] = {}
     layers: dict[int, nn.Module] = {}
     for parent in list(model.modules()):
         for child_name, module in list(parent._modules.items()):
-            if module is None or isinstance(module, _Applied) or not _is_norm_like(module):
+            if module is None or isinstance(module, _APPLIED):
+                continue
+            norm = _is_norm_like(module)
+            if not norm and not _is_mlp_like(module):
                 continue
             layer = layers.get(id(module))
             if layer is None:
                 cls = type(module).__name__
-                cache = _cache_key(module)
+                if not norm and not activations:
+                    report.activations_left_alone[cls] = (
+                        report.activations_left_alone.get(cls, 0) + 1
+                    )
+                    layers[id(module)] = module
+                    continue
+                cache = _cache_key(module) if norm else _mlp_cache_key(module)
                 verdict = verdicts.get(cache) if cache is not None else None
                 if verdict is None:
-                    verdict = _verdict(module)
+                    verdict = _verdict(module) if norm else _mlp_verdict(module)
                     if cache is not None:
                         verdicts[cache] = verdict
                 if isinstance(verdict, str):
                     report._add(report.left_alone, cls, verdict)
                     layers[id(module)] = module
                     continue
-                layer = _make_layer(module, verdict, plain)
+                if norm:
+                    layer = _make_layer(module, verdict, plain)
+                    report._add(report.replaced, cls, verdict.spec.kind)
+                else:
+                    layer = _make_mlp_layer(module, verdict, plain)
+                    report._add(report.activations, cls, verdict.spec.name)
                 layers[id(module)] = layer
-                report._add(report.replaced, cls, verdict.spec.kind)
             if layer is not module:
                 parent._modules[child_name] = layer
     return report
 
 
 def revert(model: nn.Module) -> int:
-    """Put back, under every parent, the modules ``apply`` replaced; returns how many.
+    """Put back, under every parent, the modules ``apply`` replaced (norms and gated
+    MLPs); returns how many.
 
-    The originals share the applied layers' parameter, buffer and hook dictionaries, so
-    whatever was loaded or assigned meanwhile (``load_state_dict(assign=True)``) stays.
+    The originals share the applied layers' parameter, buffer and hook dictionaries (an
+    MLP also its submodules), so whatever was loaded or assigned meanwhile
+    (``load_state_dict(assign=True)``) stays.
     """
     reverted: set[int] = set()
     for parent in list(model.modules()):
         for child_name, layer in list(parent._modules.items()):
-            if isinstance(layer, _Applied):
+            if isinstance(layer, _APPLIED):
                 original = layer.opir_original
                 original.train(layer.training)
                 parent._modules[child_name] = original
@@ -651,7 +1085,10 @@ def revert(model: nn.Module) -> int:
     return len(reverted)
 
 
+_APPLIED = (_Applied, AppliedGatedMLP)
+
 __all__ = [
+    "AppliedGatedMLP",
     "AppliedGemmaRMSNorm",
     "AppliedRMSNorm",
     "AppliedRMSNormGated",
