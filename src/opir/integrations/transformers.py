@@ -658,12 +658,20 @@ def _mlp_activation(spec: _MLPSpec, module: nn.Module, x: torch.Tensor) -> torch
     """The opir op on the module's projections of ``x``: the tensor ``down_proj`` takes."""
     extra = () if spec.kind == "silu" else ("tanh" if spec.kind == "gelu_tanh" else "none",)
     if spec.merged:
-        return spec.op(module.gate_up_proj(x), *extra)
-    return spec.op(module.gate_proj(x), module.up_proj(x), *extra)
+        return spec.op(_submodule(module, "gate_up_proj")(x), *extra)
+    gate, up = _submodule(module, "gate_proj"), _submodule(module, "up_proj")
+    return spec.op(gate(x), up(x), *extra)
+
+
+def _submodule(module: nn.Module, name: str) -> nn.Module:
+    """``module``'s child ``name`` (present: the MLP's structure was checked)."""
+    child = module._modules[name]
+    assert child is not None, name
+    return child
 
 
 def _mlp_compute(spec: _MLPSpec, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return module.down_proj(_mlp_activation(spec, module, x))
+    return _submodule(module, "down_proj")(_mlp_activation(spec, module, x))
 
 
 def _is_mlp_like(module: nn.Module) -> bool:
@@ -778,7 +786,7 @@ def _mlp_probe(
         return f"{what_key}: only ranks {_RANKS} are probed", 0.0
     if _mlp_weight_dtype(reference) != w_dtype:
         return f"{what_key}: the weights' dtype changed", 0.0
-    down = reference._modules["down_proj"]
+    down = _submodule(reference, "down_proj")
     seen: list = []
     handles = [
         down.register_forward_pre_hook(lambda m, args: seen.append(("in", args))),
@@ -849,14 +857,17 @@ def _mlp_verdict(module: nn.Module) -> _MLPVerdict | str:
     if isinstance(names, str):
         return names
     home = _mlp_weight_dtype(module)
-    device = module._modules["down_proj"].weight.device
+    if home is None:
+        return "its gate projection has no weight tensor"
+    device = cast(torch.Tensor, _submodule(module, "down_proj").weight).device
     with torch.inference_mode(False):
         # fp32 tells GELU erf from tanh (bf16's tolerance may not); bf16 is what
         # model.to(bfloat16) makes of an fp32 model.
         dtypes = list(dict.fromkeys((home, torch.float32, torch.bfloat16)))
         references = {d: _mlp_reference(module, d) for d in dtypes}
     proj = _gate_proj(module)
-    width = getattr(proj, "in_features", None) or proj.weight.shape[-1]
+    assert proj is not None  # _mlp_structure checked it
+    width = getattr(proj, "in_features", None) or cast(torch.Tensor, proj.weight).shape[-1]
     merged = "gate_up_proj" in module._modules
     best: _MLPVerdict | None = None
     reasons = []
@@ -1054,12 +1065,12 @@ def apply(
                     report._add(report.left_alone, cls, verdict)
                     layers[id(module)] = module
                     continue
-                if norm:
-                    layer = _make_layer(module, verdict, plain)
-                    report._add(report.replaced, cls, verdict.spec.kind)
-                else:
+                if isinstance(verdict, _MLPVerdict):
                     layer = _make_mlp_layer(module, verdict, plain)
                     report._add(report.activations, cls, verdict.spec.name)
+                else:
+                    layer = _make_layer(module, verdict, plain)
+                    report._add(report.replaced, cls, verdict.spec.kind)
                 layers[id(module)] = layer
             if layer is not module:
                 parent._modules[child_name] = layer
