@@ -62,7 +62,7 @@ def test_failed_build_shows_compiler_output_and_the_way_out(monkeypatch, tmp_pat
     message = str(info.value)
     assert "building opir's 'cpu' provider failed" in message
     assert "error" in message and "this is not C++" in message  # the compiler's own output
-    assert "OPIR_PRIORITY=" in message and "opir.set_priority" in message
+    assert "OPIR_PRIORITY=" in message and "opir.set_default" in message
     assert isinstance(info.value, opir.OpirError)
 
 

@@ -218,7 +218,7 @@ def _build_error(e: BaseException, family: str) -> ProviderBuildError:
     return ProviderBuildError(
         f"building opir's 'cpu' provider failed ({family}.cpp):\n{type(e).__name__}: "
         f"{e}\n\nTo run without it, choose another provider, e.g. OPIR_PRIORITY="
-        f"'{example}' or opir.set_priority({{...}}); `opir info` lists providers."
+        f"'{example}' or opir.set_default({{...}}); `opir info` lists providers."
     )
 
 
