@@ -11,13 +11,9 @@ small: the full dtype x tokens x hidden grid takes ~25 s, the whole file ~1 min.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from interpreter import run_in_interpreter
 
 import opir
 from opir.ops import all_reduce_rms_norm, fused_add_rms_norm, rms_norm, rms_norm_gated
@@ -38,16 +34,7 @@ if not RUN_HERE:
     @pytest.mark.slow
     def test_kernels_in_the_triton_interpreter():
         """Run this file again with TRITON_INTERPRET=1 (the real kernels, on CPU)."""
-        pytest.importorskip("triton", reason="triton is a test dependency: pip install triton")
-        root = Path(__file__).resolve().parents[2]
-        env = {**os.environ, "TRITON_INTERPRET": "1"}
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, [str(root / "src"), env.get("PYTHONPATH")])
-        )
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
-        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, f"interpreter run failed:\n{done.stdout[-6000:]}{done.stderr}"
-        assert " passed" in done.stdout and " skipped" not in done.stdout, done.stdout[-2000:]
+        run_in_interpreter(__file__, timeout=900)
 
 else:
     from conformance import clone_args, non_collapsible_3d
