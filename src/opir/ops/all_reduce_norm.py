@@ -14,6 +14,7 @@ from opir.core.register import register_op
 from opir.distributed.collectives import all_reduce
 from opir.ops.checks import check_all_reduce_args
 from opir.ops.norms import normalize
+from opir.ops.quant import QUANT_MAX, check_quant_dtype, check_static_scale, static_quant
 
 
 @register_op
@@ -34,6 +35,17 @@ def all_reduce_rms_norm(
     ``variance_size`` is (the order before opir 0.2) raises a TypeError.
     """
     check_all_reduce_args(x, x_residual, weight, variance_size, weight_bias)
+    return _all_reduce_norm(x, x_residual, weight, epsilon, variance_size, weight_bias)
+
+
+def _all_reduce_norm(
+    x: torch.Tensor,
+    x_residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    epsilon: float,
+    variance_size: int | None,
+    weight_bias: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     reduced = all_reduce(x)
     if x_residual is None:
         s, residual_out = reduced.float(), reduced
@@ -59,3 +71,52 @@ def _inputs(
     r = torch.randn(num_tokens, hidden_size, generator=generator, device=device).to(dtype)
     w = (0.1 * torch.randn(hidden_size, generator=generator, device=device)).to(dtype)
     return x, r if residual else None, w, epsilon, None, weight_bias
+
+
+@register_op
+def all_reduce_rms_norm_quant(
+    x: torch.Tensor,
+    x_residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    epsilon: float,
+    scale: torch.Tensor,
+    dtype: torch.dtype,
+    variance_size: int | None = None,
+    weight_bias: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out, residual = all_reduce_rms_norm(x, x_residual, weight, epsilon, variance_size,
+    weight_bias)``; returns ``(static_quant(out, scale, dtype), residual)``: the normed
+    output is rounded to x's dtype first, as the unfused sequence rounds it."""
+    op = "all_reduce_rms_norm_quant"
+    check_all_reduce_args(x, x_residual, weight, variance_size, weight_bias, op)
+    check_quant_dtype(dtype, op)
+    check_static_scale(scale, x, op)
+    out, residual = _all_reduce_norm(x, x_residual, weight, epsilon, variance_size, weight_bias)
+    return static_quant.native(out, scale, dtype), residual
+
+
+@all_reduce_rms_norm_quant.register_input_generator
+def _quant_inputs(
+    *,
+    dtype: torch.dtype,
+    device,
+    generator: torch.Generator,
+    num_tokens: int = 4,
+    hidden_size: int = 64,
+    residual: bool = True,
+    weight_bias: float = 0.0,
+    epsilon: float = 1e-6,
+    quant_dtype: torch.dtype = torch.int8,
+):
+    x, r, w, epsilon, _, weight_bias = _inputs(
+        dtype=dtype,
+        device=device,
+        generator=generator,
+        num_tokens=num_tokens,
+        hidden_size=hidden_size,
+        residual=residual,
+        weight_bias=weight_bias,
+        epsilon=epsilon,
+    )
+    scale = torch.tensor([4.0 / QUANT_MAX[quant_dtype]], dtype=torch.float32, device=device)
+    return x, r, w, epsilon, scale, quant_dtype, None, weight_bias

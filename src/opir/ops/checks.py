@@ -90,10 +90,11 @@ def check_all_reduce_args(
     weight: torch.Tensor | None,
     variance_size: int | None,
     weight_bias: float,
+    op: str = "all_reduce_rms_norm",
 ) -> None:
-    """``all_reduce_rms_norm``'s contract, and a clear TypeError for callers of the old
-    order ``(..., epsilon, weight_bias, variance_size)``, never a silent swap."""
-    op = "all_reduce_rms_norm"
+    """``all_reduce_rms_norm``'s contract (``op``: the op named in errors), and a clear
+    TypeError for callers of the old order ``(..., epsilon, weight_bias, variance_size)``,
+    never a silent swap."""
     if isinstance(variance_size, float) or weight_bias is None:
         raise TypeError(
             f"{op}: got variance_size={variance_size!r}, weight_bias={weight_bias!r}; "
