@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from conformance import assert_matches_native, run_provider
@@ -84,3 +86,29 @@ def test_under_opir_compile_the_epilogue_is_fused():
     # Inductor keeps "+ 1" in fp32 before the bf16 store: one bf16 ulp of ~1 apart
     torch.testing.assert_close(got, want, atol=2**-7, rtol=2**-7)
     assert ("scaled_mm", "cpu") in compiled.opir_report.providers(), compiled.opir_report
+
+
+def test_every_small_layout_sums_exactly():
+    # torch._int_mm misreads overlapping rows and odd strides of size-1 dims (see below);
+    # the impl re-views or copies those operands
+    gen = torch.Generator().manual_seed(0)
+    for m, k, n in itertools.product([1, 3], [1, 5], [1, 3]):
+        for sa in itertools.product([0, 1, 7], repeat=2):
+            for sb in itertools.product([0, 1, 7], repeat=2):
+                a = torch.randint(-128, 128, (64,), dtype=torch.int8, generator=gen)
+                b = torch.randint(-128, 128, (64,), dtype=torch.int8, generator=gen)
+                a, b = a.as_strided((m, k), sa), b.as_strided((k, n), sb)
+                got = run_provider(scaled_mm, "cpu", (a, torch.ones(1), b, torch.ones(1),
+                                                      torch.float32))  # fmt: skip
+                assert torch.equal(got, (a.long() @ b.long()).float()), (m, k, n, sa, sb)
+
+
+def test_upstream_int_mm_misreads_overlapping_rows():
+    # torch 2.13 CPU: silently wrong for an expanded operand and for a single row whose
+    # leading stride is below its length. When this fails, torch fixed it: _plain may go.
+    a = torch.randint(-128, 128, (1, 64), dtype=torch.int8).expand(7, 64)
+    b = torch.randint(-128, 128, (64, 32), dtype=torch.int8)
+    wrong = not torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
+    row = torch.randint(-128, 128, (32,), dtype=torch.int8).as_strided((1, 16), (8, 1))
+    wrong_row = not torch.equal(torch._int_mm(row, b[:16]).long(), row.long() @ b[:16].long())
+    assert wrong and wrong_row

@@ -17,6 +17,13 @@ before the final rounding to ``out_dtype`` (which may then differ by one ulp).
 Covered: int8 ``a`` and ``b`` on the CPU with per-tensor / per-token / per-channel
 scales, any strides (``w_q.t()`` included), any M, K, N (zero rows too). Block
 scales and fp8 fall through to the next provider (native).
+
+Layouts: torch 2.13's CPU ``torch._int_mm`` returns wrong sums (silently) for
+operands whose rows overlap (expanded, stride 0, or self-overlapping views) and
+for a single row whose leading stride is smaller than the row (torch calls that
+contiguous; ``_int_mm`` then reads garbage). Such an operand is copied to fresh
+row-major strides first; row-major and column-major ones (leading stride at
+least the row length, ``w_q.t()`` included) go in as they are.
 """
 
 from __future__ import annotations
@@ -47,6 +54,19 @@ def supports_scaled_mm(
     )
 
 
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in a layout ``torch._int_mm`` sums correctly on the CPU: row- or column-major
+    without overlap as it is; a single row or column with unit stride re-viewed with
+    canonical strides (no copy); anything else copied to fresh row-major strides."""
+    (rows, cols), (s0, s1) = t.shape, t.stride()
+    if rows > 1 and cols > 1:
+        if (s1 == 1 and s0 >= cols) or (s0 == 1 and s1 >= rows):
+            return t
+    elif (rows <= 1 and (s1 == 1 or cols <= 1)) or (cols <= 1 and (s0 == 1 or rows <= 1)):
+        return t.as_strided((rows, cols), (cols, 1))
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 @scaled_mm.register_impl(PROVIDER, supports_args=supports_scaled_mm)
 def scaled_mm_int8(
     a: torch.Tensor,
@@ -58,7 +78,7 @@ def scaled_mm_int8(
 ) -> torch.Tensor:
     """``torch._int_mm(a, b)`` (exact int32), then the fp32 epilogue, then ``out_dtype``."""
     check_scaled_mm_args(a, a_scale, b, b_scale, out_dtype, bias)
-    out = torch._int_mm(a, b).float() * a_scale * b_scale
+    out = torch._int_mm(_plain(a), _plain(b)).float() * a_scale * b_scale
     if bias is not None:
         out = out + bias.float()
     return out.to(out_dtype)
