@@ -48,18 +48,12 @@ CPU_EAGER = {
             "gelu_mul",
         )
     },
-    # int8 scaled_mm: torch._int_mm + fp32 epilogue, ~5-10x native's exact fp64 matmul
-    # (docs/quantization.md); fp8 and block scales fall through to native.
-    "scaled_mm": ["cpu", "native"],
 }
 
 
 CPU_COMPILE = {
     "rms_norm": ["native"],
     "fused_add_rms_norm": ["native"],
-    # scaled_mm's native is an exact fp64 matmul (the contract, not a fast path); cpu's
-    # impl is torch._int_mm plus an fp32 epilogue that Inductor fuses (int8 only).
-    "scaled_mm": ["cpu", "native"],
 }
 
 
@@ -68,7 +62,6 @@ GPU_EAGER = {
     "fused_add_rms_norm": ["triton", "flashinfer", "cpu", "native"],
     "rms_norm_gated": ["triton", "cpu", "native"],
     "all_reduce_rms_norm": ["flashinfer", "triton", "native"],
-    "scaled_mm": ["cpu", "native"],  # CPU int8 tensors on a GPU machine
 }
 
 
@@ -77,7 +70,6 @@ GPU_COMPILE = {
     "fused_add_rms_norm": ["native"],
     "rms_norm_gated": ["native"],
     "all_reduce_rms_norm": ["flashinfer", "triton", "native"],
-    "scaled_mm": ["cpu", "native"],
 }
 
 

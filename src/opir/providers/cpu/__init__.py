@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import opir.providers.cpu.activation_impls  # the activation family: its impls
 import opir.providers.cpu.activation_kernels  # and its torch.ops.opir_cpu.*
-import opir.providers.cpu.kernels  # defines torch.ops.opir_cpu.* of the norms
-import opir.providers.cpu.scaled_mm  # noqa: F401  (int8 scaled_mm: torch._int_mm, no C++)
+import opir.providers.cpu.kernels  # noqa: F401  (defines torch.ops.opir_cpu.* of the norms)
 from opir.providers.cpu.availability import REASON, SUPPORTED
 from opir.providers.cpu.impls import (
     PROVIDER,
