@@ -47,6 +47,9 @@ class QuantLinear(nn.Module):
         y = layer(torch.randn(5, 64))
     """
 
+    weight_scale: torch.Tensor
+    input_scale: torch.Tensor | None
+
     def __init__(
         self,
         in_features: int,
@@ -76,7 +79,6 @@ class QuantLinear(nn.Module):
         self.weight = nn.Parameter(weight, requires_grad=False)
         scale = torch.ones(1, out_features, dtype=torch.float32, device=device)
         self.register_buffer("weight_scale", scale)
-        self.input_scale: torch.Tensor | None
         if input_scale is None:
             self.register_buffer("input_scale", None)
         else:
