@@ -630,8 +630,9 @@ def set_fused_tolerances(op: Op) -> None:
     op.override_tolerance(torch.float16, atol=1e-3, rtol=2e-3)
 
 
-for _op in FUSED_OPS:
-    set_fused_tolerances(_op)
+for _fused in FUSED_OPS:
+    set_fused_tolerances(_fused)
+
 # scaled_mm: kernels accumulate exactly (int32 / fp32 MMA) and run an fp32 epilogue
 # (convert, times a_scale, times b_scale, plus bias: four fp32 roundings) before the
 # final rounding: bf16/fp16 may differ by one ulp (their defaults cover it); fp32 by a
