@@ -561,3 +561,16 @@ def test_empty_groups_and_rows():
         for column_major in (False, True):
             q, s = dynamic_group_quant(torch.randn(*shape), torch.int8, 64, column_major)
             assert q.shape == shape and s.shape == (*shape[:-1], shape[-1] // 64)
+
+
+def test_maybe_inplace_returns_the_ops_results():
+    x, r = _x((4, 64), torch.bfloat16, 1, 1.0), _x((4, 64), torch.bfloat16, 2, 1.0)
+    w, sc = torch.ones(64, dtype=torch.bfloat16), _t(0.03)
+    for op, extra in (
+        (fused_add_rms_norm_quant, (sc, torch.int8)),
+        (fused_add_rms_norm_dynamic_quant, (torch.float8_e4m3fn,)),
+    ):
+        want = op.native(x, r, w, 1e-6, *extra)
+        got = op.maybe_inplace(x, r.clone(), w, 1e-6, *extra)
+        assert len(got) == len(want)
+        assert _same(got[0], want[0]) and _same(got[-1], want[-1])  # q and the residual
