@@ -42,8 +42,11 @@ def _is_int(value: object) -> bool:
 
 
 def _traced(t: torch.Tensor) -> bool:
-    """Whether ``t``'s values cannot be read (fake/meta tensors, Dynamo tracing)."""
-    return torch.compiler.is_compiling() or t.device.type == "meta" or is_fake(t)
+    """Whether ``t``'s values cannot be read: fake/meta tensors, Dynamo tracing, or a
+    CUDA graph being captured (reading a value would synchronise the stream)."""
+    if torch.compiler.is_compiling() or t.device.type == "meta" or is_fake(t):
+        return True
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def check_positions_range(positions: torch.Tensor, max_position: int, op: str) -> None:
