@@ -181,3 +181,15 @@ def test_compile_fullgraph_with_and_without_key(op):
             got = compiled(positions, q, k, cache)
             for g, w in zip(got, want, strict=True):
                 assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("key", [True, False])
+def test_inputs_requiring_grad_get_the_inference_error(op, key):
+    args = _args(key, dtype=torch.float32)
+    args[1].requires_grad_()
+    out = op(*args)
+    assert isinstance(out, list) and len(out) == (2 if key else 1)
+    with pytest.raises(RuntimeError, match="inference op"):
+        out[0].sum().backward()
+    with pytest.raises(RuntimeError, match="cannot be used with tensors that require grad"):
+        op.maybe_inplace(*args)
