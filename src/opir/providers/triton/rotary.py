@@ -452,7 +452,8 @@ def rotary_embedding(
         positions, query, key, head_size, cos_sin_cache, rotary_dim, op, check_range=False
     )
     _check_range(positions, cos_sin_cache, op)
-    qo, ko = _new(query), _new(key)
+    qo = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+    ko = _new(key)
     _vllm(kernel, positions, query, key, head_size, cos_sin_cache, is_neox_style, rd, qo, ko, True)
     return [qo] if ko is None else [qo, ko]
 
@@ -527,7 +528,8 @@ def _hf_out(x: torch.Tensor, rd: int) -> torch.Tensor:
     a pass-through part is concatenated."""
     if rd < x.shape[-1]:
         return torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    order = sorted(range(x.dim()), key=lambda d: -x.stride(d))  # stable: ties keep order
+    strides = x.stride()
+    order = sorted(range(x.dim()), key=lambda d: -strides[d])  # stable: ties keep order
     return torch.empty_permuted(x.shape, order, dtype=x.dtype, device=x.device)
 
 
