@@ -375,3 +375,23 @@ else:
         want = R.qk_norm_rope.native(*args)
         for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(g, w, **R.qk_norm_rope.tolerance(torch.float16)._asdict())
+
+    def test_compile_lowers_key_none_onto_the_triton_kernel():
+        """opir.compile records the op (key=None: one output) and lowers it to triton."""
+
+        class Layer(torch.nn.Module):
+            def forward(self, positions, q, cache):
+                (out,) = R.rotary_embedding(positions, q, None, 16, cache, True)
+                return out * 2
+
+        torch._dynamo.reset()
+        args = _sample(R.rotary_embedding, dtype=torch.bfloat16, hidden_size=16, has_key=False)
+        positions, q, _, _, cache, _, _ = args
+        options = {"inductor": False, "priority": {"rotary_embedding": ["triton"]}}
+        compiled = opir.compile(Layer(), options=options)
+        with torch.no_grad():
+            got = compiled(positions, q, cache)
+        want = R.rotary_embedding.native(positions, q, None, 16, cache, True)[0] * 2
+        assert torch.equal(got, want)
+        lowered = [(e.op, e.provider) for e in compiled.opir_report.last.lowered]
+        assert lowered == [("rotary_embedding", "triton")]
