@@ -115,3 +115,81 @@ def test_predicate_on_cuda_refuses_what_flashinfer_cannot_do():
     assert not impls.supports_rotary_embedding(args[0], args[1], None, *args[3:])
     assert not impls.supports_rotary_embedding(args[0], args[1].float(), args[2].float(),
                                                *args[3:])  # fmt: skip
+
+
+STUB = r"""
+import sys, types, torch
+import opir  # first: its availability check looks for the real FlashInfer
+calls = []
+
+def _rotate(positions, query, key, head_size, cache, is_neox, out_q, out_k):
+    assert is_neox and cache.dtype == torch.float32
+    rd = cache.shape[-1]
+    cos, sin = cache[positions].chunk(2, dim=-1)
+    for x, out in ((query, out_q), (key, out_k)):
+        heads = x.view(x.shape[0], -1, head_size).float()
+        x1, x2 = heads[..., : rd // 2], heads[..., rd // 2 : rd]
+        c, s = cos[:, None], sin[:, None]
+        rot = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s, heads[..., rd:]), dim=-1)
+        out.view(x.shape[0], -1, head_size).copy_(rot)
+
+def apply_rope_with_cos_sin_cache_inplace(positions, query, key, head_size, cache, is_neox=True):
+    calls.append(("inplace", positions.clone()))
+    _rotate(positions, query, key, head_size, cache, is_neox, query, key)
+
+def apply_rope_with_cos_sin_cache(positions, query, key, head_size, cache, is_neox=True):
+    calls.append(("functional", positions.clone()))
+    q, k = torch.empty_like(query), torch.empty_like(key)
+    _rotate(positions, query, key, head_size, cache, is_neox, q, k)
+    return q, k
+
+fi = types.ModuleType("flashinfer")
+for name in ("activation", "norm", "rope"):
+    setattr(fi, name, types.ModuleType("flashinfer." + name))
+    sys.modules["flashinfer." + name] = getattr(fi, name)
+fi.rope.apply_rope_with_cos_sin_cache_inplace = apply_rope_with_cos_sin_cache_inplace
+fi.rope.apply_rope_with_cos_sin_cache = apply_rope_with_cos_sin_cache
+sys.modules["flashinfer"] = fi
+
+from opir.ops import rotary as R
+from opir.providers.flashinfer import kernels, rotary_impls
+
+args = list(R.rotary_embedding.sample_inputs(
+    dtype=torch.bfloat16, device="cpu", num_tokens=5, hidden_size=64, num_heads=3,
+    num_kv_heads=1, cache_dtype=torch.float32, max_position=16, partial=True))
+args[0] = args[0].clone()
+args[0][2] = 99  # out of range: clamped before FlashInfer sees it
+query, key = args[1].clone(), args[2].clone()
+out = kernels.rotary_embedding(args[0], query, key, *args[3:])
+assert out[0] is query and out[1] is key and calls[-1][0] == "inplace"
+assert int(calls[-1][1].max()) == 15 and int(calls[-1][1][2]) == 15
+good = [0, 1, 3, 4]
+want = R.rotary_embedding.native(args[0][good], args[1][good], args[2][good], *args[3:])
+for got, w, x in ((query, want[0], args[1]), (key, want[1], args[2])):
+    diff = (got[good].float() - w.float()).abs()
+    assert bool((diff <= rotary_impls.rope_bound(x[good], 64, 32)).all())
+q2, k2 = kernels.rotary_embedding_functional(*args)
+assert calls[-1][0] == "functional" and torch.equal(q2, query) and torch.equal(k2, key)
+empty = [a[:0] if i in (0, 1, 2) else a for i, a in enumerate(args)]
+assert [t.shape[0] for t in kernels.rotary_embedding(*empty)] == [0, 0]
+print("stub ok")
+"""
+
+
+def test_launchers_call_flashinfer_as_documented():
+    """Without FlashInfer: a stub with its documented signatures (and the contract's
+    math in fp32) checks the launchers' argument order, the clamped positions, the
+    in-place and functional results and zero tokens."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("flashinfer") is not None:
+        pytest.skip("flashinfer is installed: the GPU tests call the real one")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    done = subprocess.run(
+        [sys.executable, "-c", STUB], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and "stub ok" in done.stdout, done.stderr[-3000:]
