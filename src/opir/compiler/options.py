@@ -10,7 +10,6 @@ from typing import Any
 from opir.core.config import resolve_config
 from opir.core.op import Op
 
-
 DEFAULT_PATCHES: Mapping[str, Any] = {"emulate_precision_casts": True}
 """Inductor config opir.compile sets unless the user's ``inductor_options`` say otherwise.
 
