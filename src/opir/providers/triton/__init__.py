@@ -28,8 +28,10 @@ tensor metadata, so both are safe inside CUDA graph capture.
 
 from __future__ import annotations
 
-from opir.providers.triton import activation_impls  # noqa: F401  (the activation family)
-from opir.providers.triton import quant_impls  # noqa: F401  (the quantisation ops)
+from opir.providers.triton import (
+    activation_impls,  # noqa: F401  (the activation family)
+    quant_impls,  # noqa: F401  (the quantisation ops)
+)
 from opir.providers.triton.availability import INTERPRET, REASON, SUPPORTED
 from opir.providers.triton.impls import (
     PROVIDER,

@@ -193,9 +193,7 @@ def scaled_mm(a, a_scale, b, b_scale, out_dtype, bias):
     _quant_ops.check_scaled_mm_args(a, a_scale, b, b_scale, out_dtype, bias)
     if a.shape[0] == 0 or a.shape[1] == 0:  # nothing to multiply: the native's answer
         return _quant_ops.scaled_mm.native(a, a_scale, b, b_scale, out_dtype, bias)
-    return torch._scaled_mm(
-        a, b, scale_a=a_scale, scale_b=b_scale, bias=bias, out_dtype=out_dtype
-    )
+    return torch._scaled_mm(a, b, scale_a=a_scale, scale_b=b_scale, bias=bias, out_dtype=out_dtype)
 
 
 define(NAMESPACE, _quant_ops.scaled_mm, scaled_mm, device_types="cuda")

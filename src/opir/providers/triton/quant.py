@@ -40,8 +40,8 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 import opir.providers.triton.config as config
-from opir.ops.activations import check_x as check_merged_x
 from opir.distributed.collectives import all_reduce
+from opir.ops.activations import check_x as check_merged_x
 from opir.ops.checks import check_all_reduce_args, check_float, check_like_x, check_x_weight
 from opir.ops.quant import (
     MIN_SCALE,
@@ -193,7 +193,10 @@ def store_residual(ROUT, s, cols, mask, XK: tl.constexpr):
 
 
 @triton.jit
-def store_group_scales(SCALE, s, start, n_cols, s_rs, s_cs, row, BLOCK: tl.constexpr, GROUP: tl.constexpr):
+def store_group_scales(
+    SCALE, s, start, n_cols, s_rs, s_cs, row, BLOCK: tl.constexpr, GROUP: tl.constexpr
+):
+    """The scales of the groups in columns [start, start + BLOCK) of ``row``."""
     g = start // GROUP + tl.arange(0, BLOCK // GROUP)
     tl.store(SCALE + row * s_rs + g * s_cs, s, mask=g * GROUP < n_cols)
 

@@ -135,7 +135,8 @@ def supports_scaled_mm(a, a_scale, b, b_scale, out_dtype, bias=None) -> bool:
     if out_dtype not in _MM_OUT or a_scale.dim() > 2 or b_scale.dim() > 2:
         return False
     if a_scale.numel() == 1 and b_scale.numel() == 1:
-        return a_scale.dim() == 1 and b_scale.dim() == 1 and (bias is None or out_dtype != torch.float32)
+        per_tensor = a_scale.dim() == 1 and b_scale.dim() == 1
+        return per_tensor and (bias is None or out_dtype is not torch.float32)
     rowwise = tuple(a_scale.shape) == (a.shape[0], 1) and tuple(b_scale.shape) == (1, b.shape[1])
     return rowwise and out_dtype is torch.bfloat16
 
