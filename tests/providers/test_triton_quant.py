@@ -356,12 +356,12 @@ else:
                 Q.rms_norm_quant,
                 (x, torch.ones(3, device=DEVICE), 1e-6, s, torch.int8),
                 "weight must have shape",
-            ),  # fmt: skip
+            ),
             (
                 Q.fused_add_rms_norm_quant,
                 (x, x.half(), None, 1e-6, s, torch.int8),
                 "x_residual must match",
-            ),  # fmt: skip
+            ),
             (Q.silu_and_mul_quant, (x[:, :5], s, torch.int8), "last dim must be even"),
             (Q.dynamic_quant, (x, torch.int8, True, s.double()), "scale_ub must be float32"),
         ]
