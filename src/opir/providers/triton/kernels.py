@@ -97,7 +97,7 @@ silu_and_mul_dynamic_quant = quant.silu_and_mul_dynamic_quant
 all_reduce_rms_norm_quant = quant.all_reduce_rms_norm_quant
 traceable_all_reduce_rms_norm_quant = quant.traceable_all_reduce_rms_norm_quant
 
-for _launcher in (
+for _quant_launcher in (
     quant.static_quant,
     quant.dynamic_quant,
     quant.dynamic_group_quant,
@@ -109,8 +109,8 @@ for _launcher in (
 ):
     define(
         NAMESPACE,
-        getattr(_quant_ops, _launcher.__name__),
-        _traced(_launcher, quant.traceable_kernel),
+        getattr(_quant_ops, _quant_launcher.__name__),
+        _traced(_quant_launcher, quant.traceable_kernel),
         definer=triton_op,
     )
 define(
@@ -125,7 +125,7 @@ define(
     _traced(quant.add_rms_norm_dynamic_quant, quant.traceable_kernel),
     definer=triton_op,
 )
-del _launcher
+del _quant_launcher
 
 
 def traceable_fused_add_rms_norm_quant(*args):

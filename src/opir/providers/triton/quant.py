@@ -392,18 +392,20 @@ def launch(
     if n == 0 or q.numel() == 0:
         return
     rows = q.numel() // n
-    tensors = [x] if residual is None else [x, residual, residual_out]
+    tensors = [x] if residual is None or residual_out is None else [x, residual, residual_out]
     found = [config.row_layout(t) for t in tensors]
     if None in found:  # > 3 dims that do not collapse: contiguous copies
         xc = x.contiguous()
-        rc = None if residual is None else residual.contiguous()
-        ro = None if residual is None else torch.empty_like(rc)
+        rc = ro = None
+        if residual is not None:
+            rc = residual.contiguous()
+            ro = torch.empty_like(rc)
         launch(
             kernel, xc, q, scale, producer=producer, mode=mode, residual=rc, residual_out=ro,
             weight=weight, epsilon=epsilon, weight_bias=weight_bias, scale_ub=scale_ub,
             ue8m0=ue8m0, group=group, variance_size=variance_size,
         )  # fmt: skip
-        if residual_out is not None:
+        if residual_out is not None and ro is not None:
             residual_out.copy_(ro)
         return
     (inner, x_so, x_si) = found[0]  # type: ignore[misc]
