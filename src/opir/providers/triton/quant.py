@@ -45,13 +45,13 @@ from opir.ops.activations import check_x as check_merged_x
 from opir.ops.checks import check_all_reduce_args, check_float, check_like_x, check_x_weight
 from opir.ops.quant import (
     MIN_SCALE,
+    QUANT_MAX,
     SCALE_DTYPE,
     check_float_x,
     check_group_size,
     check_quant_dtype,
     check_scale_ub,
     check_static_scale,
-    scale_from_absmax,
 )
 from opir.providers.triton.activation import activation, load_f32, round_once, round_out
 from opir.providers.triton.common import apply_weight
@@ -511,7 +511,12 @@ def dynamic_quant(x, dtype, per_token, scale_ub, kernel=quant_kernel):
     rows = x.numel() // n if n else 0
     row_max = torch.zeros(max(rows, 1), dtype=SCALE_DTYPE, device=x.device)
     launch(kernel, x, q, row_max, mode=AMAX)
-    scale = scale_from_absmax(row_max.amax().reshape(1), dtype, scale_ub)
+    absmax = row_max.amax().reshape(1)
+    if scale_ub is not None:
+        absmax = torch.minimum(absmax, scale_ub.reshape(1))
+    # divided by a tensor on x's device: CUDA computes ``tensor / python_float`` as a
+    # multiply by the reciprocal (one bit short of the contract's division)
+    scale = torch.clamp(absmax / absmax.new_full((1,), QUANT_MAX[dtype]), min=MIN_SCALE[dtype])
     launch(kernel, x, q, scale)
     return q, scale
 
