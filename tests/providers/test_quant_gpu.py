@@ -25,7 +25,9 @@ def _fp8_supported() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
 
 
-needs_fp8 = pytest.mark.skipif(not _fp8_supported(), reason="needs a CUDA GPU of SM 8.9+ (fp8 GEMMs)")
+needs_fp8 = pytest.mark.skipif(
+    not _fp8_supported(), reason="needs a CUDA GPU of SM 8.9+ (fp8 GEMMs)"
+)
 
 
 @needs_fp8
