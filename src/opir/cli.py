@@ -160,7 +160,11 @@ def _info(args: argparse.Namespace) -> int:
     # one space between columns and no folded provider names: long op names
     # (fused_add_rms_norm_dynamic_quant) still leave 80 columns for five providers
     table = Table(
-        title="ops x providers (* = in place)", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True, pad_edge=False
+        title="ops x providers (* = in place)",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
     )
     table.add_column("op", no_wrap=True)
     for provider in providers:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 
+from opir.core.op import Op
 from opir.core.register import register_op
 from opir.ops.activations import check_x as check_merged_x
 from opir.ops.activations import silu_and_mul
@@ -617,16 +618,23 @@ OPS = (*BASE_OPS, *FUSED_OPS, scaled_mm)
 for _op in BASE_OPS:
     for _d in FP8_DTYPES:
         _op.override_tolerance(_d, atol=0.0, rtol=0.0)
+
+
 # Fused ops: a kernel's intermediate (the norm's fp32 rms in another summation order, a
 # Triton silu) may differ from native's by an ulp or two of x's dtype, and that can move
 # q by one quantum: one fp8 step (at most 1/8 relative, 2**-9 absolute near zero) or one
 # int8 step; the dynamic scale (absmax / MAX) by up to 2**-7 relative (one bf16 ulp).
+def set_fused_tolerances(op: Op) -> None:
+    """The tolerances of a fused norm/activation -> quant op (see above)."""
+    for d in FP8_DTYPES:
+        op.override_tolerance(d, atol=2.0**-9, rtol=0.125)
+    op.override_tolerance(torch.int8, atol=1.0, rtol=0.0)
+    op.override_tolerance(torch.float32, atol=1e-5, rtol=2.0**-7)
+    op.override_tolerance(torch.float16, atol=1e-3, rtol=2e-3)
+
+
 for _op in FUSED_OPS:
-    for _d in FP8_DTYPES:
-        _op.override_tolerance(_d, atol=2.0**-9, rtol=0.125)
-    _op.override_tolerance(torch.int8, atol=1.0, rtol=0.0)
-    _op.override_tolerance(torch.float32, atol=1e-5, rtol=2.0**-7)
-    _op.override_tolerance(torch.float16, atol=1e-3, rtol=2e-3)
+    set_fused_tolerances(_op)
 # scaled_mm: kernels accumulate exactly (int32 / fp32 MMA) and run an fp32 epilogue
 # (convert, times a_scale, times b_scale, plus bias: four fp32 roundings) before the
 # final rounding: bf16/fp16 may differ by one ulp (their defaults cover it); fp32 by a
