@@ -395,7 +395,7 @@ def test_scaled_mm_matches_dequantised_fp64(qdtype, scales, out_dtype):
         quant_dtype=qdtype,
         scales=scales,
     )
-    got = scaled_mm(*args)
+    got = scaled_mm.native(*args)
     assert got.shape == (5, 200) and got.dtype == out_dtype
     want = _dequant_ref(*args)
     if out_dtype == torch.float32:  # elementwise dequantisation rounds in fp64: ~1e-16
@@ -408,7 +408,7 @@ def test_scaled_mm_int8_is_exact_for_huge_k():
     k = 1 << 16
     a = torch.full((2, k), 127, dtype=torch.int8)
     b = torch.full((k, 3), -128, dtype=torch.int8)
-    got = scaled_mm(a, _t(1.0), b, _t(1.0), torch.float32)
+    got = scaled_mm.native(a, _t(1.0), b, _t(1.0), torch.float32)
     assert (got == float(127 * -128 * k)).all()  # 2**30 - ... exactly, no fp32 accumulate
 
 
@@ -417,7 +417,7 @@ def test_scaled_mm_takes_a_transposed_weight_and_bias():
     a = torch.randint(-127, 128, (3, 32), dtype=torch.int8)
     sa, sb = torch.rand(3, 1) + 0.1, torch.rand(1, 6) + 0.1
     bias = torch.randn(6)
-    got = scaled_mm(a, sa, w.t(), sb, torch.float32, bias)
+    got = scaled_mm.native(a, sa, w.t(), sb, torch.float32, bias)
     want = ((a.double() @ w.t().double()) * sa.double() * sb.double() + bias.double()).float()
     assert torch.equal(got, want)
 
@@ -484,7 +484,7 @@ def _bad_cases():
         (
             "both 128-block scales",
             scaled_mm,
-            (a8, torch.ones(4, 1), b8, torch.ones(1, 1), torch.float32),
+            (a8, torch.ones(4, 1), b8, torch.ones(2, 1), torch.float32),
         ),
         ("bias must be \\[N\\]", scaled_mm, (a8, sa, b8, sb, torch.float32, torch.ones(7))),
         (
@@ -512,6 +512,10 @@ def test_mixed_block_and_per_token_scales_are_refused():
         scaled_mm(a, torch.ones(4, 2), b, torch.ones(1, 256), torch.float32)
     got = scaled_mm(a, torch.ones(4, 2), b, torch.ones(2, 2), torch.float32)
     assert got.shape == (4, 256)
+    # K, N <= 128: the block scales [M, 1] and [1, 1] are per-token and per-tensor ones
+    a, b = torch.ones(3, 100, dtype=torch.int8), torch.ones(100, 5, dtype=torch.int8)
+    got = scaled_mm(a, torch.full((3, 1), 0.5), b, torch.full((1, 1), 0.25), torch.float32)
+    assert (got == 12.5).all()
 
 
 def test_schemas_take_a_scalar_type():

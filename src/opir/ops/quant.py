@@ -371,7 +371,8 @@ def check_scaled_mm_args(
     out_dtype: torch.dtype,
     bias: torch.Tensor | None,
 ) -> bool:
-    """``scaled_mm``'s contract; returns whether the scales are 128-blocks."""
+    """``scaled_mm``'s contract; returns whether the scales are 128-blocks (a [1, 1]
+    b_scale is per tensor; with K and N <= 128 block scales are the plain ones)."""
     op = "scaled_mm"
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
@@ -399,14 +400,10 @@ def check_scaled_mm_args(
         if s.device != a.device:
             raise ValueError(f"{op}: {name} is on {s.device} but a is on {a.device}")
     kb, nb = _cdiv(k, BLOCK), _cdiv(n, BLOCK)
-    a_shapes = {(1,): "per tensor", (m, 1): "per token"}
-    b_shapes = {(1,): "per tensor", (1, n): "per channel"}
-    block_a = tuple(a_scale.shape) == (m, kb) and (m, kb) not in a_shapes
-    block_b = tuple(b_scale.shape) == (kb, nb) and (kb, nb) not in b_shapes
-    if block_a != block_b or (
-        not block_a
-        and (tuple(a_scale.shape) not in a_shapes or tuple(b_scale.shape) not in b_shapes)
-    ):
+    sa, sb = tuple(a_scale.shape), tuple(b_scale.shape)
+    plain = (sa == (1,) or sa == (m, 1)) and (sb == (1,) or sb == (1, 1) or sb == (1, n))
+    block = not plain and sa == (m, kb) and sb == (kb, nb)
+    if not (plain or block):
         raise ValueError(
             f"{op}: a_scale must be [1] or [M, 1] = [{m}, 1] and b_scale [1] or [1, N] = "
             f"[1, {n}], or both 128-block scales a_scale [M, ceil(K/128)] = [{m}, {kb}] and "
@@ -420,7 +417,7 @@ def check_scaled_mm_args(
             f"{op}: bias must be [N] = [{n}] of out_dtype {out_dtype} on {a.device}; got "
             f"{list(bias.shape)} {bias.dtype} {bias.device}"
         )
-    return block_a
+    return block
 
 
 @register_op(activations=("a", "b"))
