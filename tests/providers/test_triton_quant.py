@@ -49,6 +49,43 @@ if not RUN_HERE:
         """Run this file again with TRITON_INTERPRET=1 (the real kernels, on CPU)."""
         run_in_interpreter(__file__, timeout=600)
 
+    # (PRODUCER, MODE, QK, SINGLE): silu -> per-row fp8 in one pass; norm + residual ->
+    # int8 groups, looping; load -> row absmax (per-tensor pass 1), e4m3fnuz static.
+    AOT_VARIANTS = [(2, 1, 1, True), (1, 2, 0, False), (0, 3, 2, True), (0, 0, 2, False)]
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize("variant", AOT_VARIANTS, ids=str)
+    def test_kernel_compiles_for_a_gpu_without_one(variant):
+        """The interpreter runs Python, not Triton's compiler: compile the kernel to PTX
+        for sm_90 here (no GPU needed) so compiled-mode errors show on CPU machines."""
+        pytest.importorskip("triton", reason="triton is a test dependency: pip install triton")
+        from pathlib import Path
+
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+
+        from opir.providers.triton import quant
+
+        if not any(Path(triton.__file__).parent.glob("backends/nvidia/bin/ptxas*")):
+            pytest.skip("this triton wheel ships no ptxas")
+        producer, mode, qk, single = variant
+        sig = {name: "*bf16" for name in ("X", "R", "ROUT", "W")}
+        sig |= {"Q": "*i8" if qk == 0 else "*u8", "SCALE": "*fp32", "UB": "*fp32"}
+        sig |= {n: "i64" for n in ("inner", "x_so", "x_si", "r_so", "r_si", "ro_so", "ro_si")}
+        sig |= {n: "i32" for n in ("n_cols", "var_cols", "w_stride")}
+        sig |= {n: "fp32" for n in ("eps", "weight_bias", "qmin", "qmax", "min_scale")}
+        sig |= {"s_rs": "i64", "s_cs": "i64"}
+        consts = dict(
+            PRODUCER=producer, MODE=mode, QK=qk, XK=1, HAS_RESIDUAL=producer == 1,
+            HAS_WEIGHT=producer == 1, HAS_BIAS=producer == 1, ROUND=0, HAS_UB=mode == 1,
+            UE8M0=mode == 2, GROUP=128, BLOCK=4096, SINGLE=single,
+        )  # fmt: skip
+        sig |= dict.fromkeys(consts, "constexpr")
+        src = ASTSource(fn=quant.quant_kernel, signature=sig, constexprs=consts)
+        compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+        assert ".entry quant_kernel" in compiled.asm["ptx"]
+
 else:
     from conformance import clone_args
 
