@@ -85,12 +85,13 @@ def test_fused_add_rms_norm_quant_matches_native_within_tolerance(dtype, tokens,
         dtype=dtype, device="cuda", num_tokens=tokens, hidden_size=hidden, quant_dtype=FP8
     )
     expected = op.native(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
-    residual = args[1]
-    before = residual.clone()
+    x, residual = args[0], args[1]
+    before, x_before = residual.clone(), x.clone()
     with op.set_priority(["flashinfer"]), opir.strict():
         got = (op.maybe_inplace if donate else op)(*args)
     _compare(op, got[0], expected[0])
     torch.testing.assert_close(got[1], expected[1], atol=0, rtol=0)  # the rounded sum
+    assert torch.equal(x, x_before)  # only the residual may be written
     if donate:
         assert got[1] is residual
     else:
