@@ -33,6 +33,8 @@ group ``x.shape[:-1] + (K // group_size,)`` (``column_major_scales``: the storag
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from opir.core.op import Op
@@ -231,7 +233,7 @@ def dynamic_group_quant(
     q = quantize_with_inv(x32, reciprocal(scale), dtype).reshape(x.shape)
     scale = scale.reshape(*lead, groups)
     if column_major_scales:
-        rows = scale.numel() // groups if groups else 0
+        rows = math.prod(lead)
         storage = torch.empty(groups, rows, dtype=SCALE_DTYPE, device=x.device)
         storage.copy_(scale.reshape(rows, groups).t())
         scale = storage.t().unflatten(0, lead) if lead else storage.t().reshape(groups)
@@ -630,8 +632,9 @@ def set_fused_tolerances(op: Op) -> None:
     op.override_tolerance(torch.float16, atol=1e-3, rtol=2e-3)
 
 
-for _op in FUSED_OPS:
-    set_fused_tolerances(_op)
+for _fused in FUSED_OPS:
+    set_fused_tolerances(_fused)
+
 # scaled_mm: kernels accumulate exactly (int32 / fp32 MMA) and run an fp32 epilogue
 # (convert, times a_scale, times b_scale, plus bias: four fp32 roundings) before the
 # final rounding: bf16/fp16 may differ by one ulp (their defaults cover it); fp32 by a
