@@ -238,6 +238,8 @@ else:
         _check(Q.dynamic_group_quant, (x, qdtype, group_size, column_major, ue8m0), exact=True)
         args = (x[5:].view(3, 1, 256), qdtype, group_size, column_major, ue8m0)
         _check(Q.dynamic_group_quant, args, exact=True)  # 3-D, column-major storage
+        args = (x[:6, :0].view(2, 3, 0), qdtype, group_size, column_major, ue8m0)
+        _check(Q.dynamic_group_quant, args, exact=True)  # no columns: [2, 3, 0] scales
         w = torch.ones(256, dtype=torch.bfloat16, device=DEVICE)
         args = (x, w, 1e-6, qdtype, group_size, column_major, ue8m0, 0.0)
         _check(Q.rms_norm_group_quant, args)

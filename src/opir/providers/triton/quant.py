@@ -34,6 +34,8 @@ their uint8 codes (``q.view(torch.uint8)``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -524,7 +526,7 @@ def dynamic_quant(x, dtype, per_token, scale_ub, kernel=quant_kernel):
 def _group_scales(x: torch.Tensor, groups: int, column_major: bool):
     """(the scales as the op returns them, their ``(rows, groups)`` view for the kernel)."""
     lead = x.shape[:-1]
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    rows = math.prod(lead)  # also when x has no columns
     if column_major:
         flat = torch.empty(groups, rows, dtype=SCALE_DTYPE, device=x.device).t()
         out = flat.unflatten(0, lead) if lead else flat.reshape(groups)
