@@ -21,7 +21,9 @@ Laid out like every provider (see ``opir.providers``): ``availability.py``,
 ``impls.py`` (predicates and registrations, ``PROVIDER``); the activation ops'
 predicates and registrations are in ``activation_impls.py``, ``rotary_embedding``'s
 (through ``apply_rope_with_cos_sin_cache_inplace``: fp32 cache, neox style; its
-rounding rule and bound) in ``rotary_impls.py`` (what they cover is said there).
+rounding rule and bound) in ``rotary_impls.py``, the fused norm -> fp8 quant ones
+(``rms_norm_quant``, ``fused_add_rms_norm_quant``) in ``quant_impls.py`` (what each
+covers, and its tolerance, is said there).
 
 Rounding differs from opir's contract (held to the op tolerance, see
 docs/gpu-providers.md): with a weight of x's dtype FlashInfer rounds once
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 from opir.providers.flashinfer import (
     activation_impls,  # noqa: F401  (the activation impls)
+    quant_impls,  # noqa: F401  (the fused norm -> fp8 quant impls)
     rotary_impls,  # noqa: F401  (rotary_embedding)
 )
 from opir.providers.flashinfer.availability import REASON, SUPPORTED

@@ -187,3 +187,63 @@ define(NAMESPACE, _fused_add_op, fused_add_rms_norm, inplace=True, device_types=
 define(NAMESPACE, _ar_op, all_reduce_rms_norm, device_types="cuda")
 define(NAMESPACE, _rotary_op, rotary_embedding_functional, device_types="cuda")
 define(NAMESPACE, _rotary_op, rotary_embedding_, inplace=True, device_types="cuda")
+
+
+# --- fused norm -> fp8 quant (quant_impls.py) ---------------------------------------
+from opir.ops import quant as _quant_ops  # noqa: E402
+from opir.ops.checks import check_like_x, check_x_weight  # noqa: E402
+
+# FlashInfer releases that take the scale as a (1,) tensor (read on the device) have
+# ``_normalize_scale_tensor``; older ones take a Python float, which costs a host
+# sync per call (``scale.item()``) and cannot be captured in a CUDA graph.
+TENSOR_SCALE = hasattr(fi_norm, "_normalize_scale_tensor")
+
+
+def _fi_scale(scale: torch.Tensor):
+    return scale.reshape(1) if TENSOR_SCALE else float(scale.item())
+
+
+def _checks(x, weight, epsilon, scale, dtype, op: str) -> None:
+    _quant_ops.check_float_x(x, op)
+    check_x_weight(x, weight, op)
+    _quant_ops.check_quant_dtype(dtype, op)
+    _quant_ops.check_static_scale(scale, x, op)
+
+
+def rms_norm_quant(x, weight, epsilon, scale, dtype, weight_bias):
+    _checks(x, weight, epsilon, scale, dtype, "rms_norm_quant")
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    x2 = x.view(-1, x.shape[-1])
+    if x2.shape[0] != 0:
+        fi_norm.rmsnorm_quant(out.view(x2.shape), x2, weight, _fi_scale(scale), epsilon)
+    return out
+
+
+def fused_add_rms_norm_quant(x, x_residual, weight, epsilon, scale, dtype, weight_bias):
+    """In place: the new residual into ``x_residual``; returns ``(q, x_residual)``."""
+    _checks(x, weight, epsilon, scale, dtype, "fused_add_rms_norm_quant")
+    check_like_x(x, x_residual, "x_residual", "fused_add_rms_norm_quant")
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    x2, r2 = x.view(-1, x.shape[-1]), x_residual.view(-1, x.shape[-1])
+    if x2.shape[0] != 0:
+        fi_norm.fused_add_rmsnorm_quant(
+            out.view(x2.shape), x2, r2, weight, _fi_scale(scale), epsilon
+        )
+    return out, x_residual
+
+
+def _add_rms_norm_quant(x, x_residual, weight, epsilon, scale, dtype, weight_bias):
+    residual = x_residual.clone()
+    return fused_add_rms_norm_quant(x, residual, weight, epsilon, scale, dtype, weight_bias)
+
+
+define(NAMESPACE, _quant_ops.rms_norm_quant, rms_norm_quant, device_types="cuda")
+define(NAMESPACE, _quant_ops.fused_add_rms_norm_quant, _add_rms_norm_quant, device_types="cuda")
+
+
+def traceable_fused_add_rms_norm_quant(*args):
+    """The in-place impl as traced: the functional custom op, then the residual copied
+    into the donated ``x_residual``."""
+    q, residual = torch.ops.opir_flashinfer.fused_add_rms_norm_quant.default(*args)
+    args[1].copy_(residual)
+    return q, args[1]

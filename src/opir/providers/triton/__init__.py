@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from opir.providers.triton import (
     activation_impls,  # noqa: F401  (the activation family)
+    quant_impls,  # noqa: F401  (the quantisation ops)
     rotary_impls,  # noqa: F401  (the rotary family)
 )
 from opir.providers.triton.availability import INTERPRET, REASON, SUPPORTED

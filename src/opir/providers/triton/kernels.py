@@ -14,6 +14,7 @@ in-place one).
 
 from __future__ import annotations
 
+import torch
 from torch.library import triton_op
 
 from opir.ops import activations as _activation_ops
@@ -104,3 +105,122 @@ for _name in ("rotary_pos_emb", "qk_norm_rotary_pos_emb"):
         definer=triton_op,
     )
 del _name, _op, _fn, _inplace
+# --- quantisation (quant.py): one custom op per op, the functional form of the
+# fused add ops (the in-place launchers write the residual into x_residual; their
+# traceable form calls the functional custom op and copies the residual back)
+from opir.ops import quant as _quant_ops  # noqa: E402
+from opir.providers.triton import quant  # noqa: E402
+
+static_quant = quant.static_quant
+dynamic_quant = quant.dynamic_quant
+dynamic_group_quant = quant.dynamic_group_quant
+rms_norm_quant = quant.rms_norm_quant
+rms_norm_dynamic_quant = quant.rms_norm_dynamic_quant
+rms_norm_group_quant = quant.rms_norm_group_quant
+fused_add_rms_norm_quant = quant.fused_add_rms_norm_quant
+fused_add_rms_norm_dynamic_quant = quant.fused_add_rms_norm_dynamic_quant
+silu_and_mul_quant = quant.silu_and_mul_quant
+silu_and_mul_dynamic_quant = quant.silu_and_mul_dynamic_quant
+all_reduce_rms_norm_quant = quant.all_reduce_rms_norm_quant
+traceable_all_reduce_rms_norm_quant = quant.traceable_all_reduce_rms_norm_quant
+
+for _quant_launcher in (
+    quant.static_quant,
+    quant.dynamic_quant,
+    quant.dynamic_group_quant,
+    quant.rms_norm_quant,
+    quant.rms_norm_dynamic_quant,
+    quant.rms_norm_group_quant,
+    quant.silu_and_mul_quant,
+    quant.silu_and_mul_dynamic_quant,
+):
+    define(
+        NAMESPACE,
+        getattr(_quant_ops, _quant_launcher.__name__),
+        _traced(_quant_launcher, quant.traceable_kernel),
+        definer=triton_op,
+    )
+define(
+    NAMESPACE,
+    _quant_ops.fused_add_rms_norm_quant,
+    _traced(quant.add_rms_norm_quant, quant.traceable_kernel),
+    definer=triton_op,
+)
+define(
+    NAMESPACE,
+    _quant_ops.fused_add_rms_norm_dynamic_quant,
+    _traced(quant.add_rms_norm_dynamic_quant, quant.traceable_kernel),
+    definer=triton_op,
+)
+del _quant_launcher
+
+
+def traceable_fused_add_rms_norm_quant(*args):
+    """The in-place impl as traced: the functional custom op, then the residual copied
+    into the donated ``x_residual``."""
+    q, residual = torch.ops.opir_triton.fused_add_rms_norm_quant.default(*args)
+    args[1].copy_(residual)
+    return q, args[1]
+
+
+def traceable_fused_add_rms_norm_dynamic_quant(*args):
+    q, scale, residual = torch.ops.opir_triton.fused_add_rms_norm_dynamic_quant.default(*args)
+    args[1].copy_(residual)
+    return q, scale, args[1]
+
+
+# all_reduce_rms_norm_quant's local parts (after the collective), with variance_size
+
+
+@triton_op("opir_triton::local_rms_norm_quant", mutates_args=())
+def _local_rms_norm_quant(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    epsilon: float,
+    scale: torch.Tensor,
+    dtype: torch.dtype,
+    variance_size: int | None,
+    weight_bias: float,
+) -> torch.Tensor:
+    return quant.rms_norm_quant_vs(
+        x, weight, epsilon, scale, dtype, variance_size, weight_bias, quant.traceable_kernel
+    )
+
+
+@triton_op("opir_triton::local_add_rms_norm_quant", mutates_args=())
+def _local_add_rms_norm_quant(
+    x: torch.Tensor,
+    x_residual: torch.Tensor,
+    weight: torch.Tensor | None,
+    epsilon: float,
+    scale: torch.Tensor,
+    dtype: torch.dtype,
+    variance_size: int | None,
+    weight_bias: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return quant.add_rms_norm_quant_vs(
+        x, x_residual, weight, epsilon, scale, dtype, variance_size, weight_bias,
+        quant.traceable_kernel,
+    )  # fmt: skip
+
+
+@_local_rms_norm_quant.register_fake
+def _(x, weight, epsilon, scale, dtype, variance_size, weight_bias):
+    return torch.empty(x.shape, dtype=dtype, device=x.device)
+
+
+@_local_add_rms_norm_quant.register_fake
+def _(x, x_residual, weight, epsilon, scale, dtype, variance_size, weight_bias):
+    return torch.empty(x.shape, dtype=dtype, device=x.device), torch.empty_like(x)
+
+
+def scaled_mm(a, a_scale, b, b_scale, out_dtype, bias):
+    """``torch._scaled_mm`` (cuBLASLt fp8 GEMM: fp32 accumulation, fp32 epilogue) for what
+    ``quant_impls.supports_scaled_mm`` accepts; checked as the native checks."""
+    _quant_ops.check_scaled_mm_args(a, a_scale, b, b_scale, out_dtype, bias)
+    if a.shape[0] == 0 or a.shape[1] == 0:  # nothing to multiply: the native's answer
+        return _quant_ops.scaled_mm.native(a, a_scale, b, b_scale, out_dtype, bias)
+    return torch._scaled_mm(a, b, scale_a=a_scale, scale_b=b_scale, bias=bias, out_dtype=out_dtype)
+
+
+define(NAMESPACE, _quant_ops.scaled_mm, scaled_mm, device_types="cuda")
