@@ -146,7 +146,10 @@ def scale_from_absmax(
     """``max(min(absmax, scale_ub) / MAX, 1 / (MAX * 512))`` in fp32; NaN propagates."""
     if scale_ub is not None:
         absmax = torch.minimum(absmax, scale_ub.reshape(()).to(absmax.device))
-    scale = absmax / QUANT_MAX[dtype]
+    # Divide by a tensor on absmax's device: CUDA turns division by a Python number (a
+    # CPU scalar) into a multiply by its reciprocal, which is not correctly rounded.
+    qmax = torch.full((), QUANT_MAX[dtype], dtype=SCALE_DTYPE, device=absmax.device)
+    scale = absmax / qmax
     return torch.clamp(scale, min=MIN_SCALE[dtype])  # clamp keeps NaN
 
 
