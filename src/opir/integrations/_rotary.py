@@ -53,7 +53,8 @@ class RopeSpec:
     @property
     def name(self) -> str:
         text = "opir.ops.rotary_pos_emb"
-        extras = [w for w, on in (("cast back", self.cast_back), ("half cos/sin", self.half_cos)) if on]
+        flags = (("cast back", self.cast_back), ("half cos/sin", self.half_cos))
+        extras = [w for w, on in flags if on]
         return text + (f" ({', '.join(extras)})" if extras else "")
 
 
@@ -193,17 +194,19 @@ class _Exit:
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        return a.dtype == b.dtype and a.shape == b.shape and a.device == b.device and torch.equal(a, b)
+        same_kind = a.dtype == b.dtype and a.shape == b.shape and a.device == b.device
+        return same_kind and torch.equal(a, b)
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b):
         return all(_same(p, q) for p, q in zip(a, b, strict=True))
     return False
 
 
 def _describe(key: RopeKey) -> str:
-    qd, kd, cd, _, qr, _, _, u, qw, _, cw, _, dev, _ = key
+    qd, _, cd, _, qr, _, _, u, qw, _, cw, _, dev, _ = key
     name = str(qd).removeprefix("torch.")
     cname = str(cd).removeprefix("torch.")
-    return f"rank-{qr} {name} q of width {qw}, {cname} cos of width {cw}, unsqueeze_dim={u} on {dev}"
+    text = f"rank-{qr} {name} q of width {qw}, {cname} cos of width {cw}"
+    return text + f", unsqueeze_dim={u} on {dev}"
 
 
 def probe(original: Any, spec: RopeSpec, key: RopeKey, device: torch.device) -> str | None:
@@ -220,12 +223,12 @@ def probe(original: Any, spec: RopeSpec, key: RopeKey, device: torch.device) -> 
     with torch.inference_mode(False), torch.no_grad(), opir.priority(_NATIVE):
         for batch, seq, heads, kv_heads in ((2, 5, 3, 1), (1, 1, 2, 2)):
             # q/k as the models make them: a transposed view of [batch, seq, heads, width]
-            def make(heads: int, width: int, dtype: torch.dtype) -> torch.Tensor:
-                x = torch.randn(batch, seq, heads, width, generator=gen) * 3
-                x = x.to(device, dtype)
-                return x.transpose(1, 2) if u == 1 else x
-
-            q, k = make(heads, qw, qd), make(kv_heads, kw, kd)
+            q, k = (
+                (torch.randn(batch, seq, h, w, generator=gen) * 3).to(device, d)
+                for h, w, d in ((heads, qw, qd), (kv_heads, kw, kd))
+            )
+            if u == 1:
+                q, k = q.transpose(1, 2), k.transpose(1, 2)
             angles = torch.rand(batch, seq, cw, generator=gen) * 40 - 20
             cos, sin = angles.cos().to(device, cd), angles.sin().to(device, sd)
             args = (q, k, cos, sin)
@@ -369,7 +372,8 @@ def verdict(function: Any, attention: nn.Module) -> RopeVerdict | str:
         if first_failure is not None:
             reasons.append(first_failure)
     if best is None:
-        return "no opir rotary candidate matched on q in the model's dtype: " + "; ".join(reasons[:2])
+        why = "no opir rotary candidate matched on q in the model's dtype: "
+        return why + "; ".join(reasons[:2])
     return best
 
 

@@ -122,7 +122,8 @@ class ApplyReport:
         if self.left_alone or self.rotary_left_alone:
             lines.append("left alone:")
             lines += [f"  {c}: {n} ({why})" for c, (n, why) in self.left_alone.items()]
-            lines += [f"  {c}: {n} (rotary: {why})" for c, (n, why) in self.rotary_left_alone.items()]
+            rope = self.rotary_left_alone.items()
+            lines += [f"  {c}: {n} (rotary: {why})" for c, (n, why) in rope]
         line = self._activations_line()
         if line:
             lines.append(line)
