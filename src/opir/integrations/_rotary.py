@@ -49,22 +49,36 @@ class RopeSpec:
 
     cast_back: bool = False  # outputs cast to q's / k's dtype (OLMo-2: fp32 cos, bf16 q)
     half_cos: bool = False  # cos/sin hold rotary_dim / 2 columns (GPT-OSS): duplicated
+    neg_sin: bool = False  # rotate_half with the other sign (NanoChat): sin negated (exact)
 
     @property
     def name(self) -> str:
         text = "opir.ops.rotary_pos_emb"
-        flags = (("cast back", self.cast_back), ("half cos/sin", self.half_cos))
+        flags = (
+            ("cast back", self.cast_back),
+            ("half cos/sin", self.half_cos),
+            ("sin negated", self.neg_sin),
+        )
         extras = [w for w, on in flags if on]
         return text + (f" ({', '.join(extras)})" if extras else "")
 
 
-_CANDIDATES = (RopeSpec(), RopeSpec(cast_back=True), RopeSpec(half_cos=True))
+_CANDIDATES = (
+    RopeSpec(),
+    RopeSpec(cast_back=True),
+    RopeSpec(half_cos=True),
+    # x*cos + (-rotate_half(x))*sin == x*cos + rotate_half(x)*(-sin) bit for bit: negation
+    # is exact and commutes with the rounded product
+    RopeSpec(neg_sin=True),
+)
 
 
 def compute(spec: RopeSpec, q, k, cos, sin, unsqueeze_dim: int) -> tuple:
     if spec.half_cos:
         cos = torch.cat((cos, cos), dim=-1)
         sin = torch.cat((sin, sin), dim=-1)
+    if spec.neg_sin:
+        sin = -sin
     q_out, k_out = rotary_pos_emb(q, k, cos, sin, unsqueeze_dim)
     if spec.cast_back:
         q_out, k_out = q_out.to(q.dtype), k_out.to(k.dtype)
