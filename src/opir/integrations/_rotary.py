@@ -22,6 +22,7 @@ q, k, cos, sin; ranks; ``unsqueeze_dim``; head and rotary widths; device; autoca
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import sys
@@ -135,13 +136,16 @@ class AppliedRotary:
         self.opir_original = original
         self.opir_spec = spec
         self.opir_envelope: dict[RopeKey, bool] = {}
-        self.scopes: list = []  # priorities of the applied attention calls in progress
+        self.scopes: list[_Enter] = []  # the applied attention calls in progress
         self.holders: weakref.WeakSet = weakref.WeakSet()  # attention modules hooked
         self.__wrapped__ = original  # inspect.signature / unwrap see the original
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         scopes = self.scopes
         if scopes:
+            top = scopes[-1]
+            if top.pending_q is not None or top.pending_k is not None:
+                return self._fused(top, args, kwargs)
             bound = _bind(args, kwargs)
             if bound is not None:
                 key = _key(*bound)
@@ -149,12 +153,58 @@ class AppliedRotary:
                 if ok is None and not torch.compiler.is_compiling():
                     ok = self.verify(key, bound[0].device)
                 if ok:
-                    priority = scopes[-1]
+                    priority = top.priority
                     if priority is None:
                         return compute(self.opir_spec, *bound)
                     with opir.priority(priority):
                         return compute(self.opir_spec, *bound)
         return self.opir_original(*args, **kwargs)
+
+    def _fused(self, top: _Enter, args: tuple, kwargs: dict) -> Any:
+        """The rotary call of an attention whose q/k norms were deferred to it: one
+        ``qk_norm_rotary_pos_emb`` when both were and every key is verified, else the
+        norms (the layers' verified computation) then the usual path."""
+        xq, xk = top.pending_q, top.pending_k
+        top.pending_q = top.pending_k = None
+        fused = top.fused
+        assert fused is not None
+        bound = _bind(args, kwargs)
+        q_how = k_how = None
+        if bound is not None:
+            q, k, cos, sin, u = bound
+            q_how = _relation(q, xq, u) if xq is not None else "none"
+            k_how = _relation(k, xk, u) if xk is not None else "none"
+        if bound is None or q_how is None or k_how is None:
+            # never silently wrong: the norms were skipped for a call the probe never saw
+            raise RuntimeError(
+                f"opir: the q/k norms of {fused.attention_class} were deferred to the rotary "
+                "call, which got other tensors; call opir.integrations.transformers.revert "
+                "and apply(model, fuse_qk_norm=False), and report this"
+            )
+        if q_how == k_how != "none":
+            key = _key(q, k, cos, sin, u)
+            ok = self.opir_envelope.get(key)
+            if ok is None and not torch.compiler.is_compiling():
+                ok = self.verify(key, q.device)
+            if ok and self.opir_spec == RopeSpec():
+                unsqueeze = 2 if q_how == "transposed" else u
+                if top.priority is None:
+                    qo, ko = fused.compute(xq, xk, cos, sin, unsqueeze)
+                else:
+                    with opir.priority(top.priority):
+                        qo, ko = fused.compute(xq, xk, cos, sin, unsqueeze)
+                if q_how == "transposed":
+                    return qo.transpose(1, 2), ko.transpose(1, 2)
+                return qo, ko
+        top.deferring = False  # the layers now compute (not defer) their norm
+        try:
+            if xq is not None:
+                q = _view_as(fused.q_norm(xq), q_how)
+            if xk is not None:
+                k = _view_as(fused.k_norm(xk), k_how)
+        finally:
+            top.deferring = True
+        return self(q, k, cos, sin, unsqueeze_dim=u)
 
     def verify(self, key: RopeKey, device: torch.device) -> bool:
         ok = probe(self.opir_original, self.opir_spec, key, device) is None
@@ -180,26 +230,128 @@ def _installed(module_name: str, spec: RopeSpec) -> AppliedRotary:
     return AppliedRotary(module_name, current, spec)
 
 
+def _relation(t: torch.Tensor, x: torch.Tensor, unsqueeze_dim: int) -> str | None:
+    """How the rotary's ``t`` derives from the deferred norm's input ``x``: "same"
+    (Gemma 3 norms after the transpose), "transposed" (``x.transpose(1, 2)``: Qwen3
+    norms [b, s, h, d] before it; then the fused op takes ``x`` with unsqueeze_dim=2),
+    or None (anything else: the deferral is refused)."""
+    if t is x:
+        return "same"
+    if (
+        unsqueeze_dim == 1
+        and x.dim() == 4
+        and t.dim() == 4
+        and t.data_ptr() == x.data_ptr()
+        and t.shape == (x.shape[0], x.shape[2], x.shape[1], x.shape[3])
+        and t.stride() == (x.stride(0), x.stride(2), x.stride(1), x.stride(3))
+    ):
+        return "transposed"
+    return None
+
+
+def _view_as(y: torch.Tensor, how: str) -> torch.Tensor:
+    return y.transpose(1, 2) if how == "transposed" else y
+
+
+@dataclass
+class FusedQK:
+    """The q/k norms of one attention module, fused into its rotary call."""
+
+    attention_class: str
+    q_layer: nn.Module
+    k_layer: nn.Module
+    epsilon: float
+    weight_bias: float
+
+    def compute(self, xq, xk, cos, sin, unsqueeze_dim: int) -> tuple:
+        return qk_norm_rotary_pos_emb(
+            xq,
+            xk,
+            self.q_layer.weight,
+            self.k_layer.weight,
+            self.epsilon,
+            cos,
+            sin,
+            unsqueeze_dim,
+            self.weight_bias,
+        )
+
+    def q_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return type(self.q_layer).forward(self.q_layer, x)
+
+    def k_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return type(self.k_layer).forward(self.k_layer, x)
+
+
 class _Enter:
-    """Forward pre-hook of an applied attention module: its priority goes on the stack."""
+    """Forward pre-hook of an applied attention module: the call goes on the function's
+    stack (with the model's priority and, when fused, the deferred q/k norm inputs)."""
 
     def __init__(self, function: AppliedRotary, priority: dict | None) -> None:
         self.function = function
         self.priority = priority
+        self.fused: FusedQK | None = None
+        self.deferring = True
+        self.pending_q: torch.Tensor | None = None
+        self.pending_k: torch.Tensor | None = None
 
     def __call__(self, module: nn.Module, args: Any) -> None:
-        self.function.scopes.append(self.priority)
+        self.pending_q = self.pending_k = None
+        self.function.scopes.append(self)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "pending_q": None, "pending_k": None}
 
 
 class _Exit:
-    """Forward hook (``always_call``): pops what ``_Enter`` pushed, also on an exception."""
+    """Forward hook (``always_call``): pops what ``_Enter`` pushed, also on an exception;
+    a deferred q/k norm that no rotary call consumed is an error, never a silent skip."""
 
     def __init__(self, function: AppliedRotary) -> None:
         self.function = function
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        if self.function.scopes:
-            self.function.scopes.pop()
+        scopes = self.function.scopes
+        if not scopes:
+            return
+        top = scopes.pop()
+        if top.pending_q is not None or top.pending_k is not None:
+            top.pending_q = top.pending_k = None
+            if sys.exc_info()[0] is None:
+                raise RuntimeError(
+                    f"opir: {type(module).__name__} deferred its q/k norm to a rotary call "
+                    "that never came; call opir.integrations.transformers.revert and "
+                    "apply(model, fuse_qk_norm=False), and report this"
+                )
+
+
+class Defer:
+    """Set on an applied q_norm / k_norm layer (``layer._opir_defer``): inside its
+    attention's eager call the layer returns its input and the rotary call normalises."""
+
+    def __init__(self, enter: _Enter, role: str) -> None:
+        self.enter = enter
+        self.role = role
+
+    def claim(self, layer: nn.Module, x: torch.Tensor) -> bool:
+        enter = self.enter
+        scopes = enter.function.scopes
+        if (
+            not scopes
+            or scopes[-1] is not enter
+            or not enter.deferring
+            or x.dim() != 4
+            or layer._forward_hooks  # a hook would see the unnormalised output
+            or torch.compiler.is_compiling()
+        ):
+            return False
+        if self.role == "q" and enter.pending_q is None:
+            enter.pending_q = x
+            return True
+        if self.role == "k" and enter.pending_k is None:
+            enter.pending_k = x
+            return True
+        return False
 
 
 # ---------------------------------------------------------------------------------------
@@ -404,10 +556,124 @@ def install(home: Any, module_name: str, found: RopeVerdict) -> AppliedRotary:
     return function
 
 
-def hook(attention: nn.Module, function: AppliedRotary, priority: dict | None) -> None:
-    attention.register_forward_pre_hook(_Enter(function, priority))
+def hook(attention: nn.Module, function: AppliedRotary, priority: dict | None) -> _Enter:
+    enter = _Enter(function, priority)
+    attention.register_forward_pre_hook(enter)
     attention.register_forward_hook(_Exit(function), always_call=True)
     function.holders.add(attention)
+    return enter
+
+
+def _enter_of(attention: nn.Module) -> _Enter | None:
+    for h in attention._forward_pre_hooks.values():
+        if isinstance(h, _Enter):
+            return h
+    return None
+
+
+def _fusable_norm(layer: Any, head_dim: int) -> str | None:
+    """Why an applied norm layer cannot be folded into qk_norm_rotary_pos_emb, or None."""
+    spec = getattr(layer, "__dict__", {}).get("_opir_spec")
+    if spec is None:
+        return "its q/k norms are not on opir"
+    if spec.kind not in ("RMSNorm", "GemmaRMSNorm") or spec.second is not None:
+        return f"its q/k norms are {spec.kind} with a second input"
+    if not spec.uses_weight or spec.fp32_multiply or not isinstance(spec.eps, float):
+        return "its q/k norms are weightless, multiply in fp32 or take eps from the dtype"
+    weight = layer.weight
+    if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != (head_dim,):
+        return "its q/k norms are not per head (weight width != head_dim)"
+    return None
+
+
+def fuse(attention: nn.Module) -> str | None:
+    """Fold ``attention``'s applied q/k norms into its rotary call
+    (``qk_norm_rotary_pos_emb``) when a probe on a random-weight copy of the attention
+    gives the same output bit for bit with and without the fusion; else why not."""
+    head_dim = getattr(attention, "head_dim", None)
+    if not isinstance(head_dim, int):
+        return "no integer head_dim"
+    layers = [attention._modules.get(n) for n in ("q_norm", "k_norm")]
+    for layer in layers:
+        why = _fusable_norm(layer, head_dim)
+        if why is not None:
+            return why
+    enter = _enter_of(attention)
+    if enter is None or enter.function.opir_spec != RopeSpec():
+        return "its RoPE is not plain opir.ops.rotary_pos_emb"
+    q_spec, k_spec = (layer.__dict__["_opir_spec"] for layer in layers)
+    if (q_spec.eps, q_spec.weight_bias) != (k_spec.eps, k_spec.weight_bias):
+        return "its q and k norms differ in epsilon or weight offset"
+    try:
+        names = inspect.signature(type(attention).forward).parameters
+    except (TypeError, ValueError):
+        return "its forward has no inspectable signature"
+    if not {"hidden_states", "position_embeddings", "attention_mask"} <= set(names):
+        return "its forward does not take (hidden_states, position_embeddings, attention_mask)"
+    why = _probe_fused(attention, head_dim, q_spec.eps, q_spec.weight_bias)
+    if why is not None:
+        return why
+    enter.fused = FusedQK(type(attention).__name__, *layers, q_spec.eps, q_spec.weight_bias)
+    layers[0].__dict__["_opir_defer"] = Defer(enter, "q")
+    layers[1].__dict__["_opir_defer"] = Defer(enter, "k")
+    return None
+
+
+def _probe_fused(attention: nn.Module, head_dim: int, eps: float, bias: float) -> str | None:
+    """None when the attention's forward on a random-weight copy gives the same output
+    with the q/k norms fused into the rotary call (one qk_norm_rotary_pos_emb, no
+    rms_norm) as with the separate ops, everything at priority native."""
+    dtype, device = home_dtype(attention), device_of(attention)
+    with torch.inference_mode(False), torch.no_grad():
+        ref = copy.deepcopy(attention)
+        gen = torch.Generator().manual_seed(4)
+        for name, p in ref.named_parameters():
+            if not p.dtype.is_floating_point:
+                continue
+            values = torch.randn(p.shape, generator=gen)
+            if p.dim() == 2:
+                values = values / p.shape[1] ** 0.5
+            elif "norm" in name:
+                values = values * 0.3 + 0.5
+            p.copy_(values.to(p.device, p.dtype))
+        enter = _enter_of(ref)
+        assert enter is not None
+        enter.priority = _NATIVE
+        q_layer, k_layer = ref._modules["q_norm"], ref._modules["k_norm"]
+        for layer in (q_layer, k_layer):
+            assert layer is not None
+            layer.__dict__["opir_priority"] = _NATIVE
+        width = getattr(getattr(ref, "q_proj", None), "in_features", None)
+        if not isinstance(width, int):
+            return "no q_proj.in_features to probe with"
+        hidden = torch.randn(2, 5, width, generator=gen).to(device, dtype)
+        angles = torch.rand(2, 5, head_dim, generator=gen) * 40 - 20
+        cos, sin = angles.cos().to(device, dtype), angles.sin().to(device, dtype)
+        args = dict(hidden_states=hidden, position_embeddings=(cos, sin), attention_mask=None)
+        try:
+            with opir.priority(_NATIVE):
+                separate = ref(**args)
+                enter.fused = FusedQK("probe", q_layer, k_layer, eps, bias)
+                q_layer.__dict__["_opir_defer"] = Defer(enter, "q")
+                k_layer.__dict__["_opir_defer"] = Defer(enter, "k")
+                with opir.trace() as trace:
+                    fused = ref(**args)
+        except Exception as e:
+            return f"the fused probe raises ({type(e).__name__}: {e})"[:300]
+    ops = [r.op for r in trace.records]
+    if ops.count("qk_norm_rotary_pos_emb") != 1 or "rms_norm" in ops:
+        return "the fused probe did not run one qk_norm_rotary_pos_emb in place of the norms"
+    if not _same_output(separate, fused):
+        return "its output differs with the q/k norms fused into the rotary call"
+    return None
+
+
+def _same_output(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b):
+        return all(_same_output(p, q) for p, q in zip(a, b, strict=True))
+    return _same(a, b)
 
 
 def is_hooked(attention: nn.Module) -> bool:
@@ -428,6 +694,10 @@ def unhook(attention: nn.Module) -> bool:
             home = sys.modules.get(function.module_name)
             if not function.holders and home is not None and getattr(home, NAME) is function:
                 setattr(home, NAME, function.opir_original)
+    for name in ("q_norm", "k_norm"):
+        layer = attention._modules.get(name)
+        if layer is not None:
+            layer.__dict__.pop("_opir_defer", None)
     for hid, h in list(attention._forward_hooks.items()):
         if isinstance(h, _Exit):
             del attention._forward_hooks[hid]
@@ -437,4 +707,3 @@ def unhook(attention: nn.Module) -> bool:
 
 
 __all__ = ["AppliedRotary"]
-_ = qk_norm_rotary_pos_emb  # the fused op (q/k norms + RoPE), see transformers.apply

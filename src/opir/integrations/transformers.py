@@ -92,6 +92,8 @@ class ApplyReport:
     activations_left_alone: dict[str, int] = field(default_factory=dict)
     rotary: dict[str, tuple[int, str]] = field(default_factory=dict)
     rotary_left_alone: dict[str, tuple[int, str]] = field(default_factory=dict)
+    fused_qk_norm: dict[str, int] = field(default_factory=dict)
+    fused_qk_norm_left_alone: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def total_replaced(self) -> int:
@@ -119,6 +121,14 @@ class ApplyReport:
             f"  {c}: {n} -> {w}, {WITHIN_TOLERANCE}" for c, (n, w) in self.activations.items()
         ]
         lines += [f"  {c}: {n} -> {w}" for c, (n, w) in self.rotary.items()]
+        lines += [
+            f"  {c}: {n} -> q/k norms + RoPE fused: opir.ops.qk_norm_rotary_pos_emb"
+            for c, n in self.fused_qk_norm.items()
+        ]
+        lines += [
+            f"  {c}: {n} q/k norms not fused ({why})"
+            for c, (n, why) in self.fused_qk_norm_left_alone.items()
+        ]
         if self.left_alone or self.rotary_left_alone:
             lines.append("left alone:")
             lines += [f"  {c}: {n} ({why})" for c, (n, why) in self.left_alone.items()]
@@ -234,6 +244,9 @@ class _Applied:
             if ok is None and not torch.compiler.is_compiling():
                 ok = self._opir_verify(key, x.device)
             if ok:
+                defer = self.__dict__.get("_opir_defer")  # q/k norm fused into the RoPE call
+                if defer is not None and other is None and defer.claim(self, x):
+                    return x
                 if self.opir_priority is None:
                     return _compute(spec, weight, x, other)
                 with opir.priority(self.opir_priority):
@@ -1023,6 +1036,7 @@ def apply(
     priority: dict[str, list[str]] | None = None,
     activations: bool = False,
     rotary: bool = True,
+    fuse_qk_norm: bool = True,
 ) -> ApplyReport:
     """Replace ``model``'s RMSNorm-family modules by verified opir layers in place.
 
@@ -1049,6 +1063,12 @@ def apply(
     calls, with its priority) and restored by ``revert`` once no applied attention module
     of that family is left. ``report.rotary`` / ``report.rotary_left_alone`` list the
     attention classes. ``rotary=False`` leaves RoPE alone.
+
+    ``fuse_qk_norm=True`` (the default, with ``rotary``): an attention module whose
+    per-head ``q_norm`` / ``k_norm`` are applied opir norms (Qwen3, Gemma 3...) runs them
+    and RoPE as one ``opir.ops.qk_norm_rotary_pos_emb`` in eager calls, when a probe of
+    its forward on a random-weight copy is bit-identical fused and unfused
+    (``report.fused_qk_norm``); under ``torch.compile`` the separate ops run.
     """
     plain = None if priority is None else _plain_priority(priority)
     if model.training and any(p.requires_grad for p in model.parameters()):
@@ -1098,14 +1118,17 @@ def apply(
             if layer is not module:
                 parent._modules[child_name] = layer
     if rotary:
-        _apply_rotary(model, plain, report)
+        _apply_rotary(model, plain, report, fuse_qk_norm)
     return report
 
 
-def _apply_rotary(model: nn.Module, priority: dict | None, report: ApplyReport) -> None:
+def _apply_rotary(
+    model: nn.Module, priority: dict | None, report: ApplyReport, fuse_qk_norm: bool
+) -> None:
     """Hook every attention module that calls its modeling module's
     ``apply_rotary_pos_emb`` to the verified ``AppliedRotary`` (see ``_rotary``)."""
     verdicts: dict[str, Any] = {}
+    fused: dict[type, str] = {}
     for module in {id(m): m for m in model.modules()}.values():
         site = _rotary.rotary_site(module)
         if site is None or _rotary.is_hooked(module):
@@ -1127,6 +1150,16 @@ def _apply_rotary(model: nn.Module, priority: dict | None, report: ApplyReport) 
         _rotary.hook(module, function, priority)
         where = f"{module_name.rsplit('.', 1)[-1]}.{_rotary.NAME}"
         report._add(report.rotary, cls, f"{function.opir_spec.name} in place of {where}")
+        if fuse_qk_norm and "q_norm" in module._modules and "k_norm" in module._modules:
+            why = fused.get(type(module))  # a class that failed is not probed again
+            if why is None:
+                why = _rotary.fuse(module)  # probes and wires this instance
+                if why is not None:
+                    fused[type(module)] = why
+            if why is None:
+                report.fused_qk_norm[cls] = report.fused_qk_norm.get(cls, 0) + 1
+            else:
+                report._add(report.fused_qk_norm_left_alone, cls, why)
 
 
 def revert(model: nn.Module) -> int:
