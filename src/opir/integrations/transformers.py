@@ -35,6 +35,7 @@ from torch import nn
 import opir
 from opir.core.config import resolve_config
 from opir.integrations import _rotary
+from opir.integrations._rotary import AppliedRotary
 from opir.layers import GemmaRMSNorm, RMSNorm, RMSNormGated
 from opir.ops import (
     fused_add_rms_norm,
@@ -1193,6 +1194,7 @@ __all__ = [
     "AppliedGemmaRMSNorm",
     "AppliedRMSNorm",
     "AppliedRMSNormGated",
+    "AppliedRotary",
     "ApplyReport",
     "apply",
     "revert",
