@@ -170,6 +170,41 @@ def test_fused_deferral_never_skips_a_norm_silently():
         revert(model)
 
 
+def test_call_forms_and_keys_verified_on_first_use():
+    model = build("llama", torch.float32)
+    apply(model, priority=NATIVE)
+    attention = model.model.layers[0].self_attn
+    enter = _rotary._enter_of(attention)
+    function = enter.function
+    gen = torch.Generator().manual_seed(5)
+    q, k = torch.randn(2, 3, 4, 16, generator=gen), torch.randn(2, 3, 2, 16, generator=gen)
+    cos, sin = torch.randn(2, 3, 16, generator=gen), torch.randn(2, 3, 16, generator=gen)
+    forms = [
+        ((q.transpose(1, 2), k.transpose(1, 2), cos, sin), {}, True),
+        ((q, k, cos, sin), {"unsqueeze_dim": 2}, True),  # a key verified now, on first use
+        ((q, k), {"cos": cos, "sin": sin, "unsqueeze_dim": 2}, True),
+        ((q.bfloat16(), k.bfloat16(), cos, sin), {"unsqueeze_dim": 2}, True),  # promotion
+        ((q, k, cos[:, :, :8], sin[:, :, :8]), {"unsqueeze_dim": 2}, False),  # llama raises
+    ]
+    enter(attention, ())
+    try:
+        for args, kwargs, runs_opir in forms:
+            try:
+                want = function.opir_original(*args, **kwargs)
+            except RuntimeError:
+                with pytest.raises(RuntimeError):
+                    function(*args, **kwargs)  # the original runs (and raises) again
+                assert not runs_opir
+                continue
+            with opir.trace() as trace:
+                got = function(*args, **kwargs)
+            assert _rotary._same(tuple(got), want)
+            assert bool(trace.records) == runs_opir
+    finally:
+        function.scopes.clear()
+        revert(model)
+
+
 def test_look_alikes_are_left_alone_with_reasons():
     # interleaved cos/sin (Helium) and a one-tensor signature (Gemma 3n)
     for family, reason in (("helium", "numerics differ"), ("gemma3n", "takes (x, cos, sin")):

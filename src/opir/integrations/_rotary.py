@@ -107,6 +107,16 @@ def _key(q, k, cos, sin, unsqueeze_dim) -> RopeKey:
 
 def _bind(args: tuple, kwargs: dict) -> tuple | None:
     """(q, k, cos, sin, unsqueeze_dim) from a call, or None for another call form."""
+    if not kwargs and len(args) == 4:  # the models' call: no list, no loop
+        q, k, cos, sin = args
+        if (
+            isinstance(q, torch.Tensor)
+            and isinstance(k, torch.Tensor)
+            and isinstance(cos, torch.Tensor)
+            and isinstance(sin, torch.Tensor)
+        ):
+            return q, k, cos, sin, 1
+        return None
     if len(args) > 5 or len(args) + len(kwargs) > 5:
         return None
     values: list = [*args, *([None] * (5 - len(args)))]
