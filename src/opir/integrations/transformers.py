@@ -156,6 +156,10 @@ class ApplyReport:
             table.add_row(c, str(n), f"[yellow]left alone[/yellow]: {why}")
         for c, (n, why) in self.rotary_left_alone.items():
             table.add_row(c, str(n), f"[yellow]rotary left alone[/yellow]: {why}")
+        for c, n in self.fused_qk_norm.items():
+            table.add_row(c, str(n), "[green]q/k norms + RoPE fused[/green]")
+        for c, (n, why) in self.fused_qk_norm_left_alone.items():
+            table.add_row(c, str(n), f"[yellow]q/k norms not fused[/yellow]: {why}")
         for c, n in self.activations_left_alone.items():
             table.add_row(c, str(n), f"[yellow]left alone[/yellow]: {ACTIVATIONS_LEFT_ALONE}")
         return table
