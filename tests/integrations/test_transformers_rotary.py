@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import pickle
 import sys
+import threading
 from collections import Counter
 
 import pytest
@@ -143,6 +144,31 @@ def test_qwen3_q_k_norms_fused_with_rope_bit_exactly():
         revert(model)
 
 
+def test_threads_keep_their_own_attention_stack():
+    # two threads run applied models of one family (one shared function) at once
+    model = build("qwen3", torch.float32)
+    stock = _logits(model)
+    twin = copy.deepcopy(model)
+    apply(model, priority=NATIVE)
+    apply(twin, priority=NATIVE)
+    results: list = []
+
+    def work(m):
+        for _ in range(4):
+            results.append(torch.equal(_logits(m), stock))
+
+    threads = [threading.Thread(target=work, args=(m,)) for m in (model, twin)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        revert(model)
+        revert(twin)
+    assert results == [True] * 8
+
+
 def test_fused_deferral_never_skips_a_norm_silently():
     model = build("qwen3", torch.float32)
     apply(model, priority=NATIVE)
@@ -153,7 +179,7 @@ def test_fused_deferral_never_skips_a_norm_silently():
         enter(attention, ())
         assert attention.q_norm(torch.randn(1, 3, 4, 16)).shape == (1, 3, 4, 16)
         with pytest.raises(RuntimeError, match="never came"):
-            _rotary._Exit(enter.function)(attention, (), None)
+            _rotary._Exit(enter)(attention, (), None)
         # a rotary call on a tensor the deferred norm did not produce: refused loudly
         enter(attention, ())
         x = torch.randn(1, 3, 4, 16)
@@ -162,7 +188,7 @@ def test_fused_deferral_never_skips_a_norm_silently():
         cos = torch.randn(1, 3, 16)
         with pytest.raises(RuntimeError, match="other tensors"):
             enter.function(x.clone().transpose(1, 2), x.transpose(1, 2), cos, cos)
-        enter.function.scopes.clear()
+        enter.function.stack().clear()
         # outside an attention call the layers normalise as usual
         y = attention.q_norm(x)
         assert not torch.equal(y, x)
@@ -201,7 +227,7 @@ def test_call_forms_and_keys_verified_on_first_use():
             assert _rotary._same(tuple(got), want)
             assert bool(trace.records) == runs_opir
     finally:
-        function.scopes.clear()
+        function.stack().clear()
         revert(model)
 
 

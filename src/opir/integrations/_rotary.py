@@ -26,6 +26,7 @@ import copy
 import importlib
 import inspect
 import sys
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -146,12 +147,16 @@ class AppliedRotary:
         self.opir_original = original
         self.opir_spec = spec
         self.opir_envelope: dict[RopeKey, bool] = {}
-        self.scopes: list[_Enter] = []  # the applied attention calls in progress
+        # The applied attention calls in progress, innermost last: one stack per thread
+        # in eager (two threads may run models of one family at once), and ``traced``
+        # while dynamo traces (it runs the hooks and this function in one thread).
+        self._local = threading.local()
+        self.traced: list[_Enter] = []
         self.holders: weakref.WeakSet = weakref.WeakSet()  # attention modules hooked
         self.__wrapped__ = original  # inspect.signature / unwrap see the original
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        scopes = self.scopes
+        scopes = self.stack()
         if scopes:
             top = scopes[-1]
             if top.pending_q is not None or top.pending_k is not None:
@@ -169,6 +174,16 @@ class AppliedRotary:
                     with opir.priority(priority):
                         return compute(self.opir_spec, *bound)
         return self.opir_original(*args, **kwargs)
+
+    def stack(self) -> list[_Enter]:
+        """This thread's stack of applied attention calls (see ``__init__``)."""
+        if torch.compiler.is_compiling():
+            return self.traced
+        local = self._local
+        stack = getattr(local, "stack", None)
+        if stack is None:
+            stack = local.stack = []
+        return stack
 
     def _fused(self, top: _Enter, args: tuple, kwargs: dict) -> Any:
         """The rotary call of an attention whose q/k norms were deferred to it: one
@@ -307,7 +322,7 @@ class _Enter:
 
     def __call__(self, module: nn.Module, args: Any) -> None:
         self.pending_q = self.pending_k = None
-        self.function.scopes.append(self)
+        self.function.stack().append(self)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "pending_q": None, "pending_k": None}
@@ -317,13 +332,13 @@ class _Exit:
     """Forward hook (``always_call``): pops what ``_Enter`` pushed, also on an exception;
     a deferred q/k norm that no rotary call consumed is an error, never a silent skip."""
 
-    def __init__(self, function: AppliedRotary) -> None:
-        self.function = function
+    def __init__(self, enter: _Enter) -> None:
+        self.enter = enter
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        scopes = self.function.scopes
-        if not scopes:
-            return
+        scopes = self.enter.function.stack()
+        if not scopes or scopes[-1] is not self.enter:
+            return  # its pre-hook did not run (hooks registered while the forward ran)
         top = scopes.pop()
         if top.pending_q is not None or top.pending_k is not None:
             top.pending_q = top.pending_k = None
@@ -345,7 +360,7 @@ class Defer:
 
     def claim(self, layer: nn.Module, x: torch.Tensor) -> bool:
         enter = self.enter
-        scopes = enter.function.scopes
+        scopes = enter.function.stack()
         if (
             not scopes
             or scopes[-1] is not enter
@@ -569,7 +584,7 @@ def install(home: Any, module_name: str, found: RopeVerdict) -> AppliedRotary:
 def hook(attention: nn.Module, function: AppliedRotary, priority: dict | None) -> _Enter:
     enter = _Enter(function, priority)
     attention.register_forward_pre_hook(enter)
-    attention.register_forward_hook(_Exit(function), always_call=True)
+    attention.register_forward_hook(_Exit(enter), always_call=True)
     function.holders.add(attention)
     return enter
 
