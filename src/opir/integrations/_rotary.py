@@ -283,8 +283,8 @@ class FusedQK:
     """The q/k norms of one attention module, fused into its rotary call."""
 
     attention_class: str
-    q_layer: nn.Module
-    k_layer: nn.Module
+    q_layer: Any  # the applied norm layers (``weight``: their shared Parameter)
+    k_layer: Any
     epsilon: float
     weight_bias: float
 
@@ -618,15 +618,16 @@ def fuse(attention: nn.Module) -> str | None:
     head_dim = getattr(attention, "head_dim", None)
     if not isinstance(head_dim, int):
         return "no integer head_dim"
-    layers = [attention._modules.get(n) for n in ("q_norm", "k_norm")]
-    for layer in layers:
+    q_layer, k_layer = (attention._modules.get(n) for n in ("q_norm", "k_norm"))
+    for layer in (q_layer, k_layer):
         why = _fusable_norm(layer, head_dim)
         if why is not None:
             return why
+    assert q_layer is not None and k_layer is not None  # _fusable_norm checked them
     enter = _enter_of(attention)
     if enter is None or enter.function.opir_spec != RopeSpec():
         return "its RoPE is not plain opir.ops.rotary_pos_emb"
-    q_spec, k_spec = (layer.__dict__["_opir_spec"] for layer in layers)
+    q_spec, k_spec = q_layer.__dict__["_opir_spec"], k_layer.__dict__["_opir_spec"]
     if (q_spec.eps, q_spec.weight_bias) != (k_spec.eps, k_spec.weight_bias):
         return "its q and k norms differ in epsilon or weight offset"
     try:
@@ -638,9 +639,11 @@ def fuse(attention: nn.Module) -> str | None:
     why = _probe_fused(attention, head_dim, q_spec.eps, q_spec.weight_bias)
     if why is not None:
         return why
-    enter.fused = FusedQK(type(attention).__name__, *layers, q_spec.eps, q_spec.weight_bias)
-    layers[0].__dict__["_opir_defer"] = Defer(enter, "q")
-    layers[1].__dict__["_opir_defer"] = Defer(enter, "k")
+    enter.fused = FusedQK(
+        type(attention).__name__, q_layer, k_layer, q_spec.eps, q_spec.weight_bias
+    )
+    q_layer.__dict__["_opir_defer"] = Defer(enter, "q")
+    k_layer.__dict__["_opir_defer"] = Defer(enter, "k")
     return None
 
 

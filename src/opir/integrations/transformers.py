@@ -1156,15 +1156,15 @@ def _apply_rotary(
         where = f"{module_name.rsplit('.', 1)[-1]}.{_rotary.NAME}"
         report._add(report.rotary, cls, f"{function.opir_spec.name} in place of {where}")
         if fuse_qk_norm and "q_norm" in module._modules and "k_norm" in module._modules:
-            why = fused.get(type(module))  # a class that failed is not probed again
-            if why is None:
-                why = _rotary.fuse(module)  # probes and wires this instance
-                if why is not None:
-                    fused[type(module)] = why
-            if why is None:
+            not_fused = fused.get(type(module))  # a class that failed is not probed again
+            if not_fused is None:
+                not_fused = _rotary.fuse(module)  # probes and wires this instance
+                if not_fused is not None:
+                    fused[type(module)] = not_fused
+            if not_fused is None:
                 report.fused_qk_norm[cls] = report.fused_qk_norm.get(cls, 0) + 1
             else:
-                report._add(report.fused_qk_norm_left_alone, cls, why)
+                report._add(report.fused_qk_norm_left_alone, cls, not_fused)
 
 
 def revert(model: nn.Module) -> int:
