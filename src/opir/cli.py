@@ -405,7 +405,7 @@ def _bench_model(args: argparse.Namespace) -> int:
         title=f"Qwen3-0.6B-shaped model, {args.layers} layers, random weights, {mode}: median "
         "ms, ratio to stock eager (per-round, interleaved); applied = opir.apply(model, "
         "activations=True): norms, MLP activations"
-        + (" and RoPE (q/k norms + RoPE fused)" if not args.no_rotary else " (RoPE left stock)")
+        + (" and RoPE (eager: q/k norms fused in)" if not args.no_rotary else " (RoPE left stock)")
     )
     for column in ("dtype", "case", *bench.VARIANTS):
         table.add_column(column, justify="right", overflow="fold")
