@@ -383,23 +383,37 @@ def _bench_model(args: argparse.Namespace) -> int:
 
     kwargs: dict[str, Any] = {"tokens": (1, 16), "generate": 8, "rounds": 3} if args.short else {}
     if args.json:
-        results = bench.run(layers=args.layers, grad=args.grad_on, **kwargs)
+        results = bench.run(
+            layers=args.layers, grad=args.grad_on, rotary=not args.no_rotary, **kwargs
+        )
     else:
         with progress_console.status("building, compiling and timing") as status:
             results = bench.run(
-                layers=args.layers, on_step=status.update, grad=args.grad_on, **kwargs
+                layers=args.layers,
+                on_step=status.update,
+                grad=args.grad_on,
+                rotary=not args.no_rotary,
+                **kwargs,
             )
     if args.plot:
         bench.plot(results, args.plot)
     if args.json:
-        _print_json({"layers": args.layers, "grad": args.grad_on, "results": results})
+        _print_json(
+            {
+                "layers": args.layers,
+                "grad": args.grad_on,
+                "rotary": not args.no_rotary,
+                "results": results,
+            }
+        )
         return 0
     console.print(_noise_line([v for r in results for v in r.spread.values()]))
     mode = "grad on" if args.grad_on else "inference_mode"
     table = Table(
         title=f"Qwen3-0.6B-shaped model, {args.layers} layers, random weights, {mode}: median "
         "ms, ratio to stock eager (per-round, interleaved); applied = opir.apply(model, "
-        "activations=True): norms and MLP activations"
+        "activations=True): norms, MLP activations"
+        + (" and RoPE (eager: q/k norms fused in)" if not args.no_rotary else " (RoPE left stock)")
     )
     for column in ("dtype", "case", *bench.VARIANTS):
         table.add_column(column, justify="right", overflow="fold")
@@ -519,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--short", action="store_true", help="1/16 tokens, generate 8 (`make run`)")
     m.add_argument("--plot", metavar="FILE.png", help="draw the ratios to stock eager")
     m.add_argument("--grad-on", action="store_true", help="autograd on (a user who forgot no_grad)")
+    m.add_argument(
+        "--no-rotary", action="store_true", help="apply(..., rotary=False): RoPE left stock"
+    )
     _json_flag(m)
     m.set_defaults(run=_bench_model)
     t = benches.add_parser("tp", help="collectives and all_reduce_rms_norm on 2 local ranks")

@@ -151,3 +151,35 @@ def build_t5(dtype: torch.dtype) -> torch.nn.Module:
             if "norm" in name and p.dim() == 1:
                 p.copy_(torch.randn_like(p, dtype=torch.float32) * 0.3 + 0.1)
     return model
+
+
+# RoPE per family after apply (issue 18): the opir computation named in report.rotary
+# ("" = plain opir.ops.rotary_pos_emb), "left alone" (report.rotary_left_alone: Helium's
+# interleaved cos/sin, Gemma 3n's one-tensor signature), or absent (no RoPE attention).
+ROTARY: dict[str, str] = {
+    **dict.fromkeys(
+        ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3"), ""
+    ),
+    **dict.fromkeys(("phi3", "qwen3_next", "afmoe", "falcon_h1"), ""),
+    **dict.fromkeys(("olmo2", "olmo3", "flex_olmo"), " (cast back)"),
+    "gpt_oss": " (half cos/sin)",
+    "nanochat": " (sin negated)",
+    "helium": "left alone",
+    "gemma3n": "left alone",
+}
+# Families whose per-head q/k norms run fused with RoPE (qk_norm_rotary_pos_emb) eagerly.
+FUSED_QK_NORM = ("qwen3", "qwen3_moe", "gemma3", "qwen3_next")
+
+
+def check_rotary(family: str, report) -> None:
+    """``report``'s RoPE entries are what ROTARY / FUSED_QK_NORM say for ``family``."""
+    expected = ROTARY.get(family)
+    if expected is None:
+        assert not report.rotary and not report.rotary_left_alone, str(report)
+    elif expected == "left alone":
+        assert not report.rotary and report.rotary_left_alone, str(report)
+    else:
+        assert not report.rotary_left_alone, str(report)
+        ((_, what),) = report.rotary.values()
+        assert what.startswith(f"opir.ops.rotary_pos_emb{expected} in place of"), what
+    assert bool(report.fused_qk_norm) == (family in FUSED_QK_NORM), str(report)

@@ -28,4 +28,5 @@ def test_plot_and_cli_arguments(tmp_path):
     bench.plot(results, str(out))
     assert out.stat().st_size > 0
     args = build_parser().parse_args(["bench", "model", "--short", "--layers", "2"])
-    assert args.short and args.layers == 2
+    assert args.short and args.layers == 2 and not args.no_rotary
+    assert build_parser().parse_args(["bench", "model", "--no-rotary"]).no_rotary

@@ -11,11 +11,20 @@ import pytest
 import torch
 from torch import nn
 
-from opir.integrations.transformers import apply
+from opir.integrations.transformers import apply, revert
 
-from .models import COVERAGE, build, build_t5
+from .models import COVERAGE, build, build_t5, check_rotary
 
-NATIVE = {op: ["native"] for op in ("rms_norm", "fused_add_rms_norm", "rms_norm_gated")}
+NATIVE = {
+    op: ["native"]
+    for op in (
+        "rms_norm",
+        "fused_add_rms_norm",
+        "rms_norm_gated",
+        "rotary_pos_emb",
+        "qk_norm_rotary_pos_emb",
+    )
+}
 IDS = torch.randint(3, 128, (1, 10), generator=torch.Generator().manual_seed(0))
 DTYPES = [torch.float32, torch.bfloat16]
 
@@ -33,6 +42,8 @@ def _check(stock, model, **inputs):
 def test_family_is_covered_bit_exactly(family, dtype):
     model = build(family, dtype)
     report = _check(copy.deepcopy(model), model, input_ids=IDS)
+    check_rotary(family, report)
+    revert(model)
     if family == "falcon_h1":
         assert report.replaced["FalconH1RMSNormGated"][1] == "RMSNormGated"
 

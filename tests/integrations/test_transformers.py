@@ -11,9 +11,18 @@ import opir
 from opir.integrations.transformers import ApplyReport, apply, revert
 from opir.layers import GemmaRMSNorm, RMSNorm, RMSNormGated
 
-from .models import FAMILIES, build
+from .models import FAMILIES, build, check_rotary
 
-NATIVE = {op: ["native"] for op in ("rms_norm", "fused_add_rms_norm", "rms_norm_gated")}
+NATIVE = {
+    op: ["native"]
+    for op in (
+        "rms_norm",
+        "fused_add_rms_norm",
+        "rms_norm_gated",
+        "rotary_pos_emb",
+        "qk_norm_rotary_pos_emb",
+    )
+}
 DTYPES = [torch.float32, torch.bfloat16]
 CASES = [(f, d) for f in FAMILIES for d in DTYPES]
 IDS = [f"{f}-{str(d).removeprefix('torch.')}" for f, d in CASES]
@@ -50,6 +59,7 @@ def test_native_is_bit_identical_and_generates_the_same_tokens(stock):
             assert LEFT_ALONE[family, dtype] in report.left_alone
         else:
             assert report.total_replaced > 0 and not report.left_alone, str(report)
+        check_rotary(family, report)  # RoPE (and q/k norms) on opir too
         assert torch.equal(_logits(model), logits)
         assert torch.equal(_generate(model), tokens)
     finally:

@@ -52,12 +52,14 @@ def build(layers: int, dtype: torch.dtype) -> torch.nn.Module:
     return transformers.AutoModelForCausalLM.from_config(config).to(dtype).eval()
 
 
-def _variants(stock: torch.nn.Module) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
+def _variants(
+    stock: torch.nn.Module, rotary: bool = True
+) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
     import opir
     from opir.integrations.transformers import apply
 
     applied = copy.deepcopy(stock)
-    apply(applied, activations=True)  # norms and MLP activations
+    apply(applied, activations=True, rotary=rotary)  # norms, MLP activations, RoPE
     models, failed = {STOCK: stock, APPLIED: applied}, {}
     for name, base, compile_fn in (
         (TORCH_COMPILE, stock, torch.compile),
@@ -119,22 +121,24 @@ def run(
     rounds: int = 7,
     on_step: Callable[[str], None] | None = None,
     grad: bool = False,
+    rotary: bool = True,
 ) -> list[ModelResult]:
     """Time every case; ``grad=True`` runs with autograd on, as a Hugging Face
-    user who forgot ``no_grad`` does (the models' weights require grad)."""
+    user who forgot ``no_grad`` does (the models' weights require grad);
+    ``rotary=False`` leaves RoPE (and the q/k norm fusion) stock in the applied model."""
     mode = torch.enable_grad if grad else torch.inference_mode
     # Both compiled variants, both dtypes and every cache state share the code
     # object of the model's forward, hence one Dynamo cache; past its default
     # limit of 8 entries Dynamo would quietly run the rest eagerly.
     with torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=512):
-        return _run(layers, dtypes, tokens, generate, rounds, on_step, mode)
+        return _run(layers, dtypes, tokens, generate, rounds, on_step, mode, rotary)
 
 
-def _run(layers, dtypes, tokens, generate, rounds, on_step, mode) -> list[ModelResult]:
+def _run(layers, dtypes, tokens, generate, rounds, on_step, mode, rotary) -> list[ModelResult]:
     results = []
     for dtype in dtypes:
         dtype_name = str(dtype).removeprefix("torch.")
-        models, failed = _variants(build(layers, dtype))
+        models, failed = _variants(build(layers, dtype), rotary)
         gen = torch.Generator().manual_seed(0)
         with mode():
             for n in tokens:

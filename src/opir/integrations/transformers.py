@@ -34,6 +34,8 @@ from torch import nn
 
 import opir
 from opir.core.config import resolve_config
+from opir.integrations import _rotary
+from opir.integrations._rotary import AppliedRotary
 from opir.layers import GemmaRMSNorm, RMSNorm, RMSNormGated
 from opir.ops import (
     fused_add_rms_norm,
@@ -89,6 +91,10 @@ class ApplyReport:
     left_alone: dict[str, tuple[int, str]] = field(default_factory=dict)
     activations: dict[str, tuple[int, str]] = field(default_factory=dict)
     activations_left_alone: dict[str, int] = field(default_factory=dict)
+    rotary: dict[str, tuple[int, str]] = field(default_factory=dict)
+    rotary_left_alone: dict[str, tuple[int, str]] = field(default_factory=dict)
+    fused_qk_norm: dict[str, int] = field(default_factory=dict)
+    fused_qk_norm_left_alone: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def total_replaced(self) -> int:
@@ -108,13 +114,27 @@ class ApplyReport:
 
     def __str__(self) -> str:
         lines = [f"opir replaced {self.total_replaced} module(s)"]
+        if self.rotary:
+            hooked = sum(n for n, _ in self.rotary.values())
+            lines[0] += f"; RoPE on opir in {hooked} attention module(s)"
         lines += [f"  {c}: {n} -> opir.layers.{w}" for c, (n, w) in self.replaced.items()]
         lines += [
             f"  {c}: {n} -> {w}, {WITHIN_TOLERANCE}" for c, (n, w) in self.activations.items()
         ]
-        if self.left_alone:
+        lines += [f"  {c}: {n} -> {w}" for c, (n, w) in self.rotary.items()]
+        lines += [
+            f"  {c}: {n} -> q/k norms + RoPE fused: opir.ops.qk_norm_rotary_pos_emb"
+            for c, n in self.fused_qk_norm.items()
+        ]
+        lines += [
+            f"  {c}: {n} q/k norms not fused ({why})"
+            for c, (n, why) in self.fused_qk_norm_left_alone.items()
+        ]
+        if self.left_alone or self.rotary_left_alone:
             lines.append("left alone:")
             lines += [f"  {c}: {n} ({why})" for c, (n, why) in self.left_alone.items()]
+            rope = self.rotary_left_alone.items()
+            lines += [f"  {c}: {n} (rotary: {why})" for c, (n, why) in rope]
         line = self._activations_line()
         if line:
             lines.append(line)
@@ -130,8 +150,16 @@ class ApplyReport:
             table.add_row(c, str(n), f"[green]replaced[/green] by opir.layers.{w}")
         for c, (n, w) in self.activations.items():
             table.add_row(c, str(n), f"[green]replaced[/green] by {w}, {WITHIN_TOLERANCE}")
+        for c, (n, w) in self.rotary.items():
+            table.add_row(c, str(n), f"[green]rotary on[/green] {w}")
         for c, (n, why) in self.left_alone.items():
             table.add_row(c, str(n), f"[yellow]left alone[/yellow]: {why}")
+        for c, (n, why) in self.rotary_left_alone.items():
+            table.add_row(c, str(n), f"[yellow]rotary left alone[/yellow]: {why}")
+        for c, n in self.fused_qk_norm.items():
+            table.add_row(c, str(n), "[green]q/k norms + RoPE fused[/green]")
+        for c, (n, why) in self.fused_qk_norm_left_alone.items():
+            table.add_row(c, str(n), f"[yellow]q/k norms not fused[/yellow]: {why}")
         for c, n in self.activations_left_alone.items():
             table.add_row(c, str(n), f"[yellow]left alone[/yellow]: {ACTIVATIONS_LEFT_ALONE}")
         return table
@@ -221,6 +249,9 @@ class _Applied:
             if ok is None and not torch.compiler.is_compiling():
                 ok = self._opir_verify(key, x.device)
             if ok:
+                defer = self.__dict__.get("_opir_defer")  # q/k norm fused into the RoPE call
+                if defer is not None and other is None and defer.claim(self, x):
+                    return x
                 if self.opir_priority is None:
                     return _compute(spec, weight, x, other)
                 with opir.priority(self.opir_priority):
@@ -1009,6 +1040,8 @@ def apply(
     *,
     priority: dict[str, list[str]] | None = None,
     activations: bool = False,
+    rotary: bool = True,
+    fuse_qk_norm: bool = True,
 ) -> ApplyReport:
     """Replace ``model``'s RMSNorm-family modules by verified opir layers in place.
 
@@ -1026,6 +1059,21 @@ def apply(
     tolerance (``op.tolerance(dtype)``) on the tensor entering ``down_proj`` instead of bit
     for bit, and replaced by an ``AppliedGatedMLP`` that shares its submodules; the report
     lists it under ``activations``, "within tolerance (not bit-exact: ...)".
+
+    Rotary embeddings (``rotary=True``, the default): every attention module whose
+    class ``forward`` calls its modeling module's ``apply_rotary_pos_emb`` gets it
+    computed by ``opir.ops.rotary_pos_emb`` where that function is verified bit for bit
+    (per envelope key, as the norms); the function is put in the modeling module's
+    global (an ``AppliedRotary`` that runs opir only inside the applied model's attention
+    calls, with its priority) and restored by ``revert`` once no applied attention module
+    of that family is left. ``report.rotary`` / ``report.rotary_left_alone`` list the
+    attention classes. ``rotary=False`` leaves RoPE alone.
+
+    ``fuse_qk_norm=True`` (the default, with ``rotary``): an attention module whose
+    per-head ``q_norm`` / ``k_norm`` are applied opir norms (Qwen3, Gemma 3...) runs them
+    and RoPE as one ``opir.ops.qk_norm_rotary_pos_emb`` in eager calls, when a probe of
+    its forward on a random-weight copy is bit-identical fused and unfused
+    (``report.fused_qk_norm``); under ``torch.compile`` the separate ops run.
     """
     plain = None if priority is None else _plain_priority(priority)
     if model.training and any(p.requires_grad for p in model.parameters()):
@@ -1074,18 +1122,65 @@ def apply(
                 layers[id(module)] = layer
             if layer is not module:
                 parent._modules[child_name] = layer
+    if rotary:
+        _apply_rotary(model, plain, report, fuse_qk_norm)
     return report
+
+
+def _apply_rotary(
+    model: nn.Module, priority: dict | None, report: ApplyReport, fuse_qk_norm: bool
+) -> None:
+    """Hook every attention module that calls its modeling module's
+    ``apply_rotary_pos_emb`` to the verified ``AppliedRotary`` (see ``_rotary``)."""
+    verdicts: dict[str, Any] = {}
+    fused: dict[type, str] = {}
+    for module in {id(m): m for m in model.modules()}.values():
+        site = _rotary.rotary_site(module)
+        if site is None or _rotary.is_hooked(module):
+            continue
+        home, module_name = site
+        cls = type(module).__name__
+        if "forward" in module.__dict__:
+            why = "forward is patched on the instance (e.g. an accelerate hook)"
+            report._add(report.rotary_left_alone, cls, why)
+            continue
+        found = verdicts.get(module_name)
+        if found is None:
+            found = _rotary.verdict(getattr(home, _rotary.NAME), module)
+            verdicts[module_name] = found
+        if isinstance(found, str):
+            report._add(report.rotary_left_alone, cls, found)
+            continue
+        function = _rotary.install(home, module_name, found)
+        _rotary.hook(module, function, priority)
+        where = f"{module_name.rsplit('.', 1)[-1]}.{_rotary.NAME}"
+        report._add(report.rotary, cls, f"{function.opir_spec.name} in place of {where}")
+        if fuse_qk_norm and "q_norm" in module._modules and "k_norm" in module._modules:
+            not_fused = fused.get(type(module))  # a class that failed is not probed again
+            if not_fused is None:
+                not_fused = _rotary.fuse(module)  # probes and wires this instance
+                if not_fused is not None:
+                    fused[type(module)] = not_fused
+            if not_fused is None:
+                report.fused_qk_norm[cls] = report.fused_qk_norm.get(cls, 0) + 1
+            else:
+                report._add(report.fused_qk_norm_left_alone, cls, not_fused)
 
 
 def revert(model: nn.Module) -> int:
     """Put back, under every parent, the modules ``apply`` replaced (norms and gated
-    MLPs); returns how many.
+    MLPs) and remove the rotary hooks of its attention modules (the modeling module's
+    ``apply_rotary_pos_emb`` is restored when no hooked attention module is left);
+    returns how many modules.
 
     The originals share the applied layers' parameter, buffer and hook dictionaries (an
     MLP also its submodules), so whatever was loaded or assigned meanwhile
     (``load_state_dict(assign=True)``) stays.
     """
     reverted: set[int] = set()
+    for module in list(model.modules()):
+        if _rotary.unhook(module):
+            reverted.add(id(module))
     for parent in list(model.modules()):
         for child_name, layer in list(parent._modules.items()):
             if isinstance(layer, _APPLIED):
@@ -1103,6 +1198,7 @@ __all__ = [
     "AppliedGemmaRMSNorm",
     "AppliedRMSNorm",
     "AppliedRMSNormGated",
+    "AppliedRotary",
     "ApplyReport",
     "apply",
     "revert",
