@@ -53,7 +53,7 @@ PAGES_FROM_OTHER_BRANCHES = {
 }
 RUN_LANGUAGES = {"python", "sh", "bash", "shell", "json", "toml"}
 TEXT_LANGUAGES = {"", "text"}
-FILE_TIMEOUT_S = 240
+FILE_TIMEOUT_S = 600  # all pages run at once; on a busy 2-core box one took over 240 s
 COMMAND_TIMEOUT_S = 60
 MARKER = re.compile(r"<!--\s*(not-run|gpu)\s*:\s*(.*?)\s*-->")
 FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*([^`\s]*)")
