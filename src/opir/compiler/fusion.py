@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -99,6 +100,10 @@ class FusionResult:
     unfused: list[Unfused] = dataclasses.field(default_factory=list)
 
 
+def _not_in(made: tuple[fx.Node, ...], user: fx.Node) -> bool:
+    return user not in made
+
+
 def _fake_call(target: Any, args: tuple) -> Any:
     """``target`` run on the fake values of ``args`` (nodes) in their fake mode."""
     from torch._guards import detect_fake_mode
@@ -149,8 +154,8 @@ def _insert(graph: fx.Graph, anchor: fx.Node, fused: Fused) -> fx.Node | str:
                 new = graph.call_function(target, (item, *extra))
             new.meta.update({k: v for k, v in item.meta.items() if k != "val"})
             new.meta["val"] = _fake_call(target, (item, *extra))
-        made = (item, new)  # every user but the new nodes themselves
-        old.replace_all_uses_with(new, delete_user_cb=lambda user, made=made: user not in made)
+        # every user but the new nodes themselves
+        old.replace_all_uses_with(new, delete_user_cb=functools.partial(_not_in, (item, new)))
         previous = new
     for node in (*fused.outputs.values(), *fused.dead):
         if not node._erased and not node.users:

@@ -199,17 +199,22 @@ def _unsqueezed(node: fx.Node) -> tuple[fx.Node, int] | None:
 
 
 def _partner(rot: Rotation, order: dict[fx.Node, int]) -> Rotation | None:
-    """The nearest later rotation by the same cos/sin (q's partner k)."""
+    """The other tensor rotated by the same cos/sin: the nearest later one (q's partner
+    k), else the nearest earlier one (k's, when q was left unfused)."""
+    here = order[rot.add]
     best: Rotation | None = None
+    best_key = (2, 0)
     for mul in rot.cos_u.users:
         for add in mul.users:
-            if add is rot.add or add._erased or order.get(add, -1) < order[rot.add]:
+            if add is rot.add or add._erased or add not in order:
                 continue
             other = recognise(add)
             if other is None or other.cos_u is not rot.cos_u or other.sin_u is not rot.sin_u:
                 continue
-            if best is None or order[add] < order[best.add]:
-                best = other
+            distance = order[add] - here
+            key = (0, distance) if distance > 0 else (1, -distance)
+            if key < best_key:
+                best, best_key = other, key
     return best
 
 
@@ -232,7 +237,7 @@ def _pair(add: fx.Node) -> _Pair | str | None:
     if k is None:
         return (
             "rotary_pos_emb rotates q and k together: no second tensor is rotated by "
-            "the same cos/sin after this one"
+            "the same cos/sin"
         )
     cos, sin = _unsqueezed(q.cos_u), _unsqueezed(q.sin_u)
     if cos is None or sin is None or cos[1] != sin[1]:
@@ -289,7 +294,10 @@ def _is_swap12(node: fx.Node) -> bool:
         dims = {d % 4 for d in node.args[1:3] if isinstance(d, int)}
         return len(node.args) == 3 and dims == {1, 2}
     if _call(node, aten.permute.default):
-        return list(node.args[1]) in ([0, 2, 1, 3], [0, 2, 1, -1], [0, -2, 1, 3])
+        order = node.args[1]
+        if not isinstance(order, (list, tuple)) or not all(isinstance(d, int) for d in order):
+            return False
+        return [cast(int, d) % 4 for d in order] == [0, 2, 1, 3]
     return False
 
 
