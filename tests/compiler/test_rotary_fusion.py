@@ -99,6 +99,10 @@ def _promoted(q, k, cos, sin, qw, kw):
     return qwen3_rope(q.transpose(1, 2), k.transpose(1, 2), cos.float(), sin.float())
 
 
+def _promoted_normed(q, k, cos, sin, qw, kw):
+    return _qwen3(q, k, cos.float(), sin.float(), qw, kw)
+
+
 def _eps_mismatch(q, k, cos, sin, qw, kw):
     qn = opir.ops.rms_norm(q, qw, EPS).transpose(1, 2)
     kn = opir.ops.rms_norm(k, kw, 1e-5).transpose(1, 2)
@@ -127,6 +131,7 @@ def _q_only(q, k, cos, sin, qw, kw):
     ("fn", "fired", "unfused"),
     [
         (_promoted, {}, [("add", "dtype mismatch")] * 2),
+        (_promoted_normed, {}, [(op, "dtype mismatch") for op in ("rms_norm",) * 2 + ("add",) * 2]),
         (_eps_mismatch, {"rotary_pos_emb": 1}, [("rms_norm", "epsilon mismatch")] * 2),
         (_bias_mismatch, {"rotary_pos_emb": 1}, [("rms_norm", "weight_bias mismatch")] * 2),
         (_norm_reused, {"rotary_pos_emb": 1}, [("rms_norm", "has another user")] * 2),

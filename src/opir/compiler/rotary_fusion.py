@@ -52,6 +52,7 @@ MUL = aten.mul.Tensor
 _SLICE = aten.slice.Tensor
 _VIEWS = (aten.view.default, aten.reshape.default, aten._unsafe_view.default)
 RMS_NORM = rms_norm.torch_op
+_QK_HF = "qk_norm_rotary_pos_emb"
 ROTARY_POS_EMB = rotary_pos_emb.torch_op
 
 
@@ -249,10 +250,6 @@ def _pair(add: fx.Node) -> _Pair | str | None:
         name: cast(torch.Tensor, _tensor(node)).dtype
         for name, node in (("q", q.x), ("k", k.x), ("cos", q.cos_u), ("sin", q.sin_u))
     }
-    dtypes["q's rotation"], dtypes["k's rotation"] = (
-        cast(torch.Tensor, _tensor(q.add)).dtype,
-        cast(torch.Tensor, _tensor(k.add)).dtype,
-    )
     if len(set(dtypes.values())) != 1:
         listed = ", ".join(f"{n} {str(d).removeprefix('torch.')}" for n, d in dtypes.items())
         return f"dtype mismatch ({listed}): type promotion; the fused op takes one dtype"
@@ -276,7 +273,7 @@ def match_rotary(add: fx.Node, args: tuple) -> Fused | str | None:
     """``q*cos + rotate_half(q)*sin`` (and k) -> ``rotary_pos_emb``."""
     pair = _pair(add)
     if not isinstance(pair, _Pair):
-        return pair
+        return pair if pair is None else f"rotary_pos_emb: {pair}"
     call = (pair.q.base, pair.k.base, pair.cos, pair.sin, pair.dim)
     why = _checked(rotary_pos_emb, call)
     if why is not None:
@@ -362,7 +359,7 @@ def _qk_norm_hf(
         return None
     if qn is None or kn is None:
         which = "q" if qn is not None else "k"
-        return Skip(_norm_nodes(qn, kn), f"qk_norm_rotary_pos_emb: only {which} is normed")
+        return Skip(_norm_nodes(qn, kn), f"{_QK_HF}: only {which} is normed")
     nodes = (qn.norm, kn.norm)
     why = _norms_mismatch(qn, kn)
     if why is None and (_other_users(qn, readers) or _other_users(kn, readers)):
@@ -379,7 +376,7 @@ def _qk_norm_hf(
     if why is None:
         why = _checked(qk_norm_rotary_pos_emb, call)
     if why is not None:
-        return Skip(nodes, f"qk_norm_rotary_pos_emb: {why}")
+        return Skip(nodes, f"{_QK_HF}: {why}")
     transposes = tuple(n.transpose for n in (qn, kn) if n.transpose is not None)
     return Fused(
         qk_norm_rotary_pos_emb, call, outputs, None, dead=(*dead, *transposes, *nodes), view=view
@@ -389,8 +386,12 @@ def _qk_norm_hf(
 def match_qk_norm_expression(add: fx.Node, args: tuple) -> Fused | Skip | None:
     """Per-head norms -> (transpose) -> Hugging Face's RoPE expression."""
     pair = _pair(add)
-    if not isinstance(pair, _Pair):
-        return None  # the rotation rule reports why it does not fuse
+    if isinstance(pair, str):  # the rotation does not fuse: nor does the norm before it
+        rotation = cast(Rotation, recognise(add))
+        normed = _normed(rotation.base)
+        return None if normed is None else Skip((normed.norm,), f"{_QK_HF}: {pair}")
+    if pair is None:
+        return None
     readers = {*pair.q.nodes, *pair.k.nodes}
     dead = (*pair.q.nodes, *pair.k.nodes, pair.q.cos_u, pair.q.sin_u)
     return _qk_norm_hf(
