@@ -123,6 +123,7 @@ class Decoder(nn.Module):
         self.final_norm = RMSNorm(hidden, dtype=dtype)
         self.opir_norms = opir_norms
         exponents = torch.arange(0, HEAD_DIM, 2, dtype=torch.float32) / HEAD_DIM
+        self.inv_freq: torch.Tensor
         self.register_buffer("inv_freq", 1.0 / (1e6**exponents), persistent=False)
 
     def rotary(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
