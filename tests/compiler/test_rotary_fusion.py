@@ -186,6 +186,16 @@ def test_vllm_qk_norm_rope(decompose):
     fired, left, unfused, _ = _fused(_vllm_no_key, *args, decompose=decompose)
     assert fired == {} and sorted(left) == ["rms_norm", "rotary_embedding"]  # k unused
     assert unfused[0][0] == "rms_norm" and "key is None" in unfused[0][1], unfused
+    wide = (positions, q, k, torch.ones(HQ * D).bfloat16(), torch.ones(HK * D).bfloat16(), cache)
+    fired, left, unfused, _ = _fused(_vllm_whole_width, *wide, decompose=decompose)
+    assert fired == {} and [op for op, _ in unfused] == ["rms_norm"] * 2
+    assert "not per head" in unfused[0][1], unfused
+
+
+def _vllm_whole_width(positions, q, k, qw, kw, cache):
+    """OLMo-2's norms over all heads at once: not per head, must not fuse."""
+    qn, kn = opir.ops.rms_norm(q, qw, EPS), opir.ops.rms_norm(k, kw, EPS)
+    return opir.ops.rotary_embedding(positions, qn, kn, D, cache, True)
 
 
 class _Qwen3Block(nn.Module):

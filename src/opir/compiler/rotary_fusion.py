@@ -287,6 +287,9 @@ def match_rotary(add: fx.Node, args: tuple) -> Fused | str | None:
 
 def _is_swap12(node: fx.Node) -> bool:
     """``x.transpose(1, 2)`` of a 4-D x (Inductor's graphs spell it as a permute)."""
+    t = _tensor(node)
+    if t is None or t.dim() != 4:
+        return False
     if _call(node, aten.transpose.int):
         dims = {d % 4 for d in node.args[1:3] if isinstance(d, int)}
         return len(node.args) == 3 and dims == {1, 2}
@@ -455,6 +458,11 @@ def match_qk_norm_rope(node: fx.Node, args: tuple) -> Fused | Skip | None:
         which = "query" if q is not None else "key"
         return Skip(nodes, f"qk_norm_rope: only {which} is normed per head")
     why = _norms_mismatch(q[0], k[0])
+    for n, name in ((q[0], "query"), (k[0], "key")):
+        width = cast(torch.Tensor, _tensor(n.x)).shape[-1]
+        if why is None and width != head_size:
+            why = f"the {name} norm is not per head (it normalises {width} columns, "
+            why += f"head_size is {head_size})"
     for n, _, back in (q, k):
         if why is None and (
             (back is not None and (set(n.norm.users) != {back} or set(back.users) != {node}))
