@@ -42,8 +42,11 @@ def _is_int(value: object) -> bool:
 
 
 def _traced(t: torch.Tensor) -> bool:
-    """Whether ``t``'s values cannot be read (fake/meta tensors, Dynamo tracing)."""
-    return t.device.type == "meta" or is_fake(t) or torch.compiler.is_compiling()
+    """Whether ``t``'s values cannot be read: fake/meta tensors, Dynamo tracing, or a
+    CUDA graph being captured (reading a value would synchronise the stream)."""
+    if torch.compiler.is_compiling() or t.device.type == "meta" or is_fake(t):
+        return True
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def check_positions_range(positions: torch.Tensor, max_position: int, op: str) -> None:
@@ -99,11 +102,7 @@ def check_rotary_args(
     if not isinstance(positions, torch.Tensor) or positions.dim() != 1:
         got = list(positions.shape) if isinstance(positions, torch.Tensor) else positions
         raise ValueError(f"{op}: positions must be a 1-D integer tensor [tokens], got {got}")
-    if (
-        positions.dtype.is_floating_point
-        or positions.dtype.is_complex
-        or positions.dtype == (torch.bool)
-    ):
+    if positions.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"{op}: positions must be int32 or int64, got {positions.dtype}")
     if not query.dtype.is_floating_point:
         raise ValueError(f"{op}: query must be a floating-point tensor, got {query.dtype}")
@@ -176,6 +175,11 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool) -
     return torch.stack((first, second), dim=-1).flatten(-2)
 
 
+def _heads(x: torch.Tensor, head_size: int) -> torch.Tensor:
+    """``x`` as [tokens, heads, head_size] (a view; zero tokens allowed)."""
+    return x if x.dim() == 3 else x.unflatten(-1, (x.shape[-1] // head_size, head_size))
+
+
 def _rotary_one(
     x: torch.Tensor,
     head_size: int,
@@ -184,7 +188,7 @@ def _rotary_one(
     sin: torch.Tensor,
     neox: bool,
 ) -> torch.Tensor:
-    heads = x.view(x.shape[0], -1, head_size)
+    heads = _heads(x, head_size)
     rotated = _rotate(heads[..., :rotary_dim], cos, sin, neox)
     return torch.cat((rotated, heads[..., rotary_dim:]), dim=-1).reshape(x.shape)
 
@@ -243,7 +247,7 @@ def _check_head_weight(w: torch.Tensor, name: str, x: torch.Tensor, head_size: i
 def _per_head_norm(
     x: torch.Tensor, weight: torch.Tensor, epsilon: float, head_size: int, weight_bias: float
 ) -> torch.Tensor:
-    heads = x.view(x.shape[0], -1, head_size)
+    heads = _heads(x, head_size)
     return rms_norm.native(heads, weight, epsilon, None, weight_bias).view(x.shape)
 
 
