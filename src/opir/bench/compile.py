@@ -2,8 +2,8 @@
 
 The same decoder stack (``bench/models.py``), timed interleaved per token
 count: eager with opir ops (default eager priority), ``opir.compile`` with
-the norms (and the SwiGLU activation, where the provider has it) lowered to the
-``cpu`` kernels and with them lowered to ``native`` (which Inductor then fuses
+the norms (and the SwiGLU activation and the rotary ops, where the provider has
+them) lowered to the ``cpu`` kernels and with them lowered to ``native`` (which Inductor then fuses
 with the neighbouring ops), and ``torch.compile`` (Inductor) of the twin model
 written in plain PyTorch. All compiled variants
 use ``dynamic=True``, so one compile serves every token count.
@@ -24,7 +24,8 @@ from opir.bench.timing import interleave
 EAGER = "eager (opir ops)"
 PLAIN = "torch.compile (plain PyTorch model)"
 NORM_OPS = ("rms_norm", "fused_add_rms_norm")
-LOWERED_OPS = (*NORM_OPS, "silu_mul")  # the SwiGLU MLP's activation
+# the SwiGLU MLP's activation, the attention's RoPE and what fusion makes of q/k norms + RoPE
+LOWERED_OPS = (*NORM_OPS, "silu_mul", "rotary_pos_emb", "qk_norm_rotary_pos_emb")
 
 
 def lowered_to(provider: str) -> str:

@@ -23,6 +23,12 @@ halves of one tensor, ``silu_and_mul``/``mul_and_silu``/``gelu_and_mul``; fusing
 applies the op's fp64-once activation contract (bit-identical to opir's native
 composition, within tolerance of torch's own activation; see that module).
 
+Rotary embeddings (``rotary_fusion``): transformers' ``q * cos + rotate_half(q) * sin``
+(q and k, partial rotary included) becomes ``rotary_pos_emb``; per-head q/k norms
+before it (through ``transpose(1, 2)`` or not) make it ``qk_norm_rotary_pos_emb``, and
+vLLM's per-head norms before ``rotary_embedding`` make it ``qk_norm_rope``. Both are
+bit-identical to the unfused graph (the ops' natives are those expressions).
+
 Each rule returns a reason when it recognises its pattern but must not fuse,
 and ``add_rms_norm`` says why a norm has no residual add to fuse with: the
 compile report prints these next to the module the norm came from.
@@ -36,10 +42,17 @@ import torch
 from torch import fx
 
 import opir.compiler.activation_fusion as act
+import opir.compiler.rotary_fusion as rot
 from opir.compiler.fusion import Fused, Rule
 from opir.compiler.fx_utils import val
 from opir.distributed.collectives import all_reduce
-from opir.ops import all_reduce_rms_norm, fused_add_rms_norm, rms_norm
+from opir.ops import (
+    all_reduce_rms_norm,
+    fused_add_rms_norm,
+    rms_norm,
+    rotary_embedding,
+    rotary_pos_emb,
+)
 
 aten = torch.ops.aten
 ALL_REDUCE = all_reduce._opoverload  # the op object itself: no lookup by name
@@ -181,10 +194,18 @@ def _all_reduce_rms_norm(node: fx.Node, args: tuple) -> Fused | str | None:
 
 # Priority order: a rule whose pattern contains another rule's pattern comes first.
 RULES: tuple[Rule, ...] = (
+    # q/k norms + RoPE (see ``rotary_fusion``): they contain per-head rms_norm nodes,
+    # so they come before the norm rules; the Hugging Face form on an opir
+    # rotary_pos_emb node and on transformers' expression, then vLLM's form.
+    Rule("qk_norm_rotary_pos_emb", rotary_pos_emb, rot.match_qk_norm_op),
+    Rule("qk_norm_rotary_pos_emb", rot.ADD, rot.match_qk_norm_expression),
+    Rule("qk_norm_rope", rotary_embedding, rot.match_qk_norm_rope),
     Rule("all_reduce_add_rms_norm", rms_norm, _all_reduce_add_rms_norm),
     Rule("all_reduce_fused_add_rms_norm", fused_add_rms_norm, _all_reduce_fused_add_rms_norm),
     Rule("add_rms_norm", rms_norm, _add_rms_norm),
     Rule("all_reduce_rms_norm", rms_norm, _all_reduce_rms_norm),
+    # Hugging Face's RoPE expression alone (no q/k norms before it)
+    Rule("rotary_pos_emb", rot.ADD, rot.match_rotary),
     # Gated-MLP activations, ``act(a) * b`` (see ``activation_fusion``): one entry per
     # activation, anchored on the product; then activations nothing multiplies,
     # reported as "not a product" (these never fuse).

@@ -20,8 +20,9 @@ from opir.compiler.lowering import Lowered
 class GraphReport:
     """What the passes did to one compiled graph.
 
-    ``fusions``: rule -> times fired; ``unfused``: every norm no rule fused,
-    with the reason and the module it came from; ``lowered``: the impl chosen
+    ``fusions``: rule -> times fired; ``unfused``: every norm, activation or
+    rotation a rule recognised but did not fuse, with the reason and the module
+    it came from; ``lowered``: the impl chosen
     per opir node and why the providers before it were passed over;
     ``clones_removed``/``clones_kept``: donation clones; ``donated_inputs``:
     placeholder indices the user donated (``maybe_inplace``);
