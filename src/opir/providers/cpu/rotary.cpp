@@ -146,20 +146,16 @@ inline float rnd(float v) {
   return static_cast<float>(static_cast<T>(v));
 }
 
-// A cos/sin value of dtype C as the query dtype T sees it: rounded to T first
-// (exact when C is T or T is fp32).
+// A cos/sin value: either of the query's dtype T (Hugging Face form) or an fp32
+// value already rounded to T (the vLLM form's per-token buffers): exact in fp32.
 template <typename T, typename C>
 inline fVec load_cs(const C* p) {
-  fVec v = load1<C>(p);
-  if constexpr (!std::is_same_v<C, T> && !std::is_same_v<T, float>) v = rnd<T>(v);
-  return v;
+  return load1<C>(p);
 }
 
 template <typename T, typename C>
 inline float cs(C v) {
-  float f = static_cast<float>(v);
-  if constexpr (!std::is_same_v<C, T> && !std::is_same_v<T, float>) f = rnd<T>(f);
-  return f;
+  return static_cast<float>(v);
 }
 
 // ----------------------------------------------------------------------------
@@ -173,9 +169,10 @@ inline float cs(C v) {
 // the two halves of its full-width cos/sin.
 template <typename T, typename C>
 inline void neox_row(const T* x, T* o, const C* c1, const C* s1, const C* c2, const C* s2,
-                     int64_t half) {
+                     int64_t n, int64_t half) {
+  // pairs (x[j], x[half + j]) for j < n
   int64_t j = 0;
-  for (; j + kLanes <= half; j += kLanes) {
+  for (; j + kLanes <= n; j += kLanes) {
     const fVec a = load1<T>(x + j), b = load1<T>(x + half + j);
     const fVec cv1 = load_cs<T>(c1 + j), sv1 = load_cs<T>(s1 + j);
     const fVec cv2 = load_cs<T>(c2 + j), sv2 = load_cs<T>(s2 + j);
@@ -184,7 +181,7 @@ inline void neox_row(const T* x, T* o, const C* c1, const C* s1, const C* c2, co
     store1<T>(o + j, o1);
     store1<T>(o + half + j, o2);
   }
-  for (; j < half; ++j) {
+  for (; j < n; ++j) {
     const float a = static_cast<float>(x[j]), b = static_cast<float>(x[half + j]);
     const float o1 = rnd<T>(a * cs<T>(c1[j])) - rnd<T>(b * cs<T>(s1[j]));
     const float o2 = rnd<T>(b * cs<T>(c2[j])) + rnd<T>(a * cs<T>(s2[j]));
@@ -215,6 +212,148 @@ inline void gptj_row(const T* x, T* o, const C* c, const C* s, int64_t half) {
     o[2 * i] = static_cast<T>(o1);
     o[2 * i + 1] = static_cast<T>(o2);
   }
+}
+
+// ----------------------------------------------------------------------------
+// bfloat16 with AVX-512: 32 values per load, split without a permute into the
+// even-indexed and odd-indexed ones (shift / mask: a bf16 is the upper half of
+// its fp32), and joined back the same way. Roundings use the integer form of
+// round-to-nearest-even (add 0x7FFF plus the lowest kept bit, drop the low 16
+// bits), exact for subnormals too; it needs no NaN case here because every
+// value rounded is a product or sum of bf16 values (x and the pre-rounded
+// cos/sin), and such NaNs have low 16 bits of zero (the quieted NaN of an
+// operand, or the default NaN), which rounding leaves unchanged.
+
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kSplitBf16 = true;
+
+inline __m512i bf16_bias(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  return _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), lsb);
+}
+
+inline __m512 bf16_round(__m512 v) {  // "v.to(bfloat16)" staying fp32
+  return _mm512_castsi512_ps(
+      _mm512_and_si512(bf16_bias(v), _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u))));
+}
+
+inline __m512 bf16_even(__m512i raw) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+}
+
+inline __m512 bf16_odd(__m512i raw) {
+  return _mm512_castsi512_ps(
+      _mm512_and_si512(raw, _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u))));
+}
+
+// 32 bf16: even-indexed from `even`, odd-indexed from `odd` (both rounded here).
+inline void bf16_store_split(BFloat16* p, __m512 even, __m512 odd) {
+  const __m512i lo = _mm512_srli_epi32(bf16_bias(even), 16);
+  // (bias(odd) & 0xFFFF0000) | lo
+  const __m512i joined = _mm512_ternarylogic_epi32(
+      bf16_bias(odd), lo, _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u)), 0xEC);
+  _mm512_storeu_si512(p, joined);
+}
+
+// o1 = R(R(a*c) - R(b*s)), o2 = R(R(b*c) + R(a*s)) before the final rounding.
+inline void bf16_rotate(__m512 a, __m512 b, __m512 c, __m512 s, __m512& o1, __m512& o2) {
+  o1 = _mm512_sub_ps(bf16_round(_mm512_mul_ps(a, c)), bf16_round(_mm512_mul_ps(b, s)));
+  o2 = _mm512_add_ps(bf16_round(_mm512_mul_ps(b, c)), bf16_round(_mm512_mul_ps(a, s)));
+}
+#else
+constexpr bool kSplitBf16 = false;
+#endif
+
+// The cos and sin of one token as the query dtype T sees them (rounded to T),
+// in fp32: natural order (cn, sn: half values each) and, for the bf16 neox
+// kernel, split per 32-block into even-indexed then odd-indexed (ce, se).
+struct TokenCs {
+  std::vector<float> buf;
+  float *cn = nullptr, *sn = nullptr, *ce = nullptr, *se = nullptr;
+  explicit TokenCs(int64_t half) : buf(4 * half + 1) {
+    cn = buf.data();
+    sn = cn + half;
+    ce = sn + half;
+    se = ce + half;
+  }
+};
+
+template <typename T, typename C>
+inline void load_token(const C* row, int64_t col_stride, int64_t half, TokenCs& t) {
+  if constexpr (std::is_same_v<C, double>) {
+    for (int64_t i = 0; i < half; ++i) {  // torch converts fp64 -> fp32 -> T
+      t.cn[i] = rnd<T>(static_cast<float>(row[i * col_stride]));
+      t.sn[i] = rnd<T>(static_cast<float>(row[(half + i) * col_stride]));
+    }
+  } else {
+    int64_t i = 0;
+    if (col_stride == 1) {
+      for (; i + kLanes <= half; i += kLanes) {
+        fVec c = load1<C>(row + i), s = load1<C>(row + half + i);
+        if constexpr (!std::is_same_v<C, T> && !std::is_same_v<T, float>) {
+          c = rnd<T>(c);  // the cache cast to the query's dtype (NaN kept)
+          s = rnd<T>(s);
+        }
+        c.store(t.cn + i);
+        s.store(t.sn + i);
+      }
+    }
+    for (; i < half; ++i) {
+      t.cn[i] = rnd<T>(static_cast<float>(row[i * col_stride]));
+      t.sn[i] = rnd<T>(static_cast<float>(row[(half + i) * col_stride]));
+    }
+  }
+  if constexpr (std::is_same_v<T, BFloat16> && kSplitBf16) {
+    for (int64_t j = 0; j + 2 * kLanes <= half; j += 2 * kLanes) {
+      auto [ce, co] = at::vec::deinterleave2(fVec::loadu(t.cn + j), fVec::loadu(t.cn + j + kLanes));
+      auto [se, so] = at::vec::deinterleave2(fVec::loadu(t.sn + j), fVec::loadu(t.sn + j + kLanes));
+      ce.store(t.ce + j);
+      co.store(t.ce + j + kLanes);
+      se.store(t.se + j);
+      so.store(t.se + j + kLanes);
+    }
+  }
+}
+
+// vLLM-form rows from a token's buffers.
+template <typename T>
+inline void neox_row_vllm(const T* x, T* o, const TokenCs& t, int64_t half) {
+  int64_t j = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, BFloat16>) {
+    for (; j + 2 * kLanes <= half; j += 2 * kLanes) {
+      const __m512i r1 = _mm512_loadu_si512(x + j), r2 = _mm512_loadu_si512(x + half + j);
+      const __m512 ce = _mm512_loadu_ps(t.ce + j), co = _mm512_loadu_ps(t.ce + j + kLanes);
+      const __m512 se = _mm512_loadu_ps(t.se + j), so = _mm512_loadu_ps(t.se + j + kLanes);
+      __m512 o1e, o2e, o1o, o2o;
+      bf16_rotate(bf16_even(r1), bf16_even(r2), ce, se, o1e, o2e);
+      bf16_rotate(bf16_odd(r1), bf16_odd(r2), co, so, o1o, o2o);
+      bf16_store_split(o + j, o1e, o1o);
+      bf16_store_split(o + half + j, o2e, o2o);
+    }
+  }
+#endif
+  if (j < half) {
+    neox_row<T, float>(x + j, o + j, t.cn + j, t.sn + j, t.cn + j, t.sn + j, half - j, half);
+  }
+}
+
+template <typename T>
+inline void gptj_row_vllm(const T* x, T* o, const TokenCs& t, int64_t half) {
+  int64_t i = 0;
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, BFloat16>) {
+    for (; i + kLanes <= half; i += kLanes) {
+      const __m512i r = _mm512_loadu_si512(x + 2 * i);
+      __m512 o1, o2;
+      bf16_rotate(bf16_even(r), bf16_odd(r), _mm512_loadu_ps(t.cn + i), _mm512_loadu_ps(t.sn + i),
+                  o1, o2);
+      bf16_store_split(o + 2 * i, o1, o2);
+    }
+  }
+#endif
+  if (i < half) gptj_row<T, float>(x + 2 * i, o + 2 * i, t.cn + i, t.sn + i, half - i);
 }
 
 // ----------------------------------------------------------------------------
@@ -283,6 +422,8 @@ void dispatch2(at::ScalarType x, at::ScalarType c, F&& f) {
         return f.template operator()<T, BFloat16>();
       case at::kHalf:
         return f.template operator()<T, Half>();
+      case at::kDouble:
+        return f.template operator()<T, double>();
       default:
         TORCH_CHECK_VALUE(false, "unsupported cos/sin dtype ", c);
     }
@@ -302,6 +443,7 @@ void dispatch2(at::ScalarType x, at::ScalarType c, F&& f) {
 // Heads of a vLLM-form query/key: element (t, h, j) at base + t * tok + h * head + j.
 struct Heads {
   int64_t count = 0, tok = 0, head = 0;
+  bool unit = true;  // last dim contiguous
 };
 
 Heads heads_of(const at::Tensor& x, int64_t head_size, const char* op, const char* name) {
@@ -322,8 +464,7 @@ Heads heads_of(const at::Tensor& x, int64_t head_size, const char* op, const cha
     h.tok = x.stride(0);
     h.head = x.stride(1);
   }
-  TORCH_CHECK_VALUE(x.size(-1) <= 1 || x.stride(-1) == 1, op, ": ", name,
-                    "'s last dimension must be contiguous (stride 1)");
+  h.unit = x.size(-1) <= 1 || x.stride(-1) == 1;  // else: run on a contiguous copy
   return h;
 }
 
@@ -351,11 +492,10 @@ RotaryArgs check_rotary(const at::Tensor& positions, const at::Tensor& query,
                       op, ": key must have query's dtype, layout and tokens");
     a.k = heads_of(*key, head_size, op, "key");
   }
-  TORCH_CHECK_VALUE(cache.dim() == 2 && float_dtype(cache.scalar_type()) &&
+  TORCH_CHECK_VALUE(cache.dim() == 2 && (float_dtype(cache.scalar_type()) ||
+                                          cache.scalar_type() == at::kDouble) &&
                         cache.device().is_cpu(),
-                    op, ": cos_sin_cache must be a 2-D float32/bfloat16/float16 CPU tensor");
-  TORCH_CHECK_VALUE(cache.size(1) <= 1 || cache.stride(1) == 1, op,
-                    ": cos_sin_cache's last dimension must be contiguous");
+                    op, ": cos_sin_cache must be a 2-D floating-point CPU tensor");
   a.rd = cache.size(1);
   TORCH_CHECK_VALUE(!rotary_dim.has_value() || *rotary_dim == a.rd, op,
                     ": rotary_dim must be None or cos_sin_cache's last dim");
@@ -400,9 +540,26 @@ inline bool may_overlap(const at::Tensor& a, const at::Tensor& b) {
   return a0 < b1 && b0 < a1;
 }
 
+// True when no two elements of t share memory (sorted by stride, each dim must
+// step past everything the smaller dims reach; conservative).
+inline bool no_internal_overlap(const at::Tensor& t) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of dims with size > 1
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) > 1) dims.emplace_back(t.stride(d), t.size(d));
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t reach = 0;
+  for (const auto& [stride, size] : dims) {
+    if (stride <= reach) return false;
+    reach += stride * (size - 1);
+  }
+  return true;
+}
+
 // No two (token, head, column) elements of x share memory.
 inline bool rows_distinct(const at::Tensor& x, const Heads& h, int64_t head_size, int64_t tokens) {
   if (x.numel() == 0 || x.is_contiguous()) return true;
+  if (!h.unit) return no_internal_overlap(x);
   // heads within a token: disjoint when the head stride steps past a head
   const int64_t width = h.count <= 1 ? head_size : h.head * (h.count - 1) + head_size;
   if (h.count > 1 && h.head < head_size) return false;
@@ -474,11 +631,12 @@ void rotate_in_place(const at::Tensor& positions, const at::Tensor& query,
   T* qp = query.data_ptr<T>();
   T* kp = key.has_value() ? key->data_ptr<T>() : nullptr;
   const C* cp = cache.const_data_ptr<C>();
-  const int64_t cstride = cache.stride(0), half = a.rd / 2;
+  const int64_t cs0 = cache.stride(0), cs1 = cache.stride(1), half = a.rd / 2;
   at::parallel_for(0, rows, grain_rows(head_size), [&](int64_t begin, int64_t end) {
     std::vector<T> z(norm != nullptr ? head_size : 0);
+    TokenCs cs(half);
     int64_t t = begin / nh, h = begin - t * nh;
-    const C* c = cp + position(positions, t) * cstride;
+    load_token<T, C>(cp + position(positions, t) * cs0, cs1, half, cs);
     for (int64_t r = begin; r < end; ++r) {
       T* row = h < nq ? qp + t * a.q.tok + h * a.q.head : kp + t * a.k.tok + (h - nq) * a.k.head;
       const T* src = row;
@@ -489,21 +647,21 @@ void rotate_in_place(const at::Tensor& positions, const at::Tensor& query,
         src = z.data();
       }
       if (neox) {
-        neox_row<T, C>(src, row, c, c + half, c, c + half, half);
+        neox_row_vllm<T>(src, row, cs, half);
       } else {
-        gptj_row<T, C>(src, row, c, c + half, half);
+        gptj_row_vllm<T>(src, row, cs, half);
       }
       if (++h == nh && r + 1 < end) {
         h = 0;
         ++t;
-        c = cp + position(positions, t) * cstride;
+        load_token<T, C>(cp + position(positions, t) * cs0, cs1, half, cs);
       }
     }
   });
 }
 
 // The effective norm weight as fp32 [head_size]; round_w when the native multiplies in T.
-at::Tensor effective_weight(const at::Tensor& w, at::ScalarType x_dtype, int64_t head_size,
+at::Tensor effective_weight(const at::Tensor& w, int64_t head_size,
                             double weight_bias, const char* op, const char* name) {
   TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == head_size && w.is_floating_point() &&
                         w.device().is_cpu(),
@@ -521,6 +679,24 @@ std::pair<at::Tensor, std::optional<at::Tensor>> private_copies(
   return {query.clone(at::MemoryFormat::Contiguous), k};
 }
 
+// How a call runs: in place; on contiguous copies written back afterwards (a last
+// dim with a stride, safe to write); or on copies that are returned (overlap).
+enum class Mode { kInPlace, kCopyBack, kCopies };
+
+Mode mode_of(bool safe, const RotaryArgs& a, bool has_key) {
+  if (!safe) return Mode::kCopies;
+  return a.q.unit && (!has_key || a.k.unit) ? Mode::kInPlace : Mode::kCopyBack;
+}
+
+void write_back(Mode mode, const at::Tensor& query, const std::optional<at::Tensor>& key,
+                at::Tensor& q, std::optional<at::Tensor>& k) {
+  if (mode != Mode::kCopyBack) return;
+  const_cast<at::Tensor&>(query).copy_(q);
+  if (key.has_value()) const_cast<at::Tensor&>(*key).copy_(*k);
+  q = query;
+  k = key;
+}
+
 std::vector<at::Tensor> rotary_embedding(const at::Tensor& positions, const at::Tensor& query,
                                          const std::optional<at::Tensor>& key,
                                          int64_t head_size, const at::Tensor& cache,
@@ -529,13 +705,16 @@ std::vector<at::Tensor> rotary_embedding(const at::Tensor& positions, const at::
   RotaryArgs a = check_rotary(positions, query, key, head_size, cache, rotary_dim, op);
   at::Tensor q = query;
   std::optional<at::Tensor> k = key;
-  if (!in_place_safe(positions, query, key, cache, a, head_size, {})) {
+  const Mode mode = mode_of(in_place_safe(positions, query, key, cache, a, head_size, {}), a,
+                            key.has_value());
+  if (mode != Mode::kInPlace) {
     std::tie(q, k) = private_copies(query, key);
     a = check_rotary(positions, q, k, head_size, cache, rotary_dim, op);
   }
   dispatch2(q.scalar_type(), cache.scalar_type(), [&]<typename T, typename C>() {
     rotate_in_place<T, C>(positions, q, k, cache, a, head_size, is_neox_style, nullptr);
   });
+  write_back(mode, query, key, q, k);
   if (k.has_value()) return {q, *k};
   return {q};
 }
@@ -548,14 +727,16 @@ std::tuple<at::Tensor, at::Tensor> qk_norm_rope(
   const char* op = "qk_norm_rope";
   std::optional<at::Tensor> key_opt = key;
   RotaryArgs a = check_rotary(positions, query, key_opt, head_size, cache, rotary_dim, op);
-  const at::Tensor qw = effective_weight(q_weight, query.scalar_type(), head_size, weight_bias,
+  const at::Tensor qw = effective_weight(q_weight, head_size, weight_bias,
                                          op, "q_weight");
-  const at::Tensor kw = effective_weight(k_weight, query.scalar_type(), head_size, weight_bias,
+  const at::Tensor kw = effective_weight(k_weight, head_size, weight_bias,
                                          op, "k_weight");
   at::Tensor q = query;
   std::optional<at::Tensor> k = key;
   // qw/kw are fresh fp32 copies unless the weight was fp32 already: check those too.
-  if (!in_place_safe(positions, query, key_opt, cache, a, head_size, {&qw, &kw})) {
+  const Mode mode = mode_of(
+      in_place_safe(positions, query, key_opt, cache, a, head_size, {&qw, &kw}), a, true);
+  if (mode != Mode::kInPlace) {
     std::tie(q, k) = private_copies(query, key_opt);
     a = check_rotary(positions, q, k, head_size, cache, rotary_dim, op);
   }
@@ -584,6 +765,7 @@ std::tuple<at::Tensor, at::Tensor> qk_norm_rope(
                             &knorm);
     }
   });
+  write_back(mode, query, key_opt, q, k);
   return {q, *k};
 }
 
@@ -636,7 +818,7 @@ void pos_emb_one(const at::Tensor& x, const at::Tensor& out, const at::Tensor& c
         norm_row<T>(src, z.data(), w, round_w, eps, d);
         src = z.data();
       }
-      neox_row<T, T>(src, dst, c, s, c + half, s + half, half);
+      neox_row<T, T>(src, dst, c, s, c + half, s + half, half, half);
       if (rd < d) std::memcpy(dst + rd, src + rd, (d - rd) * sizeof(T));
     }
   });
@@ -691,8 +873,8 @@ std::tuple<at::Tensor, at::Tensor> qk_norm_rotary_pos_emb(
   const char* op = "qk_norm_rotary_pos_emb";
   check_pos_emb(q, k, cos, sin, unsqueeze_dim, op);
   const int64_t d = q.size(3);
-  const at::Tensor qw = effective_weight(q_weight, q.scalar_type(), d, weight_bias, op, "q_weight");
-  const at::Tensor kw = effective_weight(k_weight, q.scalar_type(), d, weight_bias, op, "k_weight");
+  const at::Tensor qw = effective_weight(q_weight, d, weight_bias, op, "q_weight");
+  const at::Tensor kw = effective_weight(k_weight, d, weight_bias, op, "k_weight");
   const bool q_round = q_weight.scalar_type() == q.scalar_type() && weight_bias == 0.0;
   const bool k_round = k_weight.scalar_type() == q.scalar_type() && weight_bias == 0.0;
   at::Tensor qo = empty_out(q), ko = empty_out(k);

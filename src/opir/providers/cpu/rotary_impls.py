@@ -11,10 +11,11 @@ through to the next provider):
 * ``rotary_embedding`` / ``qk_norm_rope`` (in place; the functional op runs
   them on clones): CPU query/key in fp32, bf16 or fp16, 2-D or 3-D with a
   contiguous last dim and any token/head strides (column views of one qkv
-  buffer are written in place, the rest of the buffer untouched); a cache in
-  any of those dtypes (cast to the query's dtype as the native casts it),
-  last dim contiguous; int32/int64 positions. ``key=None`` for
-  ``rotary_embedding``. q/k norm weights in fp32, bf16 or fp16.
+  buffer are written in place, the rest of the buffer untouched); a cache of
+  any float dtype (cast to the query's dtype as the native casts it), in
+  any layout (a query/key whose last dim has a stride runs on a contiguous copy
+  written back); int32/int64 positions. ``key=None`` for ``rotary_embedding``.
+  q/k norm weights in fp32, bf16 or fp16.
 * ``rotary_pos_emb`` / ``qk_norm_rotary_pos_emb`` (new outputs, q's layout when
   q is dense): 4-D q/k, 3-D cos/sin, all four of one dtype (fp32, bf16, fp16;
   other dtypes promote in the native), last dims contiguous, ``unsqueeze_dim``
@@ -40,22 +41,22 @@ from opir.providers.cpu.impls import family_provider
 PROVIDER = family_provider("opir.providers.cpu.rotary_kernels")
 
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-_POSITIONS = (torch.int64, torch.int32)
+_F32, _BF16, _F16 = _DTYPES
 
 # Predicates: only what the kernels cannot do, reading few attributes (they are on
 # the dispatch hot path; the checks are written out rather than shared).
 
 
+# The vLLM-form predicates run on every attention layer's call and read only the
+# query's dtype and device (`is` comparisons): the kernels take any layout, any
+# strides, any cache dtype and check everything else themselves (C++).
+
+
 def supports_rotary_embedding(
     positions, query, key, head_size, cos_sin_cache, is_neox_style, rotary_dim=None
 ) -> bool:
-    if query.dtype not in _DTYPES or not query.is_cpu or positions.dtype not in _POSITIONS:
-        return False
-    if cos_sin_cache.dtype not in _DTYPES or cos_sin_cache.dim() != 2:
-        return False
-    if query.dim() not in (2, 3) or cos_sin_cache.stride(1) != 1 or query.stride(-1) != 1:
-        return False
-    return key is None or (key.dim() == query.dim() and key.stride(-1) == 1)
+    dtype = query.dtype
+    return (dtype is _F32 or dtype is _BF16 or dtype is _F16) and query.is_cpu
 
 
 def supports_qk_norm_rope(
@@ -71,15 +72,11 @@ def supports_qk_norm_rope(
     rotary_dim=None,
     weight_bias=0.0,
 ) -> bool:
-    if query.dtype not in _DTYPES or not query.is_cpu or positions.dtype not in _POSITIONS:
+    dtype = query.dtype
+    if not (dtype is _F32 or dtype is _BF16 or dtype is _F16) or not query.is_cpu:
         return False
-    if cos_sin_cache.dtype not in _DTYPES or cos_sin_cache.dim() != 2 or key is None:
-        return False
-    if q_weight.dtype not in _DTYPES or k_weight.dtype not in _DTYPES:
-        return False
-    if query.dim() not in (2, 3) or cos_sin_cache.stride(1) != 1 or query.stride(-1) != 1:
-        return False
-    return key.dim() == query.dim() and key.stride(-1) == 1
+    # rms_norm multiplies by an fp64 weight in fp64: native's
+    return q_weight.dtype in _DTYPES and k_weight.dtype in _DTYPES
 
 
 def supports_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1) -> bool:
