@@ -54,6 +54,9 @@ using fVec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = fVec::size();
 // Elements per at::parallel_for task: below this a call runs on the calling thread.
 constexpr int64_t kGrainElements = 32768;
+// Row functions are inlined into the row loop, so their constants and pointers
+// are set up once per task rather than once per head.
+#define OPIR_ROW inline __attribute__((always_inline))
 
 // ----------------------------------------------------------------------------
 // Loads, stores and roundings of kLanes (or 2 * kLanes) values.
@@ -168,7 +171,7 @@ inline float cs(C v) {
 // vLLM passes c1 = c2 and s1 = s2 (one cos/sin per pair); Hugging Face passes
 // the two halves of its full-width cos/sin.
 template <typename T, typename C>
-inline void neox_row(const T* x, T* o, const C* c1, const C* s1, const C* c2, const C* s2,
+OPIR_ROW void neox_row(const T* x, T* o, const C* c1, const C* s1, const C* c2, const C* s2,
                      int64_t n, int64_t half) {
   // pairs (x[j], x[half + j]) for j < n
   int64_t j = 0;
@@ -192,7 +195,7 @@ inline void neox_row(const T* x, T* o, const C* c1, const C* s1, const C* c2, co
 
 // GPT-J: pairs (x[2i], x[2i + 1]) rotated by c[i], s[i], i < half.
 template <typename T, typename C>
-inline void gptj_row(const T* x, T* o, const C* c, const C* s, int64_t half) {
+OPIR_ROW void gptj_row(const T* x, T* o, const C* c, const C* s, int64_t half) {
   int64_t i = 0;
   for (; i + kLanes <= half; i += kLanes) {
     fVec a, b;
@@ -261,8 +264,47 @@ inline void bf16_rotate(__m512 a, __m512 b, __m512 c, __m512 s, __m512& o1, __m5
   o1 = _mm512_sub_ps(bf16_round(_mm512_mul_ps(a, c)), bf16_round(_mm512_mul_ps(b, s)));
   o2 = _mm512_add_ps(bf16_round(_mm512_mul_ps(b, c)), bf16_round(_mm512_mul_ps(a, s)));
 }
+
+#if defined(__AVX512BF16__)
+// The AVX512-BF16 conversion rounds to nearest even in one instruction but treats
+// subnormal inputs and outputs as zero. It is used only where no value it rounds
+// can be subnormal: every nonzero |x| >= 2^-60 (checked per 32 values, bf16_tiny)
+// and every nonzero |cos|, |sin| >= 2^-40 (checked per token). Then each nonzero
+// product is >= 2^-100, its bf16 rounding a multiple of 2^-107, and so is every
+// nonzero sum of two: all far above 2^-126. Elsewhere the integer rounding runs.
+constexpr bool kFastBf16 = true;
+
+inline __mmask32 bf16_tiny(__m512i raw) {  // lanes with 0 < |x| < 2^-60
+  const __m512i mag = _mm512_and_si512(raw, _mm512_set1_epi16(0x7FFF));
+  return _mm512_cmplt_epu16_mask(_mm512_sub_epi16(mag, _mm512_set1_epi16(1)),
+                                 _mm512_set1_epi16((67 << 7) - 1));
+}
+
+inline __m512 bf16_round_fast(__m512 v) {
+  const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+inline void bf16_store_split_fast(BFloat16* p, __m512 even, __m512 odd) {
+  const __m512i e = _mm512_castsi256_si512(reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(even)));
+  const __m512i o = _mm512_castsi256_si512(reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(odd)));
+  // out[2k] = e[k], out[2k + 1] = o[k] (o's lanes are 32 + k in the pair)
+  const __m512i idx = _mm512_set_epi16(
+      47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+      39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  _mm512_storeu_si512(p, _mm512_permutex2var_epi16(e, idx, o));
+}
+
+inline void bf16_rotate_fast(__m512 a, __m512 b, __m512 c, __m512 s, __m512& o1, __m512& o2) {
+  o1 = _mm512_sub_ps(bf16_round_fast(_mm512_mul_ps(a, c)), bf16_round_fast(_mm512_mul_ps(b, s)));
+  o2 = _mm512_add_ps(bf16_round_fast(_mm512_mul_ps(b, c)), bf16_round_fast(_mm512_mul_ps(a, s)));
+}
+#else
+constexpr bool kFastBf16 = false;
+#endif
 #else
 constexpr bool kSplitBf16 = false;
+constexpr bool kFastBf16 = false;
 #endif
 
 // The cos and sin of one token as the query dtype T sees them (rounded to T),
@@ -271,6 +313,7 @@ constexpr bool kSplitBf16 = false;
 struct TokenCs {
   std::vector<float> buf;
   float *cn = nullptr, *sn = nullptr, *ce = nullptr, *se = nullptr;
+  bool fast = false;  // every nonzero |cos|, |sin| >= 2^-40 (see kFastBf16)
   explicit TokenCs(int64_t half) : buf(4 * half + 1) {
     cn = buf.data();
     sn = cn + half;
@@ -314,11 +357,27 @@ inline void load_token(const C* row, int64_t col_stride, int64_t half, TokenCs& 
       so.store(t.se + j + kLanes);
     }
   }
+  if constexpr (std::is_same_v<T, BFloat16> && kFastBf16) {
+    // cn and sn are adjacent: 2 * half values
+    const fVec zero(0.0f), lo(0x1p-40f);
+    fVec bad(0.0f);
+    int64_t i = 0;
+    for (; i + kLanes <= 2 * half; i += kLanes) {
+      const fVec m = fVec::loadu(t.cn + i).abs();
+      bad = bad | ((m < lo) & (m != zero));
+    }
+    bool fast = bad.zero_mask() == (1 << kLanes) - 1;
+    for (; i < 2 * half; ++i) {
+      const float m = std::fabs(t.cn[i]);
+      fast &= m == 0.0f || m >= 0x1p-40f;
+    }
+    t.fast = fast;
+  }
 }
 
 // vLLM-form rows from a token's buffers.
 template <typename T>
-inline void neox_row_vllm(const T* x, T* o, const TokenCs& t, int64_t half) {
+OPIR_ROW void neox_row_vllm(const T* x, T* o, const TokenCs& t, int64_t half) {
   int64_t j = 0;
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<T, BFloat16>) {
@@ -327,6 +386,15 @@ inline void neox_row_vllm(const T* x, T* o, const TokenCs& t, int64_t half) {
       const __m512 ce = _mm512_loadu_ps(t.ce + j), co = _mm512_loadu_ps(t.ce + j + kLanes);
       const __m512 se = _mm512_loadu_ps(t.se + j), so = _mm512_loadu_ps(t.se + j + kLanes);
       __m512 o1e, o2e, o1o, o2o;
+#if defined(__AVX512BF16__)
+      if (t.fast && (bf16_tiny(r1) | bf16_tiny(r2)) == 0) {
+        bf16_rotate_fast(bf16_even(r1), bf16_even(r2), ce, se, o1e, o2e);
+        bf16_rotate_fast(bf16_odd(r1), bf16_odd(r2), co, so, o1o, o2o);
+        bf16_store_split_fast(o + j, o1e, o1o);
+        bf16_store_split_fast(o + half + j, o2e, o2o);
+        continue;
+      }
+#endif
       bf16_rotate(bf16_even(r1), bf16_even(r2), ce, se, o1e, o2e);
       bf16_rotate(bf16_odd(r1), bf16_odd(r2), co, so, o1o, o2o);
       bf16_store_split(o + j, o1e, o1o);
@@ -340,13 +408,21 @@ inline void neox_row_vllm(const T* x, T* o, const TokenCs& t, int64_t half) {
 }
 
 template <typename T>
-inline void gptj_row_vllm(const T* x, T* o, const TokenCs& t, int64_t half) {
+OPIR_ROW void gptj_row_vllm(const T* x, T* o, const TokenCs& t, int64_t half) {
   int64_t i = 0;
 #if defined(CPU_CAPABILITY_AVX512)
   if constexpr (std::is_same_v<T, BFloat16>) {
     for (; i + kLanes <= half; i += kLanes) {
       const __m512i r = _mm512_loadu_si512(x + 2 * i);
       __m512 o1, o2;
+#if defined(__AVX512BF16__)
+      if (t.fast && bf16_tiny(r) == 0) {
+        bf16_rotate_fast(bf16_even(r), bf16_odd(r), _mm512_loadu_ps(t.cn + i),
+                         _mm512_loadu_ps(t.sn + i), o1, o2);
+        bf16_store_split_fast(o + 2 * i, o1, o2);
+        continue;
+      }
+#endif
       bf16_rotate(bf16_even(r), bf16_odd(r), _mm512_loadu_ps(t.cn + i), _mm512_loadu_ps(t.sn + i),
                   o1, o2);
       bf16_store_split(o + 2 * i, o1, o2);
@@ -382,7 +458,7 @@ inline float sum_squares(const T* row, int64_t n) {
 }
 
 template <typename T>
-inline void norm_row(const T* x, T* z, const float* w, bool round_w, float eps, int64_t n) {
+OPIR_ROW void norm_row(const T* x, T* z, const float* w, bool round_w, float eps, int64_t n) {
   const float inv = 1.0f / std::sqrt(sum_squares(x, n) / static_cast<float>(n) + eps);
   const fVec vinv(inv);
   int64_t j = 0;
