@@ -43,7 +43,7 @@ def _is_int(value: object) -> bool:
 
 def _traced(t: torch.Tensor) -> bool:
     """Whether ``t``'s values cannot be read (fake/meta tensors, Dynamo tracing)."""
-    return t.device.type == "meta" or is_fake(t) or torch.compiler.is_compiling()
+    return torch.compiler.is_compiling() or t.device.type == "meta" or is_fake(t)
 
 
 def check_positions_range(positions: torch.Tensor, max_position: int, op: str) -> None:
@@ -176,6 +176,11 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool) -
     return torch.stack((first, second), dim=-1).flatten(-2)
 
 
+def _heads(x: torch.Tensor, head_size: int) -> torch.Tensor:
+    """``x`` as [tokens, heads, head_size] (a view; zero tokens allowed)."""
+    return x if x.dim() == 3 else x.unflatten(-1, (x.shape[-1] // head_size, head_size))
+
+
 def _rotary_one(
     x: torch.Tensor,
     head_size: int,
@@ -184,7 +189,7 @@ def _rotary_one(
     sin: torch.Tensor,
     neox: bool,
 ) -> torch.Tensor:
-    heads = x.view(x.shape[0], -1, head_size)
+    heads = _heads(x, head_size)
     rotated = _rotate(heads[..., :rotary_dim], cos, sin, neox)
     return torch.cat((rotated, heads[..., rotary_dim:]), dim=-1).reshape(x.shape)
 
@@ -243,7 +248,7 @@ def _check_head_weight(w: torch.Tensor, name: str, x: torch.Tensor, head_size: i
 def _per_head_norm(
     x: torch.Tensor, weight: torch.Tensor, epsilon: float, head_size: int, weight_bias: float
 ) -> torch.Tensor:
-    heads = x.view(x.shape[0], -1, head_size)
+    heads = _heads(x, head_size)
     return rms_norm.native(heads, weight, epsilon, None, weight_bias).view(x.shape)
 
 
