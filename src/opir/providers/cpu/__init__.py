@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import opir.providers.cpu.activation_impls  # the activation family: its impls
 import opir.providers.cpu.activation_kernels  # and its torch.ops.opir_cpu.*
-import opir.providers.cpu.kernels  # noqa: F401  (defines torch.ops.opir_cpu.* of the norms)
+import opir.providers.cpu.kernels  # defines torch.ops.opir_cpu.* of the norms
 import opir.providers.cpu.rotary_impls  # the rotary family: its impls
-import opir.providers.cpu.rotary_kernels  # and its torch.ops.opir_cpu.*
+import opir.providers.cpu.rotary_kernels  # noqa: F401  (and its torch.ops.opir_cpu.*)
 from opir.providers.cpu.availability import REASON, SUPPORTED
 from opir.providers.cpu.impls import (
     PROVIDER,
