@@ -295,6 +295,48 @@ inline void bf16_store_split_fast(BFloat16* p, __m512 even, __m512 odd) {
   _mm512_storeu_si512(p, _mm512_permutex2var_epi16(e, idx, o));
 }
 
+// Neox, 16 pairs (a = x1, b = x2 lanes) in one go, rounding two products per
+// instruction: P = cvt(a*c | b*c), Q = cvt(b*s | a*s) hold, after the shift / mask
+// unpack, R(b*c) and R(a*s) aligned in lanes 0-7 and R(a*c) and R(b*s) in lanes
+// 8-15 (even lanes of the 16 from the shift, odd ones from the mask), so one add
+// and one masked subtract give o2 and o1 side by side. The result: 32 bf16 words,
+// lane m meaning lane m of a/b: words 0-7 o2 at m = 2k, 8-15 o1 at m = 2k, 16-23 o2
+// at m = 2k + 1, 24-31 o1 at m = 2k + 1 (k the word's index in its group of 8).
+inline __m512i bf16_rotate_packed(__m512 a, __m512 b, __m512 c, __m512 s) {
+  const __m512i mask = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+  const __m512i p = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(_mm512_mul_ps(a, c),
+                                                                  _mm512_mul_ps(b, c)));
+  const __m512i q = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(_mm512_mul_ps(b, s),
+                                                                  _mm512_mul_ps(a, s)));
+  const __m512 p_lo = _mm512_castsi512_ps(_mm512_slli_epi32(p, 16));
+  const __m512 q_lo = _mm512_castsi512_ps(_mm512_slli_epi32(q, 16));
+  const __m512 p_hi = _mm512_castsi512_ps(_mm512_and_si512(p, mask));
+  const __m512 q_hi = _mm512_castsi512_ps(_mm512_and_si512(q, mask));
+  const __m512 z_lo = _mm512_mask_sub_ps(_mm512_add_ps(p_lo, q_lo), 0xFF00, p_lo, q_lo);
+  const __m512 z_hi = _mm512_mask_sub_ps(_mm512_add_ps(p_hi, q_hi), 0xFF00, p_hi, q_hi);
+  return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(z_hi, z_lo));
+}
+
+// Word indices that gather o1 (first) or o2 of 32 neighbouring positions from the
+// packed results of their even (e) and odd (o, +32) positions in the split layout.
+struct PackedIndex {
+  alignas(64) int16_t o1[32];
+  alignas(64) int16_t o2[32];
+  constexpr PackedIndex() : o1{}, o2{} {
+    for (int q = 0; q < 8; ++q) {
+      o1[4 * q] = static_cast<int16_t>(8 + q);
+      o1[4 * q + 1] = static_cast<int16_t>(32 + 8 + q);
+      o1[4 * q + 2] = static_cast<int16_t>(24 + q);
+      o1[4 * q + 3] = static_cast<int16_t>(32 + 24 + q);
+      o2[4 * q] = static_cast<int16_t>(q);
+      o2[4 * q + 1] = static_cast<int16_t>(32 + q);
+      o2[4 * q + 2] = static_cast<int16_t>(16 + q);
+      o2[4 * q + 3] = static_cast<int16_t>(32 + 16 + q);
+    }
+  }
+};
+constexpr PackedIndex kPacked{};
+
 inline void bf16_rotate_fast(__m512 a, __m512 b, __m512 c, __m512 s, __m512& o1, __m512& o2) {
   o1 = _mm512_sub_ps(bf16_round_fast(_mm512_mul_ps(a, c)), bf16_round_fast(_mm512_mul_ps(b, s)));
   o2 = _mm512_add_ps(bf16_round_fast(_mm512_mul_ps(b, c)), bf16_round_fast(_mm512_mul_ps(a, s)));
@@ -388,10 +430,11 @@ OPIR_ROW void neox_row_vllm(const T* x, T* o, const TokenCs& t, int64_t half) {
       __m512 o1e, o2e, o1o, o2o;
 #if defined(__AVX512BF16__)
       if (t.fast && (bf16_tiny(r1) | bf16_tiny(r2)) == 0) {
-        bf16_rotate_fast(bf16_even(r1), bf16_even(r2), ce, se, o1e, o2e);
-        bf16_rotate_fast(bf16_odd(r1), bf16_odd(r2), co, so, o1o, o2o);
-        bf16_store_split_fast(o + j, o1e, o1o);
-        bf16_store_split_fast(o + half + j, o2e, o2o);
+        const __m512i fe = bf16_rotate_packed(bf16_even(r1), bf16_even(r2), ce, se);
+        const __m512i fo = bf16_rotate_packed(bf16_odd(r1), bf16_odd(r2), co, so);
+        _mm512_storeu_si512(o + j, _mm512_permutex2var_epi16(fe, _mm512_load_si512(kPacked.o1), fo));
+        _mm512_storeu_si512(o + half + j,
+                            _mm512_permutex2var_epi16(fe, _mm512_load_si512(kPacked.o2), fo));
         continue;
       }
 #endif
