@@ -9,13 +9,12 @@ What the kernels cover (anything else is rejected by the predicates and falls
 through to the next provider):
 
 * ``rotary_embedding`` / ``qk_norm_rope`` (in place; the functional op runs
-  them on clones): CPU query/key in fp32, bf16 or fp16, 2-D or 3-D with a
-  contiguous last dim and any token/head strides (column views of one qkv
-  buffer are written in place, the rest of the buffer untouched); a cache of
-  any float dtype (cast to the query's dtype as the native casts it), in
-  any layout (a query/key whose last dim has a stride runs on a contiguous copy
-  written back); int32/int64 positions. ``key=None`` for ``rotary_embedding``.
-  q/k norm weights in fp32, bf16 or fp16.
+  them on clones): CPU query/key in fp32, bf16 or fp16, 2-D or 3-D with any
+  token/head strides (column views of one qkv buffer are written in place, the
+  rest of the buffer untouched; a last dim with a stride runs on a contiguous
+  copy written back); a cache of any float dtype and strides (cast to the
+  query's dtype as the native casts it); int32/int64 positions; ``key=None``
+  for ``rotary_embedding``; q/k norm weights in fp32, bf16 or fp16.
 * ``rotary_pos_emb`` / ``qk_norm_rotary_pos_emb`` (new outputs, q's layout when
   q is dense): 4-D q/k, 3-D cos/sin, all four of one dtype (fp32, bf16, fp16;
   other dtypes promote in the native), last dims contiguous, ``unsqueeze_dim``
