@@ -139,7 +139,7 @@ inline fVec rnd(const fVec& v) {
 #elif defined(CPU_CAPABILITY_AVX2)
     return _mm256_cvtph_ps(_mm256_cvtps_ph(__m256(v), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 #else
-    return at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v)).first;
+    return std::get<0>(at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v)));
 #endif
   }
 }
