@@ -259,6 +259,7 @@ BAD_ROTARY = {
     "2-D positions": (_bad(0, lambda a: a[0][:, None]), "positions must be a 1-D integer"),
     "float positions": (_bad(0, lambda a: a[0].float()), "positions must be int32 or int64"),
     "bool positions": (_bad(0, lambda a: a[0] > 0), "positions must be int32 or int64"),
+    "uint8 positions": (_bad(0, lambda a: a[0].to(torch.uint8)), "positions must be int32 or"),
     "short positions": (_bad(0, lambda a: a[0][:3]), "positions has 3 entries but query has 4"),
     "negative position": (_bad(0, torch.tensor([0, 1, -1, 2])), r"positions must be in \[0, 16\)"),
     "position past the cache": (

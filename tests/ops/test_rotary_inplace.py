@@ -181,3 +181,32 @@ def test_compile_fullgraph_with_and_without_key(op):
             got = compiled(positions, q, k, cache)
             for g, w in zip(got, want, strict=True):
                 assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("key", [True, False])
+def test_inputs_requiring_grad_get_the_inference_error(op, key):
+    args = _args(key, dtype=torch.float32)
+    args[1].requires_grad_()
+    out = op(*args)
+    assert isinstance(out, list) and len(out) == (2 if key else 1)
+    with pytest.raises(RuntimeError, match="inference op"):
+        out[0].sum().backward()
+    with pytest.raises(RuntimeError, match="cannot be used with tensors that require grad"):
+        op.maybe_inplace(*args)
+
+
+def test_check_grid_covers_the_rotary_variants():
+    """opir check: the generator's variants (key=None, GPT-J, partial, 3-D, GQA, fp32
+    cache) are grid cases, and the donation cases put q and k in one buffer."""
+    from opir.check.cases import grid_cases, inplace_cases
+
+    labels = [c.label for c in grid_cases(rotary_embedding, full=False)]
+    for variant in ("no key", "GPT-J style", "partial rotary", "3-D", "GQA heads", "fp32 cache"):
+        assert f"bfloat16 {variant}" in labels
+    cases = {c.label: c for c in inplace_cases(rotary_embedding, full=False)}
+    q, k = cases["bfloat16 disjoint views of one buffer"].make()[1:3]
+    assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
+    assert k.data_ptr() == q.data_ptr() + q.shape[1] * q.element_size()
+    q, k = cases["bfloat16 one tensor for every activation"].make()[1:3]
+    assert k.data_ptr() == q.data_ptr()
+    assert cases["bfloat16 no key"].make()[2] is None

@@ -42,8 +42,11 @@ def _is_int(value: object) -> bool:
 
 
 def _traced(t: torch.Tensor) -> bool:
-    """Whether ``t``'s values cannot be read (fake/meta tensors, Dynamo tracing)."""
-    return torch.compiler.is_compiling() or t.device.type == "meta" or is_fake(t)
+    """Whether ``t``'s values cannot be read: fake/meta tensors, Dynamo tracing, or a
+    CUDA graph being captured (reading a value would synchronise the stream)."""
+    if torch.compiler.is_compiling() or t.device.type == "meta" or is_fake(t):
+        return True
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def check_positions_range(positions: torch.Tensor, max_position: int, op: str) -> None:
@@ -99,11 +102,7 @@ def check_rotary_args(
     if not isinstance(positions, torch.Tensor) or positions.dim() != 1:
         got = list(positions.shape) if isinstance(positions, torch.Tensor) else positions
         raise ValueError(f"{op}: positions must be a 1-D integer tensor [tokens], got {got}")
-    if (
-        positions.dtype.is_floating_point
-        or positions.dtype.is_complex
-        or positions.dtype == (torch.bool)
-    ):
+    if positions.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"{op}: positions must be int32 or int64, got {positions.dtype}")
     if not query.dtype.is_floating_point:
         raise ValueError(f"{op}: query must be a floating-point tensor, got {query.dtype}")

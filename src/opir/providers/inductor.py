@@ -61,14 +61,22 @@ _Tensor = torch.Tensor
 
 class Settings(NamedTuple):
     exact_rounding: bool = False  # Inductor rounds where eager rounds (16-bit intermediates)
-    precheck: Callable[[tuple], None] | None = None  # eager checks on the complete args
+    precheck: Callable[[tuple], object] | None = None  # eager checks on the complete args
+
+
+def _check_rotary_embedding(a: tuple) -> object:
+    # (positions, query, key, head_size, cos_sin_cache, is_neox_style, rotary_dim)
+    return _rotary.check_rotary_args(a[0], a[1], a[2], a[3], a[4], a[6])
+
+
+def _check_qk_norm_rope(a: tuple) -> object:
+    # (positions, query, key, q_weight, k_weight, epsilon, head_size, cos_sin_cache, ...)
+    return _rotary.check_rotary_args(a[0], a[1], a[2], a[6], a[7], a[9], "qk_norm_rope")
 
 
 SETTINGS: dict[str, Settings] = {
-    "rotary_embedding": Settings(True, lambda a: _rotary.check_rotary_args(*a[:5], a[6])),
-    "qk_norm_rope": Settings(
-        True, lambda a: _rotary.check_rotary_args(*a[:3], a[6], a[7], a[9], "qk_norm_rope")
-    ),
+    "rotary_embedding": Settings(True, _check_rotary_embedding),
+    "qk_norm_rope": Settings(True, _check_qk_norm_rope),
     "rotary_pos_emb": Settings(True),
     "qk_norm_rotary_pos_emb": Settings(True),
 }
@@ -138,9 +146,9 @@ class CompiledNative:
             fn = self.compiled.get(kind)
             if fn is None:
                 self._copies += 1
-                options = (
-                    {"emulate_precision_casts": True} if self.settings.exact_rounding else None
-                )
+                options: dict[str, str | int | bool | Callable[..., Any]] | None = None
+                if self.settings.exact_rounding:
+                    options = {"emulate_precision_casts": True}
                 fn = torch.compile(
                     _fresh_copy(self.op.native, self._copies),
                     dynamic=True,
