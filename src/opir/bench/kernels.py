@@ -33,6 +33,15 @@ activations`` compares with vLLM, on its shapes; every other activation op with
 ``--full``) over tokens x intermediate size ``d`` (x is ``[tokens, 2 * d]``).
 An activation op returns a new tensor, so its copy is a ``clone()`` of
 read 2d + write d elements per token.
+
+The rotary family (``rotary_embedding``, neox and GPT-J) runs on vLLM's CPU
+kernel's shapes: tokens x 32 query / 8 kv heads x head size 128, bf16 and fp32,
+a cache of the query's dtype (vLLM refuses an fp32 cache with a bf16 query),
+in place. With ``--vllm`` (vLLM's CPU ``_C`` loaded as ``opir bench
+activations --vllm`` loads it) two more columns: ``opir``, the public
+``rotary_embedding.maybe_inplace`` call (eager dispatch included), and
+``vllm``, ``torch.ops._C.rotary_embedding`` in place on its own copies of the
+same inputs; the target is opir <= 1.0x vLLM on every shape.
 """
 
 from __future__ import annotations
@@ -58,6 +67,7 @@ from opir.bench.timing import (
 from opir.core.op import Op
 from opir.ops import fused_add_rms_norm, rms_norm
 from opir.ops.activations import OPS as ACTIVATION_OPS
+from opir.ops.rotary import rotary_embedding
 
 COPY = "copy"
 PROVIDERS = ("native", "cpu", "inductor", "triton", "flashinfer")
@@ -82,6 +92,8 @@ class Case:
 
     op: Op
     inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """More input-generator keywords, the same on every row (not in the label)."""
 
     @property
     def label(self) -> str:
@@ -116,17 +128,30 @@ ACTIVATIONS = Family(
     _activations.TOKENS,
     _activations.INTERMEDIATE,
 )
-FAMILIES = (NORMS, ACTIVATIONS)
+# vLLM's CPU rotary_embedding shapes (issue 18): 32 query / 8 kv heads x head size 128
+ROTARY_HEADS = {"num_heads": 32, "num_kv_heads": 8, "max_position": 4096}
+ROTARY = Family(
+    "rotary",
+    tuple(Case(rotary_embedding, {"is_neox_style": neox}, ROTARY_HEADS) for neox in (True, False)),
+    ACTIVATION_VARIANTS,
+    (1, 16, 256, 2048),
+    (128,),
+)
+FAMILIES = (NORMS, ACTIVATIONS, ROTARY)
+VLLM = "vllm"
+OPIR = "opir"
 # --full: every op with kernels (all_reduce_rms_norm needs a process group: not here)
 _MORE_ACTIVATIONS = [op for op in ACTIVATION_OPS if all(c.op is not op for c in ACTIVATIONS.cases)]
 FULL = (
     dataclasses.replace(NORMS, cases=(*NORMS.cases, Case(_ops.rms_norm_gated))),
     dataclasses.replace(ACTIVATIONS, cases=(*ACTIVATIONS.cases, *_cases(_MORE_ACTIVATIONS))),
+    ROTARY,
 )
 # --short (``make run``): a couple of shapes per op
 _SHORT: dict[str, dict[str, Any]] = {
     "norm": {"tokens": (1, 256, 4096), "hidden": (4096,), "variants": VARIANTS[::2]},
     "activation": {"tokens": _activations.SHORT_TOKENS, "hidden": _activations.SHORT_INTERMEDIATE},
+    "rotary": {"tokens": (1, 256)},
 }
 
 
@@ -223,11 +248,17 @@ def measure(
     rounds: int,
     device: str = "cpu",
     family: str = "norm",
+    vllm: bool = False,
 ) -> KernelResult:
     case = op if isinstance(op, Case) else Case(op)
     op = case.op
     label, dtype, weight_dtype = variant
-    shape_kw: dict[str, Any] = {"num_tokens": tokens, "hidden_size": hidden, **case.inputs}
+    shape_kw: dict[str, Any] = {
+        "num_tokens": tokens,
+        "hidden_size": hidden,
+        **case.inputs,
+        **case.fixed,
+    }
     if weight_dtype is not None:
         shape_kw["weight_dtype"] = weight_dtype
     args = op.sample_inputs(dtype=dtype, device=device, **shape_kw)
@@ -245,6 +276,8 @@ def measure(
         impl.eager_fn(*call_args)  # warm up (builds / compiles / loads on first use)
         eager = op.impls[provider].eager_fn  # after loading: the launcher itself
         candidates[provider] = functools.partial(eager, *call_args)
+    if vllm and op is rotary_embedding and not cuda:
+        candidates.update(_vllm_rotary(args))
     number = min(calls_per_round(fn, cuda=cuda) for fn in candidates.values())
     if cuda:
         samples = interleave_cuda(candidates, rounds=rounds, number=number, warmup=2)
@@ -262,6 +295,19 @@ def measure(
     )
 
 
+def _vllm_rotary(args: tuple) -> dict[str, Callable[[], object]]:
+    """opir's public in-place call and vLLM's CPU kernel, each on its own copies
+    (``torch.ops._C`` must be loaded: ``activations.load_vllm``)."""
+    positions, query, key, head_size, cache, neox, _ = args
+    mine = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    q, k = query.clone(), key.clone()
+    kernel = torch.ops._C.rotary_embedding
+    return {
+        OPIR: functools.partial(rotary_embedding.maybe_inplace, *mine),
+        VLLM: lambda: kernel(positions, q, k, head_size, cache, neox),
+    }
+
+
 def run(
     *,
     ops: Sequence[Op] = (rms_norm, fused_add_rms_norm),
@@ -273,9 +319,12 @@ def run(
     rounds: int = 9,
     on_result: Callable[[KernelResult], None] | None = None,
     device: str | None = None,
+    vllm: bool = False,
 ) -> list[KernelResult]:
     """Time every family's cases on its shapes (``families``, e.g. ``FAMILIES``); without
-    ``families``, the norm family made of ``ops`` on ``variants`` x ``tokens`` x ``hidden``."""
+    ``families``, the norm family made of ``ops`` on ``variants`` x ``tokens`` x ``hidden``.
+    ``vllm``: also time vLLM's CPU kernels where a family has one (rotary; load them
+    first with ``opir.bench.activations.load_vllm``)."""
     check_counts(rounds=rounds)
     if families is None:
         families = [Family("norm", _cases(ops), tuple(variants), tuple(tokens), tuple(hidden))]
@@ -293,7 +342,7 @@ def run(
                 usable = [p for p in providers if _usable(p, case, device)]
                 shapes = itertools.product(family.variants, family.tokens, family.hidden)
                 for variant, t, h in shapes:
-                    result = measure(case, variant, t, h, usable, rounds, device, family.name)
+                    result = measure(case, variant, t, h, usable, rounds, device, family.name, vllm)
                     results.append(result)
                     if on_result is not None:
                         on_result(result)
@@ -309,7 +358,12 @@ def _usable(provider: str, case: Case, device: str) -> bool:
     if provider == "triton" and device == "cpu":
         return False
     probe = case.op.sample_inputs(
-        dtype=torch.bfloat16, num_tokens=1, hidden_size=64, device=device, **case.inputs
+        dtype=torch.bfloat16,
+        num_tokens=1,
+        hidden_size=64,
+        device=device,
+        **case.inputs,
+        **case.fixed,
     )
     return impl.supports_args is None or impl.supports_args(*probe)
 
@@ -393,6 +447,11 @@ def check_targets(results: Sequence[KernelResult]) -> list[Target]:
     if rows := having(activations, "cpu", "native"):  # issue 17
         misses = ratio_misses(rows, "cpu", "native", 1.0, strict=True)
         targets.append(_target("activations: cpu faster than native on every shape", misses))
+    rotary = [r for r in results if r.family == "rotary"]
+    if rows := having(rotary, OPIR, VLLM):  # issue 18
+        misses = ratio_misses(rows, OPIR, VLLM, 1.0)
+        description = "rotary: opir's maybe_inplace <= 1.0x vLLM's CPU kernel on every shape"
+        targets.append(_target(description, misses))
     return targets
 
 

@@ -48,6 +48,12 @@ CPU_EAGER = {
             "gelu_mul",
         )
     },
+    # Rotary: the cpu kernels rotate bit-identically to native (the q/k-norm ops within
+    # rms_norm's tolerance) and beat vLLM's CPU kernel (docs/rotary.md, "cpu provider").
+    **{
+        name: ["cpu", "native"]
+        for name in ("rotary_embedding", "qk_norm_rope", "rotary_pos_emb", "qk_norm_rotary_pos_emb")
+    },
 }
 
 

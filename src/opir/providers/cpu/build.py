@@ -99,6 +99,14 @@ def cflags() -> list[str]:
     return ["-O3", "-std=c++20", "-fopenmp", *isa_flags()]
 
 
+FAMILY_FLAGS: dict[str, tuple[str, ...]] = {
+    # torch rounds every product and sum of a rotation separately (fp32 included):
+    # no product may be fused into an FMA with the following add
+    "rotary": ("-ffp-contract=off",),
+}
+"""Compiler flags of one source family only, after ``cflags()`` (part of its build key)."""
+
+
 @functools.cache
 def _compiler_version() -> str:
     cxx = detect().cxx or "c++"
@@ -139,6 +147,7 @@ def build_key(family: str = DEFAULT_FAMILY) -> str:
     parts = (
         family,
         *cflags(),
+        *FAMILY_FLAGS.get(family, ()),
         torch.__version__,
         str(Path(torch.__file__).resolve().parent),
         str(torch._C._GLIBCXX_USE_CXX11_ABI),
@@ -225,6 +234,7 @@ def _build_error(e: BaseException, family: str) -> ProviderBuildError:
 _EXAMPLE_PRIORITY = {
     "norms": "rms_norm=native;fused_add_rms_norm=native;rms_norm_gated=native",
     "activations": "silu_and_mul=native;silu_mul=native",
+    "rotary": "rotary_embedding=native;rotary_pos_emb=native",
 }
 
 
@@ -275,7 +285,7 @@ def _compile(family: str, name: str, directory: Path, library: Path, manifest: P
                 name=name,
                 sources=[str(source(family))],
                 build_directory=str(scratch),
-                extra_cflags=cflags(),
+                extra_cflags=[*cflags(), *FAMILY_FLAGS.get(family, ())],
                 extra_ldflags=["-fopenmp"],
                 verbose=False,
             )
