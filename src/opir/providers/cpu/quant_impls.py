@@ -1,0 +1,134 @@
+"""The ``cpu`` provider's int8 quantization predicates and impls (kernels: ``quant_kernels.py``).
+
+Eager calls go straight to the launchers of ``quant.cpp``; under a dispatch mode
+(make_fx, FakeTensor, export) the impls call the custom ops
+``torch.ops.opir_cpu.<op>`` instead. A failing build follows the kit's
+load-failure policy, for this family alone (its own ``PROVIDER``).
+
+What the kernels cover (anything else is rejected by the predicates and falls
+through to the next provider): ``dtype=torch.int8`` (fp8 goes to native); CPU
+tensors in fp32, bf16 or fp16 whose last dim is contiguous (leading dims may
+have any strides; nothing is copied), any number of rows including zero; the
+norm ops with a weight of any of those dtypes or none; ``silu_and_mul_quant``
+and ``silu_and_mul_dynamic_quant`` in bf16 and fp16 only (their fp32 silu is
+not bit-identical to the native's fp64 one). Every output is bit-identical to
+the native (docs/quantization.md, "cpu provider"). Inputs no provider can run
+(a scale that is not one fp32 value, a weight of the wrong length, a residual of
+another shape) pass the predicates and are rejected by the kernels with a
+ValueError.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from opir.ops.quant import (
+    dynamic_quant,
+    fused_add_rms_norm_dynamic_quant,
+    fused_add_rms_norm_quant,
+    rms_norm_dynamic_quant,
+    rms_norm_quant,
+    silu_and_mul_dynamic_quant,
+    silu_and_mul_quant,
+    static_quant,
+)
+from opir.providers.cpu.impls import family_provider
+
+# Its own Provider of 'cpu' (see family_provider): quant.cpp is built on the first
+# quant call, and a failed build withdraws the quant ops only.
+PROVIDER = family_provider("opir.providers.cpu.quant_kernels")
+
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_HALF = (torch.bfloat16, torch.float16)
+_INT8 = torch.int8
+
+# Predicates: only what the kernels cannot do, reading few attributes (they are on
+# the dispatch hot path; the checks are written out rather than shared).
+
+
+def supports_static_quant(x, scale, dtype) -> bool:
+    if dtype is not _INT8 or x.dtype not in _DTYPES or not x.is_cpu:
+        return False
+    return x.is_contiguous() or x.stride(-1) == 1
+
+
+def supports_dynamic_quant(x, dtype, per_token=True, scale_ub=None) -> bool:
+    if dtype is not _INT8 or x.dtype not in _DTYPES or not x.is_cpu:
+        return False
+    return x.is_contiguous() or x.stride(-1) == 1
+
+
+def supports_rms_norm_quant(x, weight, epsilon, scale, dtype, weight_bias=0.0) -> bool:
+    if dtype is not _INT8 or x.dtype not in _DTYPES or not x.is_cpu:
+        return False
+    if not (x.is_contiguous() or x.stride(-1) == 1):
+        return False
+    return weight is None or weight.dtype in _DTYPES
+
+
+def supports_rms_norm_dynamic_quant(
+    x, weight, epsilon, dtype, scale_ub=None, weight_bias=0.0
+) -> bool:
+    if dtype is not _INT8 or x.dtype not in _DTYPES or not x.is_cpu:
+        return False
+    if not (x.is_contiguous() or x.stride(-1) == 1):
+        return False
+    return weight is None or weight.dtype in _DTYPES
+
+
+def supports_fused_add_rms_norm_quant(
+    x, x_residual, weight, epsilon, scale, dtype, weight_bias=0.0
+) -> bool:
+    if dtype is not _INT8 or x.dtype not in _DTYPES or not x.is_cpu:
+        return False
+    if not (x.is_contiguous() or x.stride(-1) == 1):
+        return False
+    if x_residual.dtype is not x.dtype or not (
+        x_residual.is_contiguous() or x_residual.stride(-1) == 1
+    ):
+        return False
+    return weight is None or weight.dtype in _DTYPES
+
+
+def supports_fused_add_rms_norm_dynamic_quant(
+    x, x_residual, weight, epsilon, dtype, scale_ub=None, weight_bias=0.0
+) -> bool:
+    if dtype is not _INT8 or x.dtype not in _DTYPES or not x.is_cpu:
+        return False
+    if not (x.is_contiguous() or x.stride(-1) == 1):
+        return False
+    if x_residual.dtype is not x.dtype or not (
+        x_residual.is_contiguous() or x_residual.stride(-1) == 1
+    ):
+        return False
+    return weight is None or weight.dtype in _DTYPES
+
+
+def supports_silu_and_mul_quant(x, scale, dtype) -> bool:
+    if dtype is not _INT8 or x.dtype not in _HALF or not x.is_cpu:
+        return False
+    return x.is_contiguous() or x.stride(-1) == 1
+
+
+def supports_silu_and_mul_dynamic_quant(x, dtype, scale_ub=None) -> bool:
+    if dtype is not _INT8 or x.dtype not in _HALF or not x.is_cpu:
+        return False
+    return x.is_contiguous() or x.stride(-1) == 1
+
+
+PROVIDER.register(static_quant, supports_static_quant)
+PROVIDER.register(dynamic_quant, supports_dynamic_quant)
+PROVIDER.register(rms_norm_quant, supports_rms_norm_quant)
+PROVIDER.register(rms_norm_dynamic_quant, supports_rms_norm_dynamic_quant)
+PROVIDER.register(silu_and_mul_quant, supports_silu_and_mul_quant)
+PROVIDER.register(silu_and_mul_dynamic_quant, supports_silu_and_mul_dynamic_quant)
+# In place on x_residual; the kernel handles aliasing and overlap itself (a residual
+# overlapping x: x is read from a copy; a residual whose elements overlap: a fresh one).
+for _op, _supports in (
+    (fused_add_rms_norm_quant, supports_fused_add_rms_norm_quant),
+    (fused_add_rms_norm_dynamic_quant, supports_fused_add_rms_norm_dynamic_quant),
+):
+    PROVIDER.register(
+        _op, _supports, inplace=True, aliasing_safe=True, traceable=f"{_op.name}_traced"
+    )
+del _op, _supports
