@@ -18,7 +18,7 @@
 //  * silu_and_mul -> quant: opir's activation: silu in fp64 rounded once to T
 //    (a table over every 16-bit input, built by ATen's fp64 silu), times up in
 //    fp32 rounded to T. bf16/fp16 only (fp32 x falls through to native).
-// NaN and inf follow the native (see `quantize8`).
+// NaN and inf follow the native (see `quantize1`).
 //
 // Rows: any leading dims with any strides, last dim contiguous; nothing is
 // copied. Outputs are new contiguous tensors (the residual of the in-place
@@ -105,59 +105,102 @@ inline int8_t quantize1(float v, float inv) {
   return static_cast<int8_t>(static_cast<int32_t>(y));
 }
 
-// n values of src (fp32) times inv, to int8.
-inline void quantize8(const float* src, float inv, int8_t* q, int64_t n) {
-  int64_t j = 0;
+// One vector of fp32 values times inv, to kLanes int8 at q.
+struct Quantizer {
+  float scalar;
+  fVec inv;
+  explicit Quantizer(float inv_) : scalar(inv_), inv(inv_) {}
+
+  inline void operator()(const fVec& v, int8_t* q) const {
 #if defined(CPU_CAPABILITY_AVX512)
-  const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(kQMin),
-               hi = _mm512_set1_ps(kQMax);
-  for (; j + 16 <= n; j += 16) {
-    __m512 y = _mm512_mul_ps(_mm512_loadu_ps(src + j), vinv);
-    __mmask16 ok = _mm512_cmp_ps_mask(y, y, _CMP_ORD_Q);  // NaN lanes -> 0
+    __m512 y = _mm512_mul_ps(v, inv);
+    const __mmask16 ok = _mm512_cmp_ps_mask(y, y, _CMP_ORD_Q);  // NaN lanes -> 0
     y = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    y = _mm512_min_ps(_mm512_max_ps(y, lo), hi);
-    __m512i i = _mm512_maskz_cvtps_epi32(ok, y);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + j), _mm512_cvtepi32_epi8(i));
-  }
+    y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(kQMin)), _mm512_set1_ps(kQMax));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q),
+                     _mm512_cvtepi32_epi8(_mm512_maskz_cvtps_epi32(ok, y)));
 #elif defined(CPU_CAPABILITY_AVX2)
-  const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(kQMin),
-               hi = _mm256_set1_ps(kQMax);
-  for (; j + 8 <= n; j += 8) {
-    __m256 y = _mm256_mul_ps(_mm256_loadu_ps(src + j), vinv);
-    __m256 ok = _mm256_cmp_ps(y, y, _CMP_ORD_Q);
+    __m256 y = _mm256_mul_ps(v, inv);
+    const __m256 ok = _mm256_cmp_ps(y, y, _CMP_ORD_Q);
     y = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    y = _mm256_and_ps(_mm256_min_ps(_mm256_max_ps(y, lo), hi), ok);
-    __m256i i = _mm256_cvtps_epi32(y);
-    __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + j), _mm_packs_epi16(w, w));
-  }
+    y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(kQMin)), _mm256_set1_ps(kQMax));
+    const __m256i i = _mm256_cvtps_epi32(_mm256_and_ps(y, ok));
+    const __m128i w =
+        _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q), _mm_packs_epi16(w, w));
+#else
+    alignas(64) float buf[kLanes];
+    v.store(buf);
+    for (int64_t k = 0; k < kLanes; ++k) q[k] = quantize1(buf[k], scalar);
 #endif
-  for (; j < n; ++j) q[j] = quantize1(src[j], inv);
+  }
+};
+
+// n values of x (any T) times inv, to int8: one pass.
+template <typename T>
+inline void quantize_row(const T* x, float inv, int8_t* q, int64_t n) {
+  const Quantizer quant(inv);
+  int64_t j = 0;
+  fVec a, b;
+  for (; j + kStep <= n; j += kStep) {
+    load2(x + j, a, b);
+    quant(a, q + j);
+    quant(b, q + j + kLanes);
+  }
+  for (; j < n; ++j) q[j] = quantize1(static_cast<float>(x[j]), inv);
 }
 
-// max |v| over n fp32 values; NaN if any is NaN (torch's amax propagates NaN).
-inline float absmax(const float* v, int64_t n) {
-  fVec m(0.0f), nan(0.0f);
+// Running max |v| of vectors, and whether any lane was NaN (torch's amax propagates
+// NaN; the max instruction alone would drop it).
+struct AbsMax {
+  fVec m0{0.0f}, m1{0.0f}, nan{0.0f};
+  float tail = 0.0f;
+  bool tail_nan = false;
+
+  static inline fVec max_raw(const fVec& a, const fVec& b) {
+#if defined(CPU_CAPABILITY_AVX512)
+    return _mm512_max_ps(a, b);
+#elif defined(CPU_CAPABILITY_AVX2)
+    return _mm256_max_ps(a, b);
+#else
+    return at::vec::maximum(a, b);
+#endif
+  }
+  inline void add2(const fVec& a, const fVec& b) {
+    nan = nan | a.isnan() | b.isnan();
+    m0 = max_raw(m0, a.abs());
+    m1 = max_raw(m1, b.abs());
+  }
+  inline void add1(float v) {
+    tail_nan |= v != v;
+    tail = std::max(tail, std::abs(v));
+  }
+  inline float value() const {
+    alignas(64) float ml[kLanes], nl[kLanes];
+    max_raw(m0, m1).store(ml);
+    nan.store(nl);
+    float r = tail;
+    bool has_nan = tail_nan;
+    for (int64_t k = 0; k < kLanes; ++k) {
+      r = std::max(r, ml[k]);
+      has_nan |= nl[k] != 0.0f;
+    }
+    return has_nan ? std::numeric_limits<float>::quiet_NaN() : r;
+  }
+};
+
+// max |x| over n values of any T; NaN if any is NaN.
+template <typename T>
+inline float absmax(const T* x, int64_t n) {
+  AbsMax acc;
   int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    fVec a = fVec::loadu(v + j);
-    nan = nan | a.isnan();
-    m = at::vec::maximum(m, a.abs());
+  fVec a, b;
+  for (; j + kStep <= n; j += kStep) {
+    load2(x + j, a, b);
+    acc.add2(a, b);
   }
-  alignas(64) float ml[kLanes], nl[kLanes];
-  m.store(ml);
-  nan.store(nl);
-  float r = 0.0f;
-  bool has_nan = false;
-  for (int64_t k = 0; k < kLanes; ++k) {
-    r = std::max(r, ml[k]);
-    has_nan |= nl[k] != 0.0f;
-  }
-  for (; j < n; ++j) {
-    has_nan |= v[j] != v[j];
-    r = std::max(r, std::abs(v[j]));
-  }
-  return has_nan ? std::numeric_limits<float>::quiet_NaN() : r;
+  for (; j < n; ++j) acc.add1(static_cast<float>(x[j]));
+  return acc.value();
 }
 
 // The dynamic scale of a block whose largest magnitude is amax (NaN stays NaN);
@@ -311,8 +354,55 @@ inline float cascade_sum_sq(const float* s, int64_t n) {
 // opir's rms_norm native: y = s * rsqrt(mean(s^2) + eps), then the weight
 // multiply in promote_types(T, W) (W = T: round y to T first), rounded to T.
 
+// Where a fused row's values (fp32, rounded to T) go: quantized at once with a static
+// scale (q), or kept in y with their absmax (a dynamic scale needs it first).
+struct Sink {
+  int8_t* q = nullptr;  // static: quantize into q
+  Quantizer quant{0.0f};
+  float* y = nullptr;  // dynamic: store into y, track the absmax
+  AbsMax amax;
+
+  inline void put2(int64_t j, const fVec& a, const fVec& b) {
+    if (q != nullptr) {
+      quant(a, q + j);
+      quant(b, q + j + kLanes);
+    } else {
+      a.store(y + j);
+      b.store(y + j + kLanes);
+      amax.add2(a, b);
+    }
+  }
+  inline void put1(int64_t j, float v) {
+    if (q != nullptr) {
+      q[j] = quantize1(v, quant.scalar);
+    } else {
+      y[j] = v;
+      amax.add1(v);
+    }
+  }
+};
+
+// The row of q (and the scale) of a fused op: quantized directly (static), or
+// from y after the row's absmax is known (dynamic, writing the scale to *scale).
+inline Sink make_sink(int8_t* q, float inv, float* y, bool dynamic) {
+  Sink sink;
+  if (dynamic) {
+    sink.y = y;
+  } else {
+    sink.q = q;
+    sink.quant = Quantizer(inv);
+  }
+  return sink;
+}
+
+inline void finish_dynamic(Sink& sink, int8_t* q, float* scale, float ub, int64_t n) {
+  const float sc = dynamic_scale(sink.amax.value(), ub);
+  *scale = sc;
+  quantize_row<float>(sink.y, reciprocal(sc), q, n);
+}
+
 template <typename T, typename W>
-inline void norm_row(const float* s, int64_t n, float eps, const float* w, float* out) {
+inline void norm_row(const float* s, int64_t n, float eps, const float* w, Sink& sink) {
   const float mean = cascade_sum_sq(s, n) / static_cast<float>(n);
   const float inv = 1.0f / std::sqrt(mean + eps);
   const fVec vinv(inv);
@@ -329,13 +419,12 @@ inline void norm_row(const float* s, int64_t n, float eps, const float* w, float
       b = b * wb;
     }
     round2<T>(a, b);
-    a.store(out + j);
-    b.store(out + j + kLanes);
+    sink.put2(j, a, b);
   }
   for (; j < n; ++j) {
     float v = s[j] * inv;
     if (w != nullptr) v = round_to<W>(v) * w[j];
-    out[j] = round_to<T>(v);
+    sink.put1(j, round_to<T>(v));
   }
 }
 
@@ -359,7 +448,7 @@ const float* silu_table() {
 }
 
 template <typename T>
-inline void silu_mul_row(const T* gate, const T* up, float* out, int64_t d, const float* table) {
+inline void silu_mul_row(const T* gate, const T* up, int64_t d, const float* table, Sink& sink) {
   const auto* bits = reinterpret_cast<const uint16_t*>(gate);
   alignas(64) float act[kStep];
   int64_t j = 0;
@@ -369,10 +458,9 @@ inline void silu_mul_row(const T* gate, const T* up, float* out, int64_t d, cons
     load2(up + j, m0, m1);
     fVec a = fVec::loadu(act) * m0, b = fVec::loadu(act + kLanes) * m1;
     round2<T>(a, b);
-    a.store(out + j);
-    b.store(out + j + kLanes);
+    sink.put2(j, a, b);
   }
-  for (; j < d; ++j) out[j] = round_to<T>(table[bits[j]] * static_cast<float>(up[j]));
+  for (; j < d; ++j) sink.put1(j, round_to<T>(table[bits[j]] * static_cast<float>(up[j])));
 }
 
 // ----------------------------------------------------------------------------
@@ -501,18 +589,8 @@ at::Tensor static_quant(const at::Tensor& x, const at::Tensor& scale, at::Scalar
     const T* xp = x.const_data_ptr<T>();
     int8_t* qp = q.data_ptr<int8_t>();
     at::parallel_for(0, rows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
-      std::vector<float> buf;
-      if constexpr (!std::is_same_v<T, float>) buf.resize(cols);
       for (int64_t r = begin; r < end; ++r) {
-        const T* xr = xp + rows.offset(r);
-        const float* v;
-        if constexpr (std::is_same_v<T, float>) {
-          v = xr;
-        } else {
-          to_float(xr, buf.data(), cols);
-          v = buf.data();
-        }
-        quantize8(v, inv, qp + r * cols, cols);
+        quantize_row(xp + rows.offset(r), inv, qp + r * cols, cols);
       }
     });
   });
@@ -541,20 +619,11 @@ std::tuple<at::Tensor, at::Tensor> dynamic_quant(const at::Tensor& x, at::Scalar
     float* sp = scales.data_ptr<float>();
     if (per_token) {
       at::parallel_for(0, rows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
-        std::vector<float> buf;
-        if constexpr (!std::is_same_v<T, float>) buf.resize(cols);
-        for (int64_t r = begin; r < end; ++r) {
+        for (int64_t r = begin; r < end; ++r) {  // two passes over a row (in L1/L2)
           const T* xr = xp + rows.offset(r);
-          const float* v;
-          if constexpr (std::is_same_v<T, float>) {
-            v = xr;
-          } else {
-            to_float(xr, buf.data(), cols);
-            v = buf.data();
-          }
-          const float s = dynamic_scale(absmax(v, cols), ub);
+          const float s = dynamic_scale(absmax(xr, cols), ub);
           sp[r] = s;
-          quantize8(v, reciprocal(s), qp + r * cols, cols);
+          quantize_row(xr, reciprocal(s), qp + r * cols, cols);
         }
       });
       return;
@@ -564,12 +633,10 @@ std::tuple<at::Tensor, at::Tensor> dynamic_quant(const at::Tensor& x, at::Scalar
     std::vector<float> partial(chunks, 0.0f);
     const int64_t per = (rows.count + chunks - 1) / chunks;
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> buf(cols);
       for (int64_t c = begin; c < end; ++c) {
         float m = 0.0f;
         for (int64_t r = c * per; r < std::min(rows.count, (c + 1) * per); ++r) {
-          to_float(xp + rows.offset(r), buf.data(), cols);
-          float a = absmax(buf.data(), cols);
+          float a = absmax(xp + rows.offset(r), cols);
           m = (a != a || m != m) ? std::numeric_limits<float>::quiet_NaN() : std::max(m, a);
         }
         partial[c] = m;
@@ -583,10 +650,8 @@ std::tuple<at::Tensor, at::Tensor> dynamic_quant(const at::Tensor& x, at::Scalar
     *sp = s;
     const float inv = reciprocal(s);
     at::parallel_for(0, rows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
-      std::vector<float> buf(cols);
       for (int64_t r = begin; r < end; ++r) {
-        to_float(xp + rows.offset(r), buf.data(), cols);
-        quantize8(buf.data(), inv, qp + r * cols, cols);
+        quantize_row(xp + rows.offset(r), inv, qp + r * cols, cols);
       }
     });
   });
@@ -620,17 +685,13 @@ std::tuple<at::Tensor, at::Tensor> norm_quant(const at::Tensor& x,
     float* sp = dynamic ? scales.data_ptr<float>() : nullptr;
     const float* wp = weight.has_value() ? weight->data_ptr<float>() : nullptr;
     at::parallel_for(0, rows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
-      std::vector<float> s(cols), y(cols);
+      std::vector<float> s(cols), y(dynamic ? cols : 0);
       for (int64_t r = begin; r < end; ++r) {
         to_float(xp + rows.offset(r), s.data(), cols);
-        norm_row<T, W>(s.data(), cols, eps, wp, y.data());
-        float row_inv = inv;
-        if (dynamic) {
-          const float sc = dynamic_scale(absmax(y.data(), cols), ub);
-          sp[r] = sc;
-          row_inv = reciprocal(sc);
-        }
-        quantize8(y.data(), row_inv, qp + r * cols, cols);
+        int8_t* qr = qp + r * cols;
+        Sink sink = make_sink(qr, inv, y.data(), dynamic);
+        norm_row<T, W>(s.data(), cols, eps, wp, sink);
+        if (dynamic) finish_dynamic(sink, qr, sp + r, ub, cols);
       }
     });
   });
@@ -737,7 +798,7 @@ std::vector<at::Tensor> add_norm_quant(const at::Tensor& x_in, const at::Tensor&
     float* sp = dynamic ? scales.data_ptr<float>() : nullptr;
     const float* wp = weight.has_value() ? weight->data_ptr<float>() : nullptr;
     at::parallel_for(0, rows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
-      std::vector<float> s(cols), y(cols);
+      std::vector<float> s(cols), y(dynamic ? cols : 0);
       for (int64_t r = begin; r < end; ++r) {
         const T* xr = xp + rows.offset(r);
         const T* rr = rp + rrows.offset(r);
@@ -765,14 +826,10 @@ std::vector<at::Tensor> add_norm_quant(const at::Tensor& x_in, const at::Tensor&
           }
         }
         for (; j < cols; ++j) orow[j] = static_cast<T>(s[j]);
-        norm_row<T, W>(s.data(), cols, eps, wp, y.data());
-        float row_inv = inv;
-        if (dynamic) {
-          const float sc = dynamic_scale(absmax(y.data(), cols), ub);
-          sp[r] = sc;
-          row_inv = reciprocal(sc);
-        }
-        quantize8(y.data(), row_inv, qp + r * cols, cols);
+        int8_t* qr = qp + r * cols;
+        Sink sink = make_sink(qr, inv, y.data(), dynamic);
+        norm_row<T, W>(s.data(), cols, eps, wp, sink);
+        if (dynamic) finish_dynamic(sink, qr, sp + r, ub, cols);
       }
     });
   });
@@ -828,17 +885,13 @@ std::tuple<at::Tensor, at::Tensor> act_quant(const at::Tensor& x,
       int8_t* qp = q.data_ptr<int8_t>();
       float* sp = dynamic ? scales.data_ptr<float>() : nullptr;
       at::parallel_for(0, rows.count, grain_for(2 * d), [&](int64_t begin, int64_t end) {
-        std::vector<float> y(d);
+        std::vector<float> y(dynamic ? d : 0);
         for (int64_t r = begin; r < end; ++r) {
           const T* row = xp + rows.offset(r);
-          silu_mul_row<T>(row, row + d, y.data(), d, table);
-          float row_inv = inv;
-          if (dynamic) {
-            const float sc = dynamic_scale(absmax(y.data(), d), ub);
-            sp[r] = sc;
-            row_inv = reciprocal(sc);
-          }
-          quantize8(y.data(), row_inv, qp + r * d, d);
+          int8_t* qr = qp + r * d;
+          Sink sink = make_sink(qr, inv, y.data(), dynamic);
+          silu_mul_row<T>(row, row + d, d, table, sink);
+          if (dynamic) finish_dynamic(sink, qr, sp + r, ub, d);
         }
       });
     }
