@@ -62,6 +62,8 @@ CPU_EAGER = {
             "fused_add_rms_norm_dynamic_quant",
             "silu_and_mul_quant",
             "silu_and_mul_dynamic_quant",
+            # torch._int_mm + the native's fp64 epilogue: bit-identical, 10-30x faster
+            "scaled_mm",
         )
     },
 }

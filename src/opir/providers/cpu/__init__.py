@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import opir.providers.cpu.activation_impls  # the activation family: its impls
 import opir.providers.cpu.activation_kernels  # and its torch.ops.opir_cpu.*
-import opir.providers.cpu.kernels  # noqa: F401  (defines torch.ops.opir_cpu.* of the norms)
+import opir.providers.cpu.kernels  # defines torch.ops.opir_cpu.* of the norms
 import opir.providers.cpu.quant_impls  # the int8 quant family: its impls
 import opir.providers.cpu.quant_kernels  # and its torch.ops.opir_cpu.*
+import opir.providers.cpu.scaled_mm  # noqa: F401  (opir_cpu::scaled_mm)
 from opir.providers.cpu.availability import REASON, SUPPORTED
 from opir.providers.cpu.impls import (
     PROVIDER,

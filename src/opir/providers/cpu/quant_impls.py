@@ -16,6 +16,10 @@ the native (docs/quantization.md, "cpu provider"). Inputs no provider can run
 (a scale that is not one fp32 value, a weight of the wrong length, a residual of
 another shape) pass the predicates and are rejected by the kernels with a
 ValueError.
+
+``scaled_mm`` (int8, per-tensor / per-token / per-channel scales) is ``torch._int_mm``
+plus the native's fp64 epilogue, bit-identical (``scaled_mm.py``; its own Provider,
+nothing to build).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from opir.ops.quant import (
     fused_add_rms_norm_quant,
     rms_norm_dynamic_quant,
     rms_norm_quant,
+    scaled_mm,
     silu_and_mul_dynamic_quant,
     silu_and_mul_quant,
     static_quant,
@@ -132,3 +137,23 @@ for _op, _supports in (
         _op, _supports, inplace=True, aliasing_safe=True, traceable=f"{_op.name}_traced"
     )
 del _op, _supports
+
+# scaled_mm: torch._int_mm and an fp64 epilogue (scaled_mm.py, nothing to build).
+MM_PROVIDER = family_provider("opir.providers.cpu.scaled_mm")
+_MAX_K = 131072  # K * 128 * 128 < 2**31: the int32 accumulator is exact
+
+
+def supports_scaled_mm(a, a_scale, b, b_scale, out_dtype, bias=None) -> bool:
+    if a.dtype is not _INT8 or b.dtype is not _INT8 or not a.is_cpu or not b.is_cpu:
+        return False
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] >= _MAX_K:
+        return False
+    # per-tensor / per-token a_scale and per-tensor / per-channel b_scale only (block
+    # scales, and shapes that are no scale at all, go to native)
+    sa, sb = a_scale.shape, b_scale.shape
+    if not (sa == (1,) or sa == (a.shape[0], 1)):
+        return False
+    return sb == (1,) or sb == (1, b.shape[1])
+
+
+MM_PROVIDER.register(scaled_mm, supports_scaled_mm)
