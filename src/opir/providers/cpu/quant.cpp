@@ -1,10 +1,12 @@
-// opir's CPU kernels for int8 activation quantization (the natives in ops/quant.py).
+// opir's CPU kernels for int8 and fp8 (float8_e4m3fn) activation quantization (the
+// natives in ops/quant.py; float8_e4m3fnuz falls through to native).
 //
-// Contract (the native functions), int8 only (fp8 falls through to native):
-//   q = int8(clamp(nearbyint(f32(v) * inv), -128, 127)),  inv = f32(1 / f32(scale))
-// (round half to even: the default FE_TONEAREST mode, what torch.round does);
-// a dynamic scale is max(absmax / 127, 1 / (127 * 512)) in fp32, per token or
-// per tensor. The fused ops quantize the value the unfused native sequence
+// Contract (the native functions), with inv = f32(1 / f32(scale)):
+//   int8: q = int8(clamp(nearbyint(f32(v) * inv), -128, 127)), NaN -> 0
+//         (round half to even: the default FE_TONEAREST mode, what torch.round does)
+//   fp8:  q = e4m3fn(clamp(f32(v) * inv, -448, 448)), torch's RNE conversion (NaN kept)
+// a dynamic scale is max(min(absmax, scale_ub) / MAX, 1 / (MAX * 512)) in fp32, per
+// token or per tensor (MAX 127 or 448). The fused ops quantize the value the unfused native sequence
 // would have produced, rounded to x's dtype T:
 //  * norm -> quant: opir's rms_norm native. Bit for bit, including the fp32
 //    sum of squares: the native's `s.pow(2).mean(-1)` is torch's cascade sum
@@ -28,6 +30,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/util/Float8_e4m3fn.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -53,10 +56,29 @@ using iVec = at::vec::Vectorized<int32_t>;
 constexpr int64_t kLanes = fVec::size();
 constexpr int64_t kStep = 2 * kLanes;  // one Vectorized<BFloat16/Half> = two fVec
 
-constexpr float kQMax = 127.0f;
-constexpr float kQMin = -128.0f;
-// The smallest dynamic scale, 1 / (127 * 512), as the native computes it (an fp32 division).
-const float kMinScale = 1.0f / (127.0f * 512.0f);
+// The quantized formats. Each: its largest magnitude, its smallest dynamic scale
+// (1 / (MAX * 512), an fp32 division as the native computes it), and the
+// conversion of one fp32 value y = v * inv.
+struct Int8 {
+  static constexpr float kMax = 127.0f;
+  static inline float min_scale() { return 1.0f / (127.0f * 512.0f); }
+  // round half to even, clamp to [-128, 127], NaN -> 0
+  static inline uint8_t convert1(float y) {
+    if (y != y) return 0;
+    y = std::min(std::max(std::nearbyint(y), -128.0f), 127.0f);
+    return static_cast<uint8_t>(static_cast<int8_t>(static_cast<int32_t>(y)));
+  }
+};
+
+struct Fp8 {  // float8_e4m3fn
+  static constexpr float kMax = 448.0f;
+  static inline float min_scale() { return 1.0f / (448.0f * 512.0f); }
+  // clamp to [-448, 448] (NaN stays NaN), then torch's (c10's) RNE conversion
+  static inline uint8_t convert1(float y) {
+    y = std::min(std::max(y, -kMax), kMax);
+    return c10::Float8_e4m3fn(y).x;
+  }
+};
 
 template <typename T>
 inline void load2(const T* p, fVec& a, fVec& b) {
@@ -96,50 +118,80 @@ inline float round_to(float v) {
 // ----------------------------------------------------------------------------
 // Quantization of fp32 values (already rounded to x's dtype) to int8.
 
-// NaN -> 0 (the native's rule: nan_to_num before the clamp); +-inf saturate.
-inline int8_t quantize1(float v, float inv) {
-  float y = v * inv;
-  if (y != y) return 0;
-  y = std::nearbyint(y);
-  y = std::min(std::max(y, kQMin), kQMax);
-  return static_cast<int8_t>(static_cast<int32_t>(y));
+template <typename F>
+inline uint8_t quantize1(float v, float inv) {
+  return F::convert1(v * inv);
 }
 
-// One vector of fp32 values times inv, to kLanes int8 at q.
+// fp32 lanes (clamped to +-448, or NaN) to float8_e4m3fn bit patterns in int32 lanes:
+// c10's fp8e4m3fn_from_fp32_value, lane by lane (RNE; below 2**-6 through an fp32 add
+// of 2**14, which rounds the subnormal mantissa; NaN -> 0x7F; the sign kept).
+inline iVec fp8_bits(const fVec& y) {
+  const iVec bits = at::vec::cast<int32_t>(y);
+  const iVec sign = (bits >> iVec(24)) & iVec(0x80);
+  const iVec mag = bits & iVec(0x7FFFFFFF);
+  const iVec sub = at::vec::cast<int32_t>(at::vec::cast<float>(mag) + fVec(16384.0f)) -
+                   iVec(141 << 23);
+  const iVec odd = (mag >> iVec(20)) & iVec(1);
+  const iVec bias(static_cast<int32_t>(static_cast<uint32_t>(7 - 127) << 23) + 0x7FFFF);
+  const iVec norm = (mag + bias + odd) >> iVec(20);
+  iVec r = iVec::blendv(norm, sub, mag < iVec(121 << 23));
+  r = iVec::blendv(r, iVec(0x7F), mag >= iVec(1087 << 20));
+  return r | sign;
+}
+
+// One vector of fp32 values times inv, to kLanes bytes of format F at q.
+template <typename F>
 struct Quantizer {
   float scalar;
   fVec inv;
   explicit Quantizer(float inv_) : scalar(inv_), inv(inv_) {}
 
-  inline void operator()(const fVec& v, int8_t* q) const {
+  inline void operator()(const fVec& v, uint8_t* q) const {
+    if constexpr (std::is_same_v<F, Fp8>) {
+      const fVec y = at::vec::clamp(v * inv, fVec(-F::kMax), fVec(F::kMax));  // NaN stays
+      store_bytes(fp8_bits(y), q);
+    } else {
 #if defined(CPU_CAPABILITY_AVX512)
-    __m512 y = _mm512_mul_ps(v, inv);
-    const __mmask16 ok = _mm512_cmp_ps_mask(y, y, _CMP_ORD_Q);  // NaN lanes -> 0
-    y = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(kQMin)), _mm512_set1_ps(kQMax));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q),
-                     _mm512_cvtepi32_epi8(_mm512_maskz_cvtps_epi32(ok, y)));
+      __m512 y = _mm512_mul_ps(v, inv);
+      const __mmask16 ok = _mm512_cmp_ps_mask(y, y, _CMP_ORD_Q);  // NaN lanes -> 0
+      y = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      y = _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-128.0f)), _mm512_set1_ps(127.0f));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(q),
+                       _mm512_cvtepi32_epi8(_mm512_maskz_cvtps_epi32(ok, y)));
 #elif defined(CPU_CAPABILITY_AVX2)
-    __m256 y = _mm256_mul_ps(v, inv);
-    const __m256 ok = _mm256_cmp_ps(y, y, _CMP_ORD_Q);
-    y = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(kQMin)), _mm256_set1_ps(kQMax));
-    const __m256i i = _mm256_cvtps_epi32(_mm256_and_ps(y, ok));
-    const __m128i w =
-        _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(q), _mm_packs_epi16(w, w));
+      __m256 y = _mm256_mul_ps(v, inv);
+      const __m256 ok = _mm256_cmp_ps(y, y, _CMP_ORD_Q);
+      y = _mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(-128.0f)), _mm256_set1_ps(127.0f));
+      const __m256i i = _mm256_cvtps_epi32(_mm256_and_ps(y, ok));
+      const __m128i w =
+          _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(q), _mm_packs_epi16(w, w));
 #else
-    alignas(64) float buf[kLanes];
-    v.store(buf);
-    for (int64_t k = 0; k < kLanes; ++k) q[k] = quantize1(buf[k], scalar);
+      alignas(64) float buf[kLanes];
+      v.store(buf);
+      for (int64_t k = 0; k < kLanes; ++k) q[k] = quantize1<F>(buf[k], scalar);
+#endif
+    }
+  }
+
+  // int32 lanes in [0, 255] to bytes.
+  static inline void store_bytes(const iVec& b, uint8_t* q) {
+#if defined(CPU_CAPABILITY_AVX512)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(b));
+#else
+    alignas(64) int32_t buf[kLanes];
+    b.store(buf);
+    for (int64_t k = 0; k < kLanes; ++k) q[k] = static_cast<uint8_t>(buf[k]);
 #endif
   }
 };
 
-// n values of x (any T) times inv, to int8: one pass.
-template <typename T>
-inline void quantize_row(const T* x, float inv, int8_t* q, int64_t n) {
-  const Quantizer quant(inv);
+// n values of x (any T) times inv, to format F: one pass.
+template <typename F, typename T>
+inline void quantize_row(const T* x, float inv, uint8_t* q, int64_t n) {
+  const Quantizer<F> quant(inv);
   int64_t j = 0;
   fVec a, b;
   for (; j + kStep <= n; j += kStep) {
@@ -147,7 +199,7 @@ inline void quantize_row(const T* x, float inv, int8_t* q, int64_t n) {
     quant(a, q + j);
     quant(b, q + j + kLanes);
   }
-  for (; j < n; ++j) q[j] = quantize1(static_cast<float>(x[j]), inv);
+  for (; j < n; ++j) q[j] = quantize1<F>(static_cast<float>(x[j]), inv);
 }
 
 // Running max |v| of vectors, and whether any lane was NaN (torch's amax propagates
@@ -205,11 +257,12 @@ inline float absmax(const T* x, int64_t n) {
 
 // The dynamic scale of a block whose largest magnitude is amax (NaN stays NaN);
 // ub (scale_ub, +inf when absent) clamps amax first (torch.minimum: NaN wins).
+template <typename F>
 inline float dynamic_scale(float amax, float ub) {
   if (ub == ub && amax == amax) amax = std::min(amax, ub);
   else amax = std::numeric_limits<float>::quiet_NaN();
-  float s = amax / kQMax;
-  return s != s ? s : std::max(s, kMinScale);
+  float s = amax / F::kMax;
+  return s != s ? s : std::max(s, F::min_scale());
 }
 
 inline float reciprocal(float scale) {
@@ -356,9 +409,10 @@ inline float cascade_sum_sq(const float* s, int64_t n) {
 
 // Where a fused row's values (fp32, rounded to T) go: quantized at once with a static
 // scale (q), or kept in y with their absmax (a dynamic scale needs it first).
+template <typename F>
 struct Sink {
-  int8_t* q = nullptr;  // static: quantize into q
-  Quantizer quant{0.0f};
+  uint8_t* q = nullptr;  // static: quantize into q
+  Quantizer<F> quant{0.0f};
   float* y = nullptr;  // dynamic: store into y, track the absmax
   AbsMax amax;
 
@@ -374,7 +428,7 @@ struct Sink {
   }
   inline void put1(int64_t j, float v) {
     if (q != nullptr) {
-      q[j] = quantize1(v, quant.scalar);
+      q[j] = quantize1<F>(v, quant.scalar);
     } else {
       y[j] = v;
       amax.add1(v);
@@ -384,25 +438,27 @@ struct Sink {
 
 // The row of q (and the scale) of a fused op: quantized directly (static), or
 // from y after the row's absmax is known (dynamic, writing the scale to *scale).
-inline Sink make_sink(int8_t* q, float inv, float* y, bool dynamic) {
-  Sink sink;
+template <typename F>
+inline Sink<F> make_sink(uint8_t* q, float inv, float* y, bool dynamic) {
+  Sink<F> sink;
   if (dynamic) {
     sink.y = y;
   } else {
     sink.q = q;
-    sink.quant = Quantizer(inv);
+    sink.quant = Quantizer<F>(inv);
   }
   return sink;
 }
 
-inline void finish_dynamic(Sink& sink, int8_t* q, float* scale, float ub, int64_t n) {
-  const float sc = dynamic_scale(sink.amax.value(), ub);
+template <typename F>
+inline void finish_dynamic(Sink<F>& sink, uint8_t* q, float* scale, float ub, int64_t n) {
+  const float sc = dynamic_scale<F>(sink.amax.value(), ub);
   *scale = sc;
-  quantize_row<float>(sink.y, reciprocal(sc), q, n);
+  quantize_row<F, float>(sink.y, reciprocal(sc), q, n);
 }
 
-template <typename T, typename W>
-inline void norm_row(const float* s, int64_t n, float eps, const float* w, Sink& sink) {
+template <typename T, typename W, typename F>
+inline void norm_row(const float* s, int64_t n, float eps, const float* w, Sink<F>& sink) {
   const float mean = cascade_sum_sq(s, n) / static_cast<float>(n);
   const float inv = 1.0f / std::sqrt(mean + eps);
   const fVec vinv(inv);
@@ -447,8 +503,9 @@ const float* silu_table() {
   return table.get();
 }
 
-template <typename T>
-inline void silu_mul_row(const T* gate, const T* up, int64_t d, const float* table, Sink& sink) {
+template <typename T, typename F>
+inline void silu_mul_row(const T* gate, const T* up, int64_t d, const float* table,
+                         Sink<F>& sink) {
   const auto* bits = reinterpret_cast<const uint16_t*>(gate);
   alignas(64) float act[kStep];
   int64_t j = 0;
@@ -478,9 +535,17 @@ void check_x(const at::Tensor& x, const char* op, bool float32_ok = true) {
                     x.stride(-1), "; pass x.contiguous()");
 }
 
-void check_int8(at::ScalarType dtype, const char* op) {
-  TORCH_CHECK_VALUE(dtype == at::kChar, op,
-                    ": the cpu kernels quantize to torch.int8 only, got ", dtype);
+// Calls f.template operator()<F>() for the quantized dtype (int8 or float8_e4m3fn).
+template <typename Fn>
+void dispatch_format(at::ScalarType dtype, const char* op, Fn&& f) {
+  if (dtype == at::kChar) return f.template operator()<Int8>();
+  if (dtype == at::kFloat8_e4m3fn) return f.template operator()<Fp8>();
+  TORCH_CHECK_VALUE(false, op, ": the cpu kernels quantize to torch.int8 or torch.float8_e4m3fn, got ",
+                    dtype);
+}
+
+float min_scale(at::ScalarType dtype) {
+  return dtype == at::kChar ? Int8::min_scale() : Fp8::min_scale();
 }
 
 // A static scale: one fp32 value (shape [1] or []), on the CPU.
@@ -561,10 +626,10 @@ std::optional<at::Tensor> fp32_weight(const std::optional<at::Tensor>& weight,
   return w;
 }
 
-at::Tensor empty_q(const at::Tensor& x, int64_t cols) {
+at::Tensor empty_q(const at::Tensor& x, int64_t cols, at::ScalarType dtype) {
   auto sizes = x.sizes().vec();
   sizes.back() = cols;
-  return at::empty(sizes, x.options().dtype(at::kChar).memory_format(at::MemoryFormat::Contiguous));
+  return at::empty(sizes, x.options().dtype(dtype).memory_format(at::MemoryFormat::Contiguous));
 }
 
 at::Tensor empty_token_scales(const at::Tensor& x) {
@@ -579,21 +644,20 @@ at::Tensor empty_token_scales(const at::Tensor& x) {
 at::Tensor static_quant(const at::Tensor& x, const at::Tensor& scale, at::ScalarType dtype) {
   const char* op = "static_quant";
   check_x(x, op);
-  check_int8(dtype, op);
   const float inv = static_inv(scale, op);
   const int64_t cols = x.size(-1);
-  auto q = empty_q(x, cols);
+  auto q = empty_q(x, cols, dtype);
   const Rows rows(x);
   if (rows.count == 0 || cols == 0) return q;
-  dispatch(x.scalar_type(), [&]<typename T>() {
+  dispatch_format(dtype, op, [&]<typename F>() { dispatch(x.scalar_type(), [&]<typename T>() {
     const T* xp = x.const_data_ptr<T>();
-    int8_t* qp = q.data_ptr<int8_t>();
+    uint8_t* qp = static_cast<uint8_t*>(q.data_ptr());
     at::parallel_for(0, rows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        quantize_row(xp + rows.offset(r), inv, qp + r * cols, cols);
+        quantize_row<F>(xp + rows.offset(r), inv, qp + r * cols, cols);
       }
     });
-  });
+  }); });
   return q;
 }
 
@@ -602,28 +666,27 @@ std::tuple<at::Tensor, at::Tensor> dynamic_quant(const at::Tensor& x, at::Scalar
                                                  const std::optional<at::Tensor>& scale_ub) {
   const char* op = "dynamic_quant";
   check_x(x, op);
-  check_int8(dtype, op);
   const float ub = read_ub(scale_ub, op);
   const int64_t cols = x.size(-1);
-  auto q = empty_q(x, cols);
+  auto q = empty_q(x, cols, dtype);
   const Rows rows(x);
   at::Tensor scales = per_token ? empty_token_scales(x) : at::empty({1}, x.options().dtype(at::kFloat));
   if (rows.count == 0 || cols == 0) {
-    if (!per_token) scales.fill_(kMinScale);  // amax of nothing is 0
-    else if (scales.numel() > 0) scales.fill_(kMinScale);
+    if (!per_token) scales.fill_(min_scale(dtype));  // amax of nothing is 0
+    else if (scales.numel() > 0) scales.fill_(min_scale(dtype));
     return {q, scales};
   }
-  dispatch(x.scalar_type(), [&]<typename T>() {
+  dispatch_format(dtype, op, [&]<typename F>() { dispatch(x.scalar_type(), [&]<typename T>() {
     const T* xp = x.const_data_ptr<T>();
-    int8_t* qp = q.data_ptr<int8_t>();
+    uint8_t* qp = static_cast<uint8_t*>(q.data_ptr());
     float* sp = scales.data_ptr<float>();
     if (per_token) {
       at::parallel_for(0, rows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {  // two passes over a row (in L1/L2)
           const T* xr = xp + rows.offset(r);
-          const float s = dynamic_scale(absmax(xr, cols), ub);
+          const float s = dynamic_scale<F>(absmax(xr, cols), ub);
           sp[r] = s;
-          quantize_row(xr, reciprocal(s), qp + r * cols, cols);
+          quantize_row<F>(xr, reciprocal(s), qp + r * cols, cols);
         }
       });
       return;
@@ -646,15 +709,15 @@ std::tuple<at::Tensor, at::Tensor> dynamic_quant(const at::Tensor& x, at::Scalar
     for (float a : partial) {
       m = (a != a || m != m) ? std::numeric_limits<float>::quiet_NaN() : std::max(m, a);
     }
-    const float s = dynamic_scale(m, ub);
+    const float s = dynamic_scale<F>(m, ub);
     *sp = s;
     const float inv = reciprocal(s);
     at::parallel_for(0, rows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
-        quantize_row(xp + rows.offset(r), inv, qp + r * cols, cols);
+        quantize_row<F>(xp + rows.offset(r), inv, qp + r * cols, cols);
       }
     });
-  });
+  }); });
   return {q, scales};
 }
 
@@ -664,54 +727,54 @@ std::tuple<at::Tensor, at::Tensor> dynamic_quant(const at::Tensor& x, at::Scalar
 std::tuple<at::Tensor, at::Tensor> norm_quant(const at::Tensor& x,
                                               const std::optional<at::Tensor>& weight_in,
                                               double epsilon, const std::optional<at::Tensor>& scale,
-                                              double weight_bias, float ub, const char* op) {
+                                              double weight_bias, float ub,
+                                              at::ScalarType dtype, const char* op) {
   check_x(x, op);
   check_weight(x, weight_in, op);
   const bool dynamic = !scale.has_value();
   const float inv = dynamic ? 0.0f : static_inv(*scale, op);
   const auto weight = fp32_weight(weight_in, weight_bias);
   const int64_t cols = x.size(-1);
-  auto q = empty_q(x, cols);
+  auto q = empty_q(x, cols, dtype);
   at::Tensor scales = dynamic ? empty_token_scales(x) : at::Tensor();
   const Rows rows(x);
   if (rows.count == 0 || cols == 0) {
-    if (dynamic && scales.numel() > 0) scales.fill_(kMinScale);
+    if (dynamic && scales.numel() > 0) scales.fill_(min_scale(dtype));
     return {q, scales};
   }
   const float eps = static_cast<float>(epsilon);
-  dispatch_norm(x, weight_in, weight_bias, [&]<typename T, typename W>() {
+  dispatch_format(dtype, op, [&]<typename F>() { dispatch_norm(x, weight_in, weight_bias, [&]<typename T, typename W>() {
     const T* xp = x.const_data_ptr<T>();
-    int8_t* qp = q.data_ptr<int8_t>();
+    uint8_t* qp = static_cast<uint8_t*>(q.data_ptr());
     float* sp = dynamic ? scales.data_ptr<float>() : nullptr;
     const float* wp = weight.has_value() ? weight->data_ptr<float>() : nullptr;
     at::parallel_for(0, rows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
       std::vector<float> s(cols), y(dynamic ? cols : 0);
       for (int64_t r = begin; r < end; ++r) {
         to_float(xp + rows.offset(r), s.data(), cols);
-        int8_t* qr = qp + r * cols;
-        Sink sink = make_sink(qr, inv, y.data(), dynamic);
-        norm_row<T, W>(s.data(), cols, eps, wp, sink);
+        uint8_t* qr = qp + r * cols;
+        auto sink = make_sink<F>(qr, inv, y.data(), dynamic);
+        norm_row<T, W, F>(s.data(), cols, eps, wp, sink);
         if (dynamic) finish_dynamic(sink, qr, sp + r, ub, cols);
       }
     });
-  });
+  }); });
   return {q, scales};
 }
 
 at::Tensor rms_norm_quant(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                           double epsilon, const at::Tensor& scale, at::ScalarType dtype,
                           double weight_bias) {
-  check_int8(dtype, "rms_norm_quant");
   return std::get<0>(
-      norm_quant(x, weight, epsilon, scale, weight_bias, 0.0f, "rms_norm_quant"));
+      norm_quant(x, weight, epsilon, scale, weight_bias, 0.0f, dtype, "rms_norm_quant"));
 }
 
 std::tuple<at::Tensor, at::Tensor> rms_norm_dynamic_quant(
     const at::Tensor& x, const std::optional<at::Tensor>& weight, double epsilon,
     at::ScalarType dtype, const std::optional<at::Tensor>& scale_ub, double weight_bias) {
   const char* op = "rms_norm_dynamic_quant";
-  check_int8(dtype, op);
-  return norm_quant(x, weight, epsilon, std::nullopt, weight_bias, read_ub(scale_ub, op), op);
+  return norm_quant(x, weight, epsilon, std::nullopt, weight_bias, read_ub(scale_ub, op), dtype,
+                    op);
 }
 
 // ----------------------------------------------------------------------------
@@ -751,7 +814,8 @@ bool may_overlap(const at::Tensor& a, const at::Tensor& b) {
 std::vector<at::Tensor> add_norm_quant(const at::Tensor& x_in, const at::Tensor& residual,
                                        const std::optional<at::Tensor>& weight_in,
                                        double epsilon, const std::optional<at::Tensor>& scale,
-                                       double weight_bias, float ub, const char* op) {
+                                       double weight_bias, float ub, at::ScalarType dtype,
+                                       const char* op) {
   check_x(x_in, op);
   check_weight(x_in, weight_in, op);
   TORCH_CHECK_VALUE(residual.sizes() == x_in.sizes() &&
@@ -767,7 +831,7 @@ std::vector<at::Tensor> add_norm_quant(const at::Tensor& x_in, const at::Tensor&
   const float inv = dynamic ? 0.0f : static_inv(*scale, op);
   const auto weight = fp32_weight(weight_in, weight_bias);  // always a private copy
   const int64_t cols = x_in.size(-1);
-  auto q = empty_q(x_in, cols);
+  auto q = empty_q(x_in, cols, dtype);
   at::Tensor scales = dynamic ? empty_token_scales(x_in) : at::Tensor();
   // Where the new residual goes: in place when it can be written row by row
   // without clobbering what later rows read; otherwise a fresh tensor.
@@ -782,7 +846,7 @@ std::vector<at::Tensor> add_norm_quant(const at::Tensor& x_in, const at::Tensor&
   }
   const Rows rows(x);
   if (rows.count == 0 || cols == 0) {
-    if (dynamic && scales.numel() > 0) scales.fill_(kMinScale);
+    if (dynamic && scales.numel() > 0) scales.fill_(min_scale(dtype));
     std::vector<at::Tensor> result{q};
     if (dynamic) result.push_back(scales);
     result.push_back(res_out);
@@ -790,11 +854,11 @@ std::vector<at::Tensor> add_norm_quant(const at::Tensor& x_in, const at::Tensor&
   }
   const Rows rrows(residual), orows(res_out);
   const float eps = static_cast<float>(epsilon);
-  dispatch_norm(x, weight_in, weight_bias, [&]<typename T, typename W>() {
+  dispatch_format(dtype, op, [&]<typename F>() { dispatch_norm(x, weight_in, weight_bias, [&]<typename T, typename W>() {
     const T* xp = x.const_data_ptr<T>();
     const T* rp = residual.const_data_ptr<T>();
     T* op_ = res_out.data_ptr<T>();
-    int8_t* qp = q.data_ptr<int8_t>();
+    uint8_t* qp = static_cast<uint8_t*>(q.data_ptr());
     float* sp = dynamic ? scales.data_ptr<float>() : nullptr;
     const float* wp = weight.has_value() ? weight->data_ptr<float>() : nullptr;
     at::parallel_for(0, rows.count, grain_for(cols), [&](int64_t begin, int64_t end) {
@@ -826,13 +890,13 @@ std::vector<at::Tensor> add_norm_quant(const at::Tensor& x_in, const at::Tensor&
           }
         }
         for (; j < cols; ++j) orow[j] = static_cast<T>(s[j]);
-        int8_t* qr = qp + r * cols;
-        Sink sink = make_sink(qr, inv, y.data(), dynamic);
-        norm_row<T, W>(s.data(), cols, eps, wp, sink);
+        uint8_t* qr = qp + r * cols;
+        auto sink = make_sink<F>(qr, inv, y.data(), dynamic);
+        norm_row<T, W, F>(s.data(), cols, eps, wp, sink);
         if (dynamic) finish_dynamic(sink, qr, sp + r, ub, cols);
       }
     });
-  });
+  }); });
   std::vector<at::Tensor> result{q};
   if (dynamic) result.push_back(scales);
   result.push_back(res_out);
@@ -844,8 +908,7 @@ std::vector<at::Tensor> fused_add_rms_norm_quant(const at::Tensor& x, const at::
                                                  double epsilon, const at::Tensor& scale,
                                                  at::ScalarType dtype, double weight_bias) {
   const char* op = "fused_add_rms_norm_quant";
-  check_int8(dtype, op);
-  return add_norm_quant(x, residual, weight, epsilon, scale, weight_bias, 0.0f, op);
+  return add_norm_quant(x, residual, weight, epsilon, scale, weight_bias, 0.0f, dtype, op);
 }
 
 std::vector<at::Tensor> fused_add_rms_norm_dynamic_quant(
@@ -853,9 +916,8 @@ std::vector<at::Tensor> fused_add_rms_norm_dynamic_quant(
     double epsilon, at::ScalarType dtype, const std::optional<at::Tensor>& scale_ub,
     double weight_bias) {
   const char* op = "fused_add_rms_norm_dynamic_quant";
-  check_int8(dtype, op);
   return add_norm_quant(x, residual, weight, epsilon, std::nullopt, weight_bias,
-                        read_ub(scale_ub, op), op);
+                        read_ub(scale_ub, op), dtype, op);
 }
 
 // ----------------------------------------------------------------------------
@@ -863,7 +925,7 @@ std::vector<at::Tensor> fused_add_rms_norm_dynamic_quant(
 
 std::tuple<at::Tensor, at::Tensor> act_quant(const at::Tensor& x,
                                              const std::optional<at::Tensor>& scale,
-                                             float ub, const char* op) {
+                                             float ub, at::ScalarType dtype, const char* op) {
   check_x(x, op, /*float32_ok=*/false);
   TORCH_CHECK_VALUE(x.size(-1) % 2 == 0, op,
                     ": x's last dim must be even (gate and up halves of d each), got ",
@@ -871,45 +933,43 @@ std::tuple<at::Tensor, at::Tensor> act_quant(const at::Tensor& x,
   const bool dynamic = !scale.has_value();
   const float inv = dynamic ? 0.0f : static_inv(*scale, op);
   const int64_t d = x.size(-1) / 2;
-  auto q = empty_q(x, d);
+  auto q = empty_q(x, d, dtype);
   at::Tensor scales = dynamic ? empty_token_scales(x) : at::Tensor();
   const Rows rows(x);
   if (rows.count == 0 || d == 0) {
-    if (dynamic && scales.numel() > 0) scales.fill_(kMinScale);
+    if (dynamic && scales.numel() > 0) scales.fill_(min_scale(dtype));
     return {q, scales};
   }
-  dispatch(x.scalar_type(), [&]<typename T>() {
+  dispatch_format(dtype, op, [&]<typename F>() { dispatch(x.scalar_type(), [&]<typename T>() {
     if constexpr (!std::is_same_v<T, float>) {
       const float* table = silu_table<T>();
       const T* xp = x.const_data_ptr<T>();
-      int8_t* qp = q.data_ptr<int8_t>();
+      uint8_t* qp = static_cast<uint8_t*>(q.data_ptr());
       float* sp = dynamic ? scales.data_ptr<float>() : nullptr;
       at::parallel_for(0, rows.count, grain_for(2 * d), [&](int64_t begin, int64_t end) {
         std::vector<float> y(dynamic ? d : 0);
         for (int64_t r = begin; r < end; ++r) {
           const T* row = xp + rows.offset(r);
-          int8_t* qr = qp + r * d;
-          Sink sink = make_sink(qr, inv, y.data(), dynamic);
-          silu_mul_row<T>(row, row + d, d, table, sink);
+          uint8_t* qr = qp + r * d;
+          auto sink = make_sink<F>(qr, inv, y.data(), dynamic);
+          silu_mul_row<T, F>(row, row + d, d, table, sink);
           if (dynamic) finish_dynamic(sink, qr, sp + r, ub, d);
         }
       });
     }
-  });
+  }); });
   return {q, scales};
 }
 
 at::Tensor silu_and_mul_quant(const at::Tensor& x, const at::Tensor& scale,
                               at::ScalarType dtype) {
-  check_int8(dtype, "silu_and_mul_quant");
-  return std::get<0>(act_quant(x, scale, 0.0f, "silu_and_mul_quant"));
+  return std::get<0>(act_quant(x, scale, 0.0f, dtype, "silu_and_mul_quant"));
 }
 
 std::tuple<at::Tensor, at::Tensor> silu_and_mul_dynamic_quant(
     const at::Tensor& x, at::ScalarType dtype, const std::optional<at::Tensor>& scale_ub) {
   const char* op = "silu_and_mul_dynamic_quant";
-  check_int8(dtype, op);
-  return act_quant(x, std::nullopt, read_ub(scale_ub, op), op);
+  return act_quant(x, std::nullopt, read_ub(scale_ub, op), dtype, op);
 }
 
 // For tests: torch's cascade sum of squares as this file repeats it.
