@@ -6,7 +6,8 @@ Eager calls go straight to the launchers of ``quant.cpp``; under a dispatch mode
 load-failure policy, for this family alone (its own ``PROVIDER``).
 
 What the kernels cover (anything else is rejected by the predicates and falls
-through to the next provider): ``dtype=torch.int8`` (fp8 goes to native); CPU
+through to the next provider): ``dtype`` torch.int8 or torch.float8_e4m3fn
+(float8_e4m3fnuz, a ROCm format, goes to native); CPU
 tensors in fp32, bf16 or fp16 whose last dim is contiguous (leading dims may
 have any strides; nothing is copied), any number of rows including zero; the
 norm ops with a weight of any of those dtypes or none; ``silu_and_mul_quant``
@@ -46,25 +47,26 @@ PROVIDER = family_provider("opir.providers.cpu.quant_kernels")
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _HALF = (torch.bfloat16, torch.float16)
 _INT8 = torch.int8
+_QUANT = (torch.int8, torch.float8_e4m3fn)  # float8_e4m3fnuz: native
 
 # Predicates: only what the kernels cannot do, reading few attributes (they are on
 # the dispatch hot path; the checks are written out rather than shared).
 
 
 def supports_static_quant(x, scale, dtype) -> bool:
-    if dtype is not _INT8 or x.dtype not in _DTYPES or not x.is_cpu:
+    if dtype not in _QUANT or x.dtype not in _DTYPES or not x.is_cpu:
         return False
     return x.is_contiguous() or x.stride(-1) == 1
 
 
 def supports_dynamic_quant(x, dtype, per_token=True, scale_ub=None) -> bool:
-    if dtype is not _INT8 or x.dtype not in _DTYPES or not x.is_cpu:
+    if dtype not in _QUANT or x.dtype not in _DTYPES or not x.is_cpu:
         return False
     return x.is_contiguous() or x.stride(-1) == 1
 
 
 def supports_rms_norm_quant(x, weight, epsilon, scale, dtype, weight_bias=0.0) -> bool:
-    if dtype is not _INT8 or x.dtype not in _DTYPES or not x.is_cpu:
+    if dtype not in _QUANT or x.dtype not in _DTYPES or not x.is_cpu:
         return False
     if not (x.is_contiguous() or x.stride(-1) == 1):
         return False
@@ -74,7 +76,7 @@ def supports_rms_norm_quant(x, weight, epsilon, scale, dtype, weight_bias=0.0) -
 def supports_rms_norm_dynamic_quant(
     x, weight, epsilon, dtype, scale_ub=None, weight_bias=0.0
 ) -> bool:
-    if dtype is not _INT8 or x.dtype not in _DTYPES or not x.is_cpu:
+    if dtype not in _QUANT or x.dtype not in _DTYPES or not x.is_cpu:
         return False
     if not (x.is_contiguous() or x.stride(-1) == 1):
         return False
@@ -84,7 +86,7 @@ def supports_rms_norm_dynamic_quant(
 def supports_fused_add_rms_norm_quant(
     x, x_residual, weight, epsilon, scale, dtype, weight_bias=0.0
 ) -> bool:
-    if dtype is not _INT8 or x.dtype not in _DTYPES or not x.is_cpu:
+    if dtype not in _QUANT or x.dtype not in _DTYPES or not x.is_cpu:
         return False
     if not (x.is_contiguous() or x.stride(-1) == 1):
         return False
@@ -98,7 +100,7 @@ def supports_fused_add_rms_norm_quant(
 def supports_fused_add_rms_norm_dynamic_quant(
     x, x_residual, weight, epsilon, dtype, scale_ub=None, weight_bias=0.0
 ) -> bool:
-    if dtype is not _INT8 or x.dtype not in _DTYPES or not x.is_cpu:
+    if dtype not in _QUANT or x.dtype not in _DTYPES or not x.is_cpu:
         return False
     if not (x.is_contiguous() or x.stride(-1) == 1):
         return False
@@ -110,13 +112,13 @@ def supports_fused_add_rms_norm_dynamic_quant(
 
 
 def supports_silu_and_mul_quant(x, scale, dtype) -> bool:
-    if dtype is not _INT8 or x.dtype not in _HALF or not x.is_cpu:
+    if dtype not in _QUANT or x.dtype not in _HALF or not x.is_cpu:
         return False
     return x.is_contiguous() or x.stride(-1) == 1
 
 
 def supports_silu_and_mul_dynamic_quant(x, dtype, scale_ub=None) -> bool:
-    if dtype is not _INT8 or x.dtype not in _HALF or not x.is_cpu:
+    if dtype not in _QUANT or x.dtype not in _HALF or not x.is_cpu:
         return False
     return x.is_contiguous() or x.stride(-1) == 1
 
