@@ -424,13 +424,65 @@ inline A row_sum(const Load1& load1, int64_t size) {
   return partial[0];
 }
 
+// row_sum<v8f> of the squares of nv 8-lane vectors, with 16-lane registers: torch's
+// four 8-lane accumulators of a group of 32 values sit two by two in two registers
+// (lanes 0-7 | 8-15), so every lane sees exactly the adds torch's does, in its order,
+// at half the instructions.
+template <typename T>
+inline v8f row_sum_sq_wide(const T* s, int64_t nv) {
+  constexpr int64_t levels = 4;
+  const int64_t size = nv / 4;  // groups of 4 vectors (32 values)
+  const int64_t power = std::max<int64_t>(4, ceil_log2(size) / levels);
+  const int64_t step = int64_t{1} << power;
+  const int64_t mask = step - 1;
+  fVec acc[levels][2];
+  for (auto& level : acc) level[0] = level[1] = fVec(0.0f);
+  fVec a, b;
+  int64_t i = 0;
+  for (; i + step <= size;) {
+    for (int64_t j = 0; j < step; ++j, ++i) {
+      load2(s + 32 * i, a, b);
+      acc[0][0] = acc[0][0] + a * a;
+      acc[0][1] = acc[0][1] + b * b;
+    }
+    for (int64_t j = 1; j < levels; ++j) {
+      acc[j][0] = acc[j][0] + acc[j - 1][0];
+      acc[j][1] = acc[j][1] + acc[j - 1][1];
+      acc[j - 1][0] = acc[j - 1][1] = fVec(0.0f);
+      if ((i & (mask << (j * power))) != 0) break;
+    }
+  }
+  for (; i < size; ++i) {
+    load2(s + 32 * i, a, b);
+    acc[0][0] = acc[0][0] + a * a;
+    acc[0][1] = acc[0][1] + b * b;
+  }
+  for (int64_t j = 1; j < levels; ++j) {
+    acc[0][0] = acc[0][0] + acc[j][0];
+    acc[0][1] = acc[0][1] + acc[j][1];
+  }
+  alignas(64) float lanes[32];
+  acc[0][0].store(lanes);
+  acc[0][1].store(lanes + 16);
+  v8f p[4];
+  std::memcpy(p, lanes, sizeof(lanes));
+  for (int64_t k = size * 4; k < nv; ++k) p[0] += sq8(s + 8 * k);  // row_sum's leftovers
+  for (int k = 1; k < 4; ++k) p[0] += p[k];
+  return p[0];
+}
+
 template <typename T>
 inline float cascade_sum_sq(const T* s, int64_t n) {
   if (n < 8) {  // scalar_inner_sum
     return row_sum<float>([&](int64_t i) { float v = static_cast<float>(s[i]); return v * v; }, n);
   }
   const int64_t nv = n / 8;
-  v8f acc = row_sum<v8f>([&](int64_t i) { return sq8(s + 8 * i); }, nv);
+  v8f acc;
+  if constexpr (kLanes == 16) {
+    acc = row_sum_sq_wide(s, nv);
+  } else {
+    acc = row_sum<v8f>([&](int64_t i) { return sq8(s + 8 * i); }, nv);
+  }
   float total = 0.0f;
   for (int64_t k = nv * 8; k < n; ++k) {
     const float v = static_cast<float>(s[k]);
