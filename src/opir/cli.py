@@ -157,10 +157,18 @@ def _info(args: argparse.Namespace) -> int:
     facts.add_row("cache", str(cache_root()))
     console.print(facts)
 
-    table = Table(title="ops x providers (* = in place)", box=box.SIMPLE_HEAD)
+    # one space between columns and no folded provider names: long op names
+    # (fused_add_rms_norm_dynamic_quant) still leave 80 columns for five providers
+    table = Table(
+        title="ops x providers (* = in place)",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
+    )
     table.add_column("op", no_wrap=True)
     for provider in providers:
-        table.add_column(provider, overflow="fold")
+        table.add_column(provider, overflow="fold", min_width=len(provider))
     reasons: dict[str, int] = {}  # "provider: why" -> footnote number, printed once
     for op in ops:
         cells = []

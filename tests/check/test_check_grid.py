@@ -215,3 +215,29 @@ def test_unknown_names_are_rejected_with_the_valid_ones():
         check_provider("cpu", ["rms_norm"], checks=["nope"])
     assert "cpu" in providers() and "native" not in providers()
     assert opir.registry  # the grid reads the live registry
+
+
+def test_integer_and_fp8_outputs_use_the_ops_tolerance(make_op):
+    from opir.check.compare import assert_close_to
+
+    def quantish(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.to(torch.int8), x.to(torch.float8_e4m3fn)
+
+    op = make_op(quantish)
+    want = (
+        torch.tensor([3, 4], dtype=torch.int8),
+        torch.tensor([1.0, 2.0]).to(torch.float8_e4m3fn),
+    )
+    one_step = (torch.tensor([3, 5], dtype=torch.int8), want[1])
+    with pytest.raises(AssertionError):  # integers: exact by default
+        assert_close_to(op, one_step, want)
+    op.override_tolerance(torch.int8, atol=1.0, rtol=0.0)
+    assert_close_to(op, one_step, want)
+    fp8_step = (want[0], torch.tensor([1.0, 2.25]).to(torch.float8_e4m3fn))
+    op.override_tolerance(torch.float8_e4m3fn, atol=0.0, rtol=0.0)
+    with pytest.raises(AssertionError):
+        assert_close_to(op, fp8_step, want)
+    op.override_tolerance(torch.float8_e4m3fn, atol=0.0, rtol=0.125)
+    assert_close_to(op, fp8_step, want)  # compared in fp32 (torch refuses fp8 tolerances)
+    with pytest.raises(AssertionError, match="dtype"):
+        assert_close_to(op, (want[0], want[1].float()), want)

@@ -14,6 +14,11 @@ def test_defaults_match_the_design():
         torch.float32: Tolerance(1e-5, 1.3e-6),
         torch.float16: Tolerance(1e-3, 1e-3),
         torch.bfloat16: Tolerance(1e-3, 1.6e-2),
+        # quantised fp8 outputs: exact unless the op overrides (docs/quantization.md)
+        torch.float8_e4m3fn: Tolerance(0.0, 0.0),
+        torch.float8_e4m3fnuz: Tolerance(0.0, 0.0),
+        torch.float8_e5m2: Tolerance(0.0, 0.0),
+        torch.float8_e5m2fnuz: Tolerance(0.0, 0.0),
     } == DEFAULT_TOLERANCES
 
 

@@ -15,7 +15,13 @@ import torch
 import opir
 from opir.distributed import all_gather, all_reduce, shard
 from opir.layers import GemmaRMSNorm, Mixer2RMSNormGated, RMSNorm, fused_all_reduce_rms_norm
-from opir.ops import all_reduce_rms_norm, rms_norm, rms_norm_gated
+from opir.ops import (
+    all_reduce_rms_norm,
+    all_reduce_rms_norm_quant,
+    rms_norm,
+    rms_norm_gated,
+    static_quant,
+)
 
 HIDDEN = 96  # divisible by 1, 2, 3, 4 and 8
 
@@ -106,6 +112,49 @@ def fused_norm_cases(rank: int, world: int) -> dict:
     return out
 
 
+def quant_cases(rank: int, world: int) -> dict:
+    """all_reduce_rms_norm_quant on this rank: native bit for bit the unfused sequence
+    (all_reduce_rms_norm, then static_quant) and the dispatched op within its tolerance;
+    bad input raises on every rank before the all-reduce (nobody waits)."""
+    out: dict = {}
+    w = 0.5 * _seeded(7, HIDDEN)
+    for dtype, qdtype, with_residual, bias in itertools.product(
+        (torch.float32, torch.bfloat16),
+        (torch.int8, torch.float8_e4m3fn),
+        (False, True),
+        (0.0, 1.0),
+    ):
+        mine = _seeded(100 + rank, 4, HIDDEN, dtype=dtype)
+        residual = _seeded(9, 4, HIDDEN, dtype=dtype) if with_residual else None
+        scale = torch.tensor([6.0 / (127.0 if qdtype == torch.int8 else 448.0)])
+        wd = w.to(dtype)
+        normed, res = all_reduce_rms_norm(mine, residual, wd, 1e-6, None, bias)
+        want = static_quant.native(normed, scale, qdtype)
+        native = all_reduce_rms_norm_quant.native(
+            mine, residual, wd, 1e-6, scale, qdtype, None, bias
+        )
+        got = all_reduce_rms_norm_quant(mine, residual, wd, 1e-6, scale, qdtype, None, bias)
+        tol = all_reduce_rms_norm_quant.tolerance(qdtype) if qdtype != torch.int8 else None
+        diff = (got[0].float() - want.float()).abs()
+        close = bool(
+            (diff <= (1.0 if tol is None else tol.atol + tol.rtol * want.float().abs())).all()
+        )
+        out[(str(dtype), str(qdtype), with_residual, bias)] = {
+            "native_bits": bool(
+                torch.equal(native[0].view(torch.uint8), want.view(torch.uint8))
+                and torch.equal(native[1], res)
+            ),
+            "op_close": close and bool(torch.equal(got[1], res)),
+        }
+    try:
+        all_reduce_rms_norm_quant(mine, None, wd, 1e-6, scale, torch.float16)
+        out["bad_dtype"] = "no error"
+    except ValueError as error:
+        out["bad_dtype"] = str(error)
+    out["after_error"] = all_reduce(torch.ones(2)).tolist()  # the group still works
+    return out
+
+
 class TPBlock(torch.nn.Module):
     """Row-parallel outputs followed by norms in every form the TP fusion handles."""
 
@@ -153,6 +202,7 @@ def everything(rank: int, world: int, groups_list, dtypes) -> dict:
     return {
         "mixer2": mixer2_cases(rank, world, groups_list, dtypes),
         "fused": fused_norm_cases(rank, world),
+        "quant": quant_cases(rank, world),
         "compile": compile_pass(rank, world),
         "mismatch": _tp_error(all_reduce, torch.ones(3 + rank)),
         "int8_vs_uint8": _tp_error(

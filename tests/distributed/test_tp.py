@@ -56,6 +56,18 @@ def test_fused_op_and_helper_match_the_unfused_path(ranks):
     }  # fmt: skip
 
 
+def test_all_reduce_rms_norm_quant_is_the_unfused_sequence(ranks):
+    world, results = ranks
+    for rank, result in results.items():
+        quant = result["quant"]
+        cases = {k: v for k, v in quant.items() if isinstance(k, tuple)}
+        assert len(cases) == 16
+        for key, checks in cases.items():
+            assert all(checks.values()), f"rank {rank} {key}: {checks}"
+        assert "all_reduce_rms_norm_quant: dtype must be one of" in quant["bad_dtype"]
+        assert quant["after_error"] == [float(world)] * 2
+
+
 def test_compile_pass_fuses_with_gemma_bias_and_respects_dtype_guard(ranks):
     _, results = ranks
     for rank, result in results.items():

@@ -120,3 +120,23 @@ def test_ops_registered_later_get_the_provider(make_op):
     assert "inductor" in op.impls
     with op.set_priority(["inductor"]):
         torch.testing.assert_close(op(torch.ones(3), 2.0), torch.full((3,), 3.0))
+
+
+@pytest.mark.slow
+def test_quant_ops_match_native_and_each_dtype_is_its_own_kind():
+    from opir.ops import dynamic_quant, rms_norm_dynamic_quant
+
+    compiled = inductor.compiled["dynamic_quant"]
+    for qdtype in (torch.int8, torch.float8_e4m3fn):
+        for tokens in (7, 33):  # the second token count reuses the kind's compile
+            args = dynamic_quant.sample_inputs(
+                dtype=torch.bfloat16, num_tokens=tokens, hidden_size=96, quant_dtype=qdtype
+            )
+            assert_matches_native(dynamic_quant, "inductor", args)
+    kinds = [k for k in compiled.compiled if (torch.dtype, torch.int8) in k]
+    assert len(kinds) == 1 and len(compiled.compiled) >= 2
+    # a fused op's fp8 output is compared in fp32 within its one-step tolerance
+    args = rms_norm_dynamic_quant.sample_inputs(
+        dtype=torch.float16, quant_dtype=torch.float8_e4m3fnuz
+    )
+    assert_matches_native(rms_norm_dynamic_quant, "inductor", args)

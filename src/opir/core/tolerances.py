@@ -18,6 +18,12 @@ DEFAULT_TOLERANCES: dict[torch.dtype, Tolerance] = {
     torch.float32: Tolerance(atol=1e-5, rtol=1.3e-6),
     torch.float16: Tolerance(atol=1e-3, rtol=1e-3),
     torch.bfloat16: Tolerance(atol=1e-3, rtol=1.6e-2),
+    # quantised outputs: exact unless the op says otherwise (a kernel that follows a
+    # quantisation contract reproduces its roundings; see docs/quantization.md)
+    torch.float8_e4m3fn: Tolerance(atol=0.0, rtol=0.0),
+    torch.float8_e4m3fnuz: Tolerance(atol=0.0, rtol=0.0),
+    torch.float8_e5m2: Tolerance(atol=0.0, rtol=0.0),
+    torch.float8_e5m2fnuz: Tolerance(atol=0.0, rtol=0.0),
 }
 
 

@@ -2,11 +2,13 @@
 
 from opir.layers import tp as _tp
 from opir.layers.norms import GemmaRMSNorm, RMSNorm, RMSNormGated
+from opir.layers.quant import QuantLinear
 from opir.layers.tp import Mixer2RMSNormGated, TPNormCase, fused_all_reduce_rms_norm
 
 __all__ = [
     "GemmaRMSNorm",
     "Mixer2RMSNormGated",
+    "QuantLinear",
     "RMSNorm",
     "RMSNormGated",
     "TPNormCase",

@@ -14,7 +14,13 @@ from opir.core.register import register_op
 from opir.distributed.collectives import all_reduce
 from opir.ops.checks import check_all_reduce_args
 from opir.ops.norms import normalize
-from opir.ops.quant import QUANT_MAX, check_quant_dtype, check_static_scale, static_quant
+from opir.ops.quant import (
+    QUANT_MAX,
+    check_quant_dtype,
+    check_static_scale,
+    set_fused_tolerances,
+    static_quant,
+)
 
 
 @register_op
@@ -120,3 +126,6 @@ def _quant_inputs(
     )
     scale = torch.tensor([4.0 / QUANT_MAX[quant_dtype]], dtype=torch.float32, device=device)
     return x, r, w, epsilon, scale, quant_dtype, None, weight_bias
+
+
+set_fused_tolerances(all_reduce_rms_norm_quant)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 
+from opir.core.op import Op
 from opir.core.register import register_op
 from opir.ops.activations import check_x as check_merged_x
 from opir.ops.activations import silu_and_mul
@@ -370,7 +371,8 @@ def check_scaled_mm_args(
     out_dtype: torch.dtype,
     bias: torch.Tensor | None,
 ) -> bool:
-    """``scaled_mm``'s contract; returns whether the scales are 128-blocks."""
+    """``scaled_mm``'s contract; returns whether the scales are 128-blocks (a [1, 1]
+    b_scale is per tensor; with K and N <= 128 block scales are the plain ones)."""
     op = "scaled_mm"
     for name, t in (("a", a), ("b", b)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
@@ -398,14 +400,10 @@ def check_scaled_mm_args(
         if s.device != a.device:
             raise ValueError(f"{op}: {name} is on {s.device} but a is on {a.device}")
     kb, nb = _cdiv(k, BLOCK), _cdiv(n, BLOCK)
-    a_shapes = {(1,): "per tensor", (m, 1): "per token"}
-    b_shapes = {(1,): "per tensor", (1, n): "per channel"}
-    block_a = tuple(a_scale.shape) == (m, kb) and (m, kb) not in a_shapes
-    block_b = tuple(b_scale.shape) == (kb, nb) and (kb, nb) not in b_shapes
-    if block_a != block_b or (
-        not block_a
-        and (tuple(a_scale.shape) not in a_shapes or tuple(b_scale.shape) not in b_shapes)
-    ):
+    sa, sb = tuple(a_scale.shape), tuple(b_scale.shape)
+    plain = (sa == (1,) or sa == (m, 1)) and (sb == (1,) or sb == (1, 1) or sb == (1, n))
+    block = not plain and sa == (m, kb) and sb == (kb, nb)
+    if not (plain or block):
         raise ValueError(
             f"{op}: a_scale must be [1] or [M, 1] = [{m}, 1] and b_scale [1] or [1, N] = "
             f"[1, {n}], or both 128-block scales a_scale [M, ceil(K/128)] = [{m}, {kb}] and "
@@ -419,7 +417,7 @@ def check_scaled_mm_args(
             f"{op}: bias must be [N] = [{n}] of out_dtype {out_dtype} on {a.device}; got "
             f"{list(bias.shape)} {bias.dtype} {bias.device}"
         )
-    return block_a
+    return block
 
 
 @register_op(activations=("a", "b"))
@@ -617,16 +615,24 @@ OPS = (*BASE_OPS, *FUSED_OPS, scaled_mm)
 for _op in BASE_OPS:
     for _d in FP8_DTYPES:
         _op.override_tolerance(_d, atol=0.0, rtol=0.0)
+
+
 # Fused ops: a kernel's intermediate (the norm's fp32 rms in another summation order, a
 # Triton silu) may differ from native's by an ulp or two of x's dtype, and that can move
 # q by one quantum: one fp8 step (at most 1/8 relative, 2**-9 absolute near zero) or one
 # int8 step; the dynamic scale (absmax / MAX) by up to 2**-7 relative (one bf16 ulp).
-for _op in FUSED_OPS:
-    for _d in FP8_DTYPES:
-        _op.override_tolerance(_d, atol=2.0**-9, rtol=0.125)
-    _op.override_tolerance(torch.int8, atol=1.0, rtol=0.0)
-    _op.override_tolerance(torch.float32, atol=1e-5, rtol=2.0**-7)
-    _op.override_tolerance(torch.float16, atol=1e-3, rtol=2e-3)
+def set_fused_tolerances(op: Op) -> None:
+    """The tolerances of a fused norm/activation -> quant op (see above)."""
+    for d in FP8_DTYPES:
+        op.override_tolerance(d, atol=2.0**-9, rtol=0.125)
+    op.override_tolerance(torch.int8, atol=1.0, rtol=0.0)
+    op.override_tolerance(torch.float32, atol=1e-5, rtol=2.0**-7)
+    op.override_tolerance(torch.float16, atol=1e-3, rtol=2e-3)
+
+
+for _fused in FUSED_OPS:
+    set_fused_tolerances(_fused)
+
 # scaled_mm: kernels accumulate exactly (int32 / fp32 MMA) and run an fp32 epilogue
 # (convert, times a_scale, times b_scale, plus bias: four fp32 roundings) before the
 # final rounding: bf16/fp16 may differ by one ulp (their defaults cover it); fp32 by a

@@ -5,7 +5,8 @@ listens to the registry). Compiled lazily, on the first call with a given
 *argument kind*, with ``dynamic=True`` so token counts and hidden sizes do not
 recompile. The kind is what would otherwise make Dynamo recompile: tensor
 dtypes and ranks, which sizes are 0 or 1 (Dynamo specialises those), which
-optional arguments are None, and the bit patterns of float and bool
+optional arguments are None, the values of ``torch.dtype`` arguments (the
+quant ops' ``dtype``), and the bit patterns of float and bool
 arguments (a NaN epsilon is one kind, not a new one per call). Each kind gets
 its own copy of the native function's code object, hence its own Dynamo cache
 and recompile budget, so the recompile limit is never reached; at most
@@ -60,6 +61,8 @@ def _kind(args: tuple) -> tuple:
             kind.append((float, struct.pack("<d", a)))  # NaN equals itself by bits
         elif isinstance(a, bool):
             kind.append((bool, a))
+        elif isinstance(a, torch.dtype):  # the quant ops' dtype: one compiled copy per value
+            kind.append((torch.dtype, a))
         else:
             kind.append((type(a), None))
     return tuple(kind)
