@@ -155,7 +155,7 @@ def supports_scaled_mm(a, a_scale, b, b_scale, out_dtype, bias=None) -> bool:
     sa, sb = a_scale.shape, b_scale.shape
     if not (sa == (1,) or sa == (a.shape[0], 1)):
         return False
-    return sb == (1,) or sb == (1, b.shape[1])
+    return sb == (1,) or sb == (1, 1) or sb == (1, b.shape[1])
 
 
 MM_PROVIDER.register(scaled_mm, supports_scaled_mm)
