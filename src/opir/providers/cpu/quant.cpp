@@ -640,25 +640,27 @@ float min_scale(at::ScalarType dtype) {
 }
 
 // A static scale: one fp32 value (shape [1] or []), on the CPU.
+// A per-tensor scale (or scale_ub): one fp32 value (shape [1] or []) on the CPU; the
+// native's checks, in its order and words.
+void check_scale(const at::Tensor& scale, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(scale.scalar_type() == at::kFloat, op, ": ", name,
+                    " must be float32, got ", scale.scalar_type(), "; pass ", name, ".float()");
+  TORCH_CHECK_VALUE(scale.numel() == 1 && scale.dim() <= 1, op, ": ", name,
+                    " must be a per-tensor scale of shape [1], got ", scale.sizes());
+  TORCH_CHECK_VALUE(scale.device().is_cpu(), op, ": ", name, " is on ", scale.device(),
+                    " but x is on cpu");
+}
+
 float static_inv(const at::Tensor& scale, const char* op) {
-  TORCH_CHECK_VALUE(scale.device().is_cpu(), op, ": scale must be on the CPU, got ",
-                    scale.device());
-  TORCH_CHECK_VALUE(scale.numel() == 1 && scale.dim() <= 1, op,
-                    ": scale must hold one value (shape [1]), got shape ", scale.sizes());
-  TORCH_CHECK_VALUE(scale.scalar_type() == at::kFloat, op, ": scale must be float32, got ",
-                    scale.scalar_type());
+  check_scale(scale, op, "scale");
   return reciprocal(*scale.data_ptr<float>());
 }
 
-// scale_ub as a value (+inf when absent): one fp32 value, on the CPU.
+// scale_ub as a value (+inf when absent).
 float read_ub(const std::optional<at::Tensor>& scale_ub, const char* op) {
   if (!scale_ub.has_value()) return std::numeric_limits<float>::infinity();
-  const auto& ub = *scale_ub;
-  TORCH_CHECK_VALUE(ub.device().is_cpu() && ub.numel() == 1 && ub.dim() <= 1 &&
-                        ub.scalar_type() == at::kFloat,
-                    op, ": scale_ub must be a float32 CPU tensor of shape [1], got ",
-                    ub.scalar_type(), " ", ub.sizes(), " on ", ub.device());
-  return *ub.data_ptr<float>();
+  check_scale(*scale_ub, op, "scale_ub");
+  return *scale_ub->data_ptr<float>();
 }
 
 void check_weight(const at::Tensor& x, const std::optional<at::Tensor>& weight, const char* op) {
