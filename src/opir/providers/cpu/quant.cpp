@@ -103,6 +103,19 @@ inline fVec round_bf16(const fVec& v) {
 template <typename T>
 inline void round2(fVec& a, fVec& b) {
   if constexpr (std::is_same_v<T, BFloat16>) {
+#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
+    // One instruction rounds 32 lanes to bf16 (nearest even), but it flushes subnormal
+    // inputs and results to zero, which torch does not: a pair with a subnormal lane
+    // (fpclass 0x20) takes the integer path instead.
+    if ((_mm512_fpclass_ps_mask(a, 0x20) | _mm512_fpclass_ps_mask(b, 0x20)) == 0) {
+      const __m512i packed = (__m512i)_mm512_cvtne2ps_pbh(__m512(b), __m512(a));
+      a = _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(packed)), 16));
+      b = _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(packed, 1)), 16));
+      return;
+    }
+#endif
     a = round_bf16(a);
     b = round_bf16(b);
   } else if constexpr (!std::is_same_v<T, float>) {
