@@ -127,3 +127,10 @@ def test_bad_arguments_are_clear():
     layer = QuantLinear.from_linear(_linear(), torch.int8)
     with pytest.raises(ValueError, match="b must be \\[K, N\\]"):
         layer(torch.randn(3, 95).to(torch.bfloat16))
+
+
+def test_traces_in_one_graph():
+    layer = QuantLinear.from_linear(_linear(), torch.int8)
+    x = torch.randn(3, 96).to(torch.bfloat16)
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(x), layer(x))

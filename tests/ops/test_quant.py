@@ -533,3 +533,44 @@ def test_ops_trace_under_torch_compile():
     x, w = _x((3, 64)), torch.ones(64)
     compiled = torch.compile(f, fullgraph=True, backend="eager")
     assert torch.equal(compiled(x, w), f(x, w))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(
+        st.floats(width=32, allow_nan=True, allow_infinity=True), min_size=1, max_size=40
+    ),
+    scale=st.floats(2.0**-20, 1024.0, width=32),
+    qdtype=st.sampled_from(QDTYPES),
+    xdtype=st.sampled_from(XDTYPES),
+)
+def test_static_quant_of_any_values_is_the_formula(values, scale, qdtype, xdtype):
+    x = torch.tensor(values, dtype=torch.float32).to(xdtype)
+    s = _t(scale)
+    q = static_quant(x, s, qdtype)
+    assert _same(q, _formula(x, s, qdtype))
+    finite = torch.isfinite(x.float())
+    if qdtype == torch.int8:
+        assert ((q >= -128) & (q <= 127)).all()
+    else:
+        assert torch.isfinite(q.float()[finite]).all()  # the clamp: never NaN from range
+
+
+def test_empty_groups_and_rows():
+    for shape in [(3, 0), (0, 128), (2, 3, 0), (2, 0, 128)]:
+        for column_major in (False, True):
+            q, s = dynamic_group_quant(torch.randn(*shape), torch.int8, 64, column_major)
+            assert q.shape == shape and s.shape == (*shape[:-1], shape[-1] // 64)
+
+
+def test_maybe_inplace_returns_the_ops_results():
+    x, r = _x((4, 64), torch.bfloat16, 1, 1.0), _x((4, 64), torch.bfloat16, 2, 1.0)
+    w, sc = torch.ones(64, dtype=torch.bfloat16), _t(0.03)
+    for op, extra in (
+        (fused_add_rms_norm_quant, (sc, torch.int8)),
+        (fused_add_rms_norm_dynamic_quant, (torch.float8_e4m3fn,)),
+    ):
+        want = op.native(x, r, w, 1e-6, *extra)
+        got = op.maybe_inplace(x, r.clone(), w, 1e-6, *extra)
+        assert len(got) == len(want)
+        assert _same(got[0], want[0]) and _same(got[-1], want[-1])  # q and the residual

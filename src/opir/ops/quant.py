@@ -33,6 +33,8 @@ group ``x.shape[:-1] + (K // group_size,)`` (``column_major_scales``: the storag
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from opir.core.op import Op
@@ -231,7 +233,7 @@ def dynamic_group_quant(
     q = quantize_with_inv(x32, reciprocal(scale), dtype).reshape(x.shape)
     scale = scale.reshape(*lead, groups)
     if column_major_scales:
-        rows = scale.numel() // groups if groups else 0
+        rows = math.prod(lead)
         storage = torch.empty(groups, rows, dtype=SCALE_DTYPE, device=x.device)
         storage.copy_(scale.reshape(rows, groups).t())
         scale = storage.t().unflatten(0, lead) if lead else storage.t().reshape(groups)
