@@ -256,12 +256,8 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)  # every provider's kernels and the copy alike
     families: tuple[kernels.Family, ...] = kernels.FULL if args.full else kernels.FAMILIES
-    if args.families:
-        wanted = [f.strip() for f in args.families.split(",") if f.strip()]
-        known = [f.name for f in families]
-        if unknown := [f for f in wanted if f not in known]:
-            return _fail(f"unknown famil(ies) {', '.join(unknown)}; known: {', '.join(known)}")
-        families = tuple(f for f in families if f.name in wanted)
+    if args.family:
+        families = tuple(f for f in families if f.name in args.family)
     if args.short:
         families = tuple(kernels.shorten(f) for f in families)
     if args.vllm:
@@ -269,7 +265,7 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 
         loaded, detail = load_vllm()
         if not loaded:
-            return _fail(f"vLLM's CPU kernels could not be loaded: {detail}")
+            return _fail(f"--vllm: vLLM's CPU kernels could not be loaded: {detail}")
     with Progress(console=progress_console, transient=True, disable=args.json) as progress:
         total = sum(f.size for f in families)
         task = progress.add_task("timing kernels (first use builds/compiles)", total=total)
@@ -305,7 +301,11 @@ def _bench_kernels(args: argparse.Namespace) -> int:
             "same bytes), speed-up vs native"
         )
         dtype = "x dtype / weight" if rows[0].family == "norm" else "x dtype"
-        shape = {"norm": "tokens x hidden", "rotary": "tokens x head_size (32 q / 8 kv heads)"}
+        shape = {
+            "norm": "tokens x hidden",
+            "quant": "tokens x hidden",
+            "rotary": "tokens x head_size (32 q / 8 kv heads)",
+        }
         shape = shape.get(rows[0].family, "tokens x d")
         for column in (dtype, shape, "MiB", "copy µs"):
             table.add_column(column, justify="right", overflow="fold")
@@ -523,21 +523,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--rounds", type=_positive_int, default=9, help="interleaved rounds per shape")
     k.add_argument(
+        "--family",
+        action="append",
+        choices=("norm", "activation", "rotary", "quant"),
+        help="only this op family (repeatable; default: all)",
+    )
+    k.add_argument(
         "--providers",
         default="native,cpu,inductor,triton,flashinfer",
         help="comma-separated providers to time (unsupported ones are skipped)",
     )
     k.add_argument("--plot", metavar="FILE.png", help="draw GB/s per provider per shape")
     k.add_argument(
-        "--families",
-        default="",
-        help="comma-separated op families to time (norm, activation, rotary; default: all)",
-    )
-    k.add_argument(
         "--vllm",
         action="store_true",
-        help="also time vLLM's CPU kernels where a family has one (rotary: vLLM's "
-        "_C.rotary_embedding next to opir's public maybe_inplace call)",
+        help="also time vLLM's CPU kernels where a family has one (needs vLLM's CPU wheel in "
+        "this Python): _C.rotary_embedding next to opir's public maybe_inplace call, "
+        "_C.static/dynamic_scaled_int8_quant next to static_quant and dynamic_quant",
     )
     k.add_argument(
         "--threads",

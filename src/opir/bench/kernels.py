@@ -25,7 +25,7 @@ device-to-device copy of the same bytes (the caching allocator makes
 whose predicate rejects a variant (FlashInfer with fp32, say) is left out of
 that row.
 
-Two op families, one table per op: the RMSNorm family (``rms_norm``,
+Four op families, one table per op: the RMSNorm family (``rms_norm``,
 ``fused_add_rms_norm``; ``rms_norm_gated`` with ``--full``) over ``TOKENS`` x
 ``HIDDEN`` tokens x hidden size, and the gated-MLP activations
 (``silu_and_mul``, ``gelu_and_mul`` erf and tanh: the ops ``opir bench
@@ -42,6 +42,17 @@ activations --vllm`` loads it) two more columns: ``opir``, the public
 ``rotary_embedding.maybe_inplace`` call (eager dispatch included), and
 ``vllm``, ``torch.ops._C.rotary_embedding`` in place on its own copies of the
 same inputs; the target is opir <= 1.0x vLLM on every shape.
+
+The quantization family (int8, bf16 input, hidden 4096): ``static_quant``,
+``dynamic_quant`` (per token), and the fused ``rms_norm_quant``,
+``fused_add_rms_norm_quant`` and ``silu_and_mul_quant`` (their dynamic forms
+with ``--full``). Each fused op also gets an ``unfused`` candidate: the cpu
+impls of the ops it fuses, called one after the other (e.g. cpu ``rms_norm``
+then cpu ``static_quant``). With ``vllm=True`` (``opir bench kernels --vllm``,
+in a Python with vLLM's CPU wheel) ``static_quant`` and ``dynamic_quant`` also
+time vLLM's ``torch.ops._C.static_scaled_int8_quant`` /
+``dynamic_scaled_int8_quant``, which write into a preallocated ``out`` (so
+vLLM's time excludes the allocation opir's includes).
 """
 
 from __future__ import annotations
@@ -67,6 +78,13 @@ from opir.bench.timing import (
 from opir.core.op import Op
 from opir.ops import fused_add_rms_norm, rms_norm
 from opir.ops.activations import OPS as ACTIVATION_OPS
+from opir.ops.quant import (
+    dynamic_quant,
+    fused_add_rms_norm_quant,
+    rms_norm_quant,
+    silu_and_mul_quant,
+    static_quant,
+)
 from opir.ops.rotary import rotary_embedding
 
 COPY = "copy"
@@ -137,21 +155,45 @@ ROTARY = Family(
     (1, 16, 256, 2048),
     (128,),
 )
-FAMILIES = (NORMS, ACTIVATIONS, ROTARY)
 VLLM = "vllm"
 OPIR = "opir"
+# int8 quantization (issue 19): vLLM's CPU int8 kernels' shapes, bf16 input
+QUANT = Family(
+    "quant",
+    _cases(
+        (static_quant, dynamic_quant, rms_norm_quant, fused_add_rms_norm_quant, silu_and_mul_quant)
+    ),
+    (("bf16", torch.bfloat16, None),),
+    (1, 16, 256, 2048),
+    (4096,),  # silu_and_mul_quant: d = 4096 (x is [tokens, 8192])
+)
+FAMILIES = (NORMS, ACTIVATIONS, ROTARY, QUANT)
 # --full: every op with kernels (all_reduce_rms_norm needs a process group: not here)
 _MORE_ACTIVATIONS = [op for op in ACTIVATION_OPS if all(c.op is not op for c in ACTIVATIONS.cases)]
 FULL = (
     dataclasses.replace(NORMS, cases=(*NORMS.cases, Case(_ops.rms_norm_gated))),
     dataclasses.replace(ACTIVATIONS, cases=(*ACTIVATIONS.cases, *_cases(_MORE_ACTIVATIONS))),
     ROTARY,
+    dataclasses.replace(
+        QUANT,
+        cases=(
+            *QUANT.cases,
+            *_cases(
+                (
+                    _ops.rms_norm_dynamic_quant,
+                    _ops.fused_add_rms_norm_dynamic_quant,
+                    _ops.silu_and_mul_dynamic_quant,
+                )
+            ),
+        ),
+    ),
 )
 # --short (``make run``): a couple of shapes per op
 _SHORT: dict[str, dict[str, Any]] = {
     "norm": {"tokens": (1, 256, 4096), "hidden": (4096,), "variants": VARIANTS[::2]},
     "activation": {"tokens": _activations.SHORT_TOKENS, "hidden": _activations.SHORT_INTERMEDIATE},
     "rotary": {"tokens": (1, 256)},
+    "quant": {"tokens": (1, 256)},
 }
 
 
@@ -278,6 +320,8 @@ def measure(
         candidates[provider] = functools.partial(eager, *call_args)
     if vllm and op is rotary_embedding and not cuda:
         candidates.update(_vllm_rotary(args))
+    if family == "quant" and not cuda:
+        candidates.update(quant_extras(op, args, vllm))
     number = min(calls_per_round(fn, cuda=cuda) for fn in candidates.values())
     if cuda:
         samples = interleave_cuda(candidates, rounds=rounds, number=number, warmup=2)
@@ -347,6 +391,63 @@ def run(
                     if on_result is not None:
                         on_result(result)
     return results
+
+
+UNFUSED = "unfused"
+
+# fused op -> (the op it normalises / activates with, how its args split between them)
+_UNFUSED: dict[str, Callable[[tuple], tuple[tuple[Op, tuple], ...]]] = {
+    # (x, weight, eps, scale, dtype, weight_bias): rms_norm then static_quant
+    "rms_norm_quant": lambda a: ((rms_norm, (a[0], a[1], a[2], None, a[5], False)),),
+    "rms_norm_dynamic_quant": lambda a: ((rms_norm, (a[0], a[1], a[2], None, a[5], False)),),
+    "fused_add_rms_norm_quant": lambda a: (
+        (fused_add_rms_norm, (a[0], a[1], a[2], a[3], None, a[6], False)),
+    ),
+    "fused_add_rms_norm_dynamic_quant": lambda a: (
+        (fused_add_rms_norm, (a[0], a[1], a[2], a[3], None, a[6], False)),
+    ),
+    "silu_and_mul_quant": lambda a: ((_ops.silu_and_mul, (a[0],)),),
+    "silu_and_mul_dynamic_quant": lambda a: ((_ops.silu_and_mul, (a[0],)),),
+}
+
+
+def quant_extras(op: Op, args: tuple, vllm: bool) -> dict[str, Callable[[], object]]:
+    """The quant family's extra candidates: ``unfused`` (the cpu impls of the ops a fused
+    op fuses, one after the other; the in-place add+norm on donated buffers, as the fused
+    op's) and, with ``vllm``, vLLM's CPU int8 kernels for the base ops."""
+    extras: dict[str, Callable[[], object]] = {}
+    first = _UNFUSED.get(op.name)
+    if first is not None and "cpu" in op.impls:
+        ((norm, norm_args),) = first(args)
+        norm_fn = norm.impls["cpu"].eager_fn
+        norm_fn(*norm_args)  # loads/builds
+        dynamic = "dynamic" in op.name
+        quant = dynamic_quant if dynamic else static_quant
+        quant_fn = quant.impls["cpu"].eager_fn
+        qdtype = next(a for a in args if isinstance(a, torch.dtype))
+        scale = (
+            None
+            if dynamic
+            else next(a for a in args[1:] if isinstance(a, torch.Tensor) and a.numel() == 1)
+        )
+
+        def unfused(norm_fn=norm_fn, norm_args=norm_args, quant_fn=quant_fn):
+            y = norm_fn(*norm_args)
+            y = y[0] if isinstance(y, tuple) else y
+            return quant_fn(y, qdtype, True, None) if dynamic else quant_fn(y, scale, qdtype)
+
+        extras[UNFUSED] = unfused
+    if vllm and op.name in ("static_quant", "dynamic_quant") and args[0].dtype != torch.float32:
+        x = args[0]
+        out = torch.empty(x.shape, dtype=torch.int8)
+        if op.name == "static_quant" and args[2] is torch.int8:
+            kernel = torch.ops._C.static_scaled_int8_quant
+            extras[VLLM] = functools.partial(kernel, out, x, args[1], None)
+        elif op.name == "dynamic_quant" and args[1] is torch.int8 and args[2]:
+            kernel = torch.ops._C.dynamic_scaled_int8_quant
+            scales = torch.empty(*x.shape[:-1], 1)
+            extras[VLLM] = functools.partial(kernel, out, x, scales, None)
+    return extras
 
 
 def _usable(provider: str, case: Case, device: str) -> bool:
@@ -452,6 +553,13 @@ def check_targets(results: Sequence[KernelResult]) -> list[Target]:
         misses = ratio_misses(rows, OPIR, VLLM, 1.0)
         description = "rotary: opir's maybe_inplace <= 1.0x vLLM's CPU kernel on every shape"
         targets.append(_target(description, misses))
+    quants = [r for r in results if r.family == "quant"]
+    if rows := having(quants, "cpu", VLLM):  # issue 19
+        misses = ratio_misses(rows, "cpu", VLLM, 1.0)
+        targets.append(_target("quant: cpu <= 1.0x the time of vLLM's CPU int8 kernels", misses))
+    if rows := having(quants, "cpu", UNFUSED):
+        misses = ratio_misses(rows, "cpu", UNFUSED, 1.0, strict=True)
+        targets.append(_target("quant: fused cpu faster than the unfused cpu sequence", misses))
     return targets
 
 

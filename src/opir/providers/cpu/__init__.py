@@ -4,13 +4,15 @@ Laid out like every provider (see ``opir.providers``): ``availability.py``
 (whether it runs here, and why not), ``kernels.py`` (launchers and the custom
 ops ``torch.ops.opir_cpu.*`` with their fakes), ``impls.py`` (the predicates and
 registrations; ``PROVIDER`` is the kit's :class:`~opir.providers.kit.Provider`).
-The C++ (``norms.cpp``, ``activations.cpp``, ``rotary.cpp``: one file per op family, each its
+The C++ (``norms.cpp``, ``activations.cpp``, ``rotary.cpp``, ``quant.cpp``: one file per
+op family, each its
 own extension) is compiled at the family's first call (see ``build.py``), never
 at import; the custom ops are defined at import so that code Inductor cached in
 an earlier process finds them. The activation family is laid out the same way in
 ``activation_kernels.py`` and ``activation_impls.py`` (its own ``PROVIDER``, so
-that each family loads alone; see there), and so is the rotary family
-(``rotary_kernels.py``, ``rotary_impls.py``).
+that each family loads alone; see there), and so are the rotary family
+(``rotary_kernels.py``, ``rotary_impls.py``) and the int8/fp8 quantization family
+(``quant_kernels.py``, ``quant_impls.py``, ``scaled_mm.py``).
 
 What the norm kernels cover (anything else is rejected by ``supports_args`` and
 falls through to the next provider): CPU tensors; x in fp32, bf16 or fp16; a
@@ -30,8 +32,11 @@ from __future__ import annotations
 import opir.providers.cpu.activation_impls  # the activation family: its impls
 import opir.providers.cpu.activation_kernels  # and its torch.ops.opir_cpu.*
 import opir.providers.cpu.kernels  # defines torch.ops.opir_cpu.* of the norms
+import opir.providers.cpu.quant_impls  # the int8 quant family: its impls
+import opir.providers.cpu.quant_kernels  # and its torch.ops.opir_cpu.*
 import opir.providers.cpu.rotary_impls  # the rotary family: its impls
-import opir.providers.cpu.rotary_kernels  # noqa: F401  (and its torch.ops.opir_cpu.*)
+import opir.providers.cpu.rotary_kernels  # and its torch.ops.opir_cpu.*
+import opir.providers.cpu.scaled_mm  # noqa: F401  (opir_cpu::scaled_mm)
 from opir.providers.cpu.availability import REASON, SUPPORTED
 from opir.providers.cpu.impls import (
     PROVIDER,

@@ -95,16 +95,18 @@ def _cpu_flag(flag: str) -> bool:
         return False
 
 
-def cflags() -> list[str]:
-    return ["-O3", "-std=c++20", "-fopenmp", *isa_flags()]
-
-
-FAMILY_FLAGS: dict[str, tuple[str, ...]] = {
-    # torch rounds every product and sum of a rotation separately (fp32 included):
-    # no product may be fused into an FMA with the following add
+# Flags one family needs on top of the common ones (part of its build key): no
+# multiply-add fused by the compiler. quant.cpp repeats torch's fp32 summation order bit
+# for bit; torch rounds every product and sum of a rotation separately (fp32 included).
+_FAMILY_CFLAGS: dict[str, tuple[str, ...]] = {
+    "quant": ("-ffp-contract=off",),
     "rotary": ("-ffp-contract=off",),
 }
-"""Compiler flags of one source family only, after ``cflags()`` (part of its build key)."""
+
+
+def cflags(family: str | None = None) -> list[str]:
+    """The compiler flags of ``family``'s extension (the common ones when None)."""
+    return ["-O3", "-std=c++20", "-fopenmp", *isa_flags(), *_FAMILY_CFLAGS.get(family or "", ())]
 
 
 @functools.cache
@@ -146,8 +148,7 @@ def build_key(family: str = DEFAULT_FAMILY) -> str:
         raise ProviderBuildError(f"cannot read the cpu provider's source {path}: {e}") from e
     parts = (
         family,
-        *cflags(),
-        *FAMILY_FLAGS.get(family, ()),
+        *cflags(family),
         torch.__version__,
         str(Path(torch.__file__).resolve().parent),
         str(torch._C._GLIBCXX_USE_CXX11_ABI),
@@ -235,6 +236,7 @@ _EXAMPLE_PRIORITY = {
     "norms": "rms_norm=native;fused_add_rms_norm=native;rms_norm_gated=native",
     "activations": "silu_and_mul=native;silu_mul=native",
     "rotary": "rotary_embedding=native;rotary_pos_emb=native",
+    "quant": "static_quant=native;dynamic_quant=native",
 }
 
 
@@ -285,7 +287,7 @@ def _compile(family: str, name: str, directory: Path, library: Path, manifest: P
                 name=name,
                 sources=[str(source(family))],
                 build_directory=str(scratch),
-                extra_cflags=[*cflags(), *FAMILY_FLAGS.get(family, ())],
+                extra_cflags=cflags(family),
                 extra_ldflags=["-fopenmp"],
                 verbose=False,
             )
