@@ -5,8 +5,7 @@ Laid out like every provider (see ``opir.providers``): ``availability.py``
 ops ``torch.ops.opir_cpu.*`` with their fakes), ``impls.py`` (the predicates and
 registrations; ``PROVIDER`` is the kit's :class:`~opir.providers.kit.Provider`).
 The C++ (``norms.cpp``, ``activations.cpp``, ``rotary.cpp``, ``quant.cpp``: one file per
-op family, each its
-own extension) is compiled at the family's first call (see ``build.py``), never
+op family, each its own extension) is compiled at the family's first call (see ``build.py``), never
 at import; the custom ops are defined at import so that code Inductor cached in
 an earlier process finds them. The activation family is laid out the same way in
 ``activation_kernels.py`` and ``activation_impls.py`` (its own ``PROVIDER``, so
