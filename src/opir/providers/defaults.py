@@ -86,6 +86,34 @@ GPU_EAGER = {
     "fused_add_rms_norm": ["triton", "flashinfer", "cpu", "native"],
     "rms_norm_gated": ["triton", "cpu", "native"],
     "all_reduce_rms_norm": ["flashinfer", "triton", "native"],
+    # Rotary and quantization (unmeasured, as above): triton is bit-identical to the
+    # native on every op (the q/k-norm ops within rms_norm's tolerance); flashinfer rounds
+    # once where the contract rounds three times (RoPE) or skips the normalised value's
+    # rounding (norm -> fp8), so it is only reached where triton declines; "cpu" answers
+    # CPU tensors on a GPU machine.
+    **{
+        name: ["triton", "flashinfer", "cpu", "native"]
+        for name in ("rotary_embedding", "rms_norm_quant", "fused_add_rms_norm_quant")
+    },
+    **{
+        name: ["triton", "cpu", "native"]
+        for name in (
+            "qk_norm_rope",
+            "rotary_pos_emb",
+            "qk_norm_rotary_pos_emb",
+            "static_quant",
+            "dynamic_quant",
+            "rms_norm_dynamic_quant",
+            "fused_add_rms_norm_dynamic_quant",
+            "silu_and_mul_quant",
+            "silu_and_mul_dynamic_quant",
+            "scaled_mm",
+        )
+    },
+    **{
+        name: ["triton", "native"]
+        for name in ("dynamic_group_quant", "rms_norm_group_quant", "all_reduce_rms_norm_quant")
+    },
 }
 
 
