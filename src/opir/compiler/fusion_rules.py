@@ -23,6 +23,11 @@ halves of one tensor, ``silu_and_mul``/``mul_and_silu``/``gelu_and_mul``; fusing
 applies the op's fp64-once activation contract (bit-identical to opir's native
 composition, within tolerance of torch's own activation; see that module).
 
+Norm/activation -> quant (``quant_fusion``): the quantisation of an ``rms_norm``,
+``fused_add_rms_norm``, ``all_reduce_rms_norm`` or ``silu_and_mul`` output becomes
+the fused quant op (``rms_norm_dynamic_quant``, ...); these rules come last, so
+``add -> rms_norm -> quant`` ends as ``fused_add_rms_norm_quant``.
+
 Each rule returns a reason when it recognises its pattern but must not fuse,
 and ``add_rms_norm`` says why a norm has no residual add to fuse with: the
 compile report prints these next to the module the norm came from.
@@ -36,6 +41,7 @@ import torch
 from torch import fx
 
 import opir.compiler.activation_fusion as act
+import opir.compiler.quant_fusion as quant
 from opir.compiler.fusion import Fused, Rule
 from opir.compiler.fx_utils import val
 from opir.distributed.collectives import all_reduce
@@ -180,7 +186,7 @@ def _all_reduce_rms_norm(node: fx.Node, args: tuple) -> Fused | str | None:
 
 
 # Priority order: a rule whose pattern contains another rule's pattern comes first.
-RULES: tuple[Rule, ...] = (
+BASE_RULES: tuple[Rule, ...] = (
     Rule("all_reduce_add_rms_norm", rms_norm, _all_reduce_add_rms_norm),
     Rule("all_reduce_fused_add_rms_norm", fused_add_rms_norm, _all_reduce_fused_add_rms_norm),
     Rule("add_rms_norm", rms_norm, _add_rms_norm),
@@ -193,3 +199,14 @@ RULES: tuple[Rule, ...] = (
     Rule("gelu_tanh_mul", act.MUL, act.match_gelu_tanh),
     *(Rule("activation_not_a_product", anchor, act.not_a_product) for anchor in act.REPORT_ANCHORS),
 )
+
+
+def rules(gate: quant.Gate | None = None) -> tuple[Rule, ...]:
+    """The whole table; the norm/activation -> quant rules come last, so they see (and
+    grow) the fused norms and activations the rules before them made, and ``gate``
+    (the platform's ``fuse_quant`` policy) may veto them."""
+    return (*BASE_RULES, *quant.rules(gate))
+
+
+RULES: tuple[Rule, ...] = rules()
+"""Every rule, the quant ones ungated (``fuse_quant="always"``)."""
