@@ -76,6 +76,9 @@ def test_bench_kernels_short_prints_tables_targets_and_plot(capsys, tmp_path, mo
         assert expected in out
     assert "norms: cpu >= 3x faster than native on every shape" in out
     assert "activations: cpu faster than native on every shape" in out
+    for expected in ("static_quant", "fused_add_rms_norm_quant", "unfused"):
+        assert expected in out
+    assert "quant: fused cpu faster than the unfused cpu sequence" in out
     assert plot.stat().st_size > 10_000
 
 

@@ -256,8 +256,16 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)  # every provider's kernels and the copy alike
     families: tuple[kernels.Family, ...] = kernels.FULL if args.full else kernels.FAMILIES
+    if args.family:
+        families = tuple(f for f in families if f.name in args.family)
     if args.short:
         families = tuple(kernels.shorten(f) for f in families)
+    if args.vllm:
+        from opir.bench.activations import load_vllm
+
+        loaded, detail = load_vllm()
+        if not loaded:
+            return _fail(f"--vllm: vLLM's CPU kernels could not be loaded: {detail}")
     with Progress(console=progress_console, transient=True, disable=args.json) as progress:
         total = sum(f.size for f in families)
         task = progress.add_task("timing kernels (first use builds/compiles)", total=total)
@@ -266,6 +274,7 @@ def _bench_kernels(args: argparse.Namespace) -> int:
             providers=providers,
             rounds=args.rounds,
             on_result=lambda _: progress.advance(task),
+            vllm=args.vllm,
         )
     targets = kernels.check_targets(results)
     median_noise, max_noise = kernels.noise_floor(results)
@@ -292,7 +301,7 @@ def _bench_kernels(args: argparse.Namespace) -> int:
             "same bytes), speed-up vs native"
         )
         dtype = "x dtype / weight" if rows[0].family == "norm" else "x dtype"
-        shape = "tokens x hidden" if rows[0].family == "norm" else "tokens x d"
+        shape = "tokens x d" if rows[0].family == "activation" else "tokens x hidden"
         for column in (dtype, shape, "MiB", "copy µs"):
             table.add_column(column, justify="right", overflow="fold")
         for name in names:
@@ -494,6 +503,18 @@ def build_parser() -> argparse.ArgumentParser:
         "RMSNorm pair, silu_and_mul and gelu_and_mul",
     )
     k.add_argument("--rounds", type=_positive_int, default=9, help="interleaved rounds per shape")
+    k.add_argument(
+        "--family",
+        action="append",
+        choices=("norm", "activation", "quant"),
+        help="only this op family (repeatable; default: all)",
+    )
+    k.add_argument(
+        "--vllm",
+        action="store_true",
+        help="also time vLLM's CPU int8 quant kernels (torch.ops._C; needs vLLM's CPU wheel "
+        "in this Python) next to static_quant and dynamic_quant",
+    )
     k.add_argument(
         "--providers",
         default="native,cpu,inductor,triton,flashinfer",

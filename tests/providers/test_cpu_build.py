@@ -42,7 +42,7 @@ def test_build_key_covers_source_flags_and_versions(monkeypatch, tmp_path):
     changed.write_text(build.source("norms").read_text() + "\n// changed\n")
     monkeypatch.setattr(build, "SOURCE_DIR", tmp_path)
     assert build.build_key() != key
-    monkeypatch.setattr(build, "cflags", lambda: ["-O0"])
+    monkeypatch.setattr(build, "cflags", lambda family=None: ["-O0"])
     assert build.build_key() != key
 
 

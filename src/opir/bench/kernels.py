@@ -33,6 +33,17 @@ activations`` compares with vLLM, on its shapes; every other activation op with
 ``--full``) over tokens x intermediate size ``d`` (x is ``[tokens, 2 * d]``).
 An activation op returns a new tensor, so its copy is a ``clone()`` of
 read 2d + write d elements per token.
+
+The quantization family (int8, bf16 input, hidden 4096): ``static_quant``,
+``dynamic_quant`` (per token), and the fused ``rms_norm_quant``,
+``fused_add_rms_norm_quant`` and ``silu_and_mul_quant`` (their dynamic forms
+with ``--full``). Each fused op also gets an ``unfused`` candidate: the cpu
+impls of the ops it fuses, called one after the other (e.g. cpu ``rms_norm``
+then cpu ``static_quant``). With ``vllm=True`` (``opir bench kernels --vllm``,
+in a Python with vLLM's CPU wheel) ``static_quant`` and ``dynamic_quant`` also
+time vLLM's ``torch.ops._C.static_scaled_int8_quant`` /
+``dynamic_scaled_int8_quant``, which write into a preallocated ``out`` (so
+vLLM's time excludes the allocation opir's includes).
 """
 
 from __future__ import annotations
@@ -58,6 +69,13 @@ from opir.bench.timing import (
 from opir.core.op import Op
 from opir.ops import fused_add_rms_norm, rms_norm
 from opir.ops.activations import OPS as ACTIVATION_OPS
+from opir.ops.quant import (
+    dynamic_quant,
+    fused_add_rms_norm_quant,
+    rms_norm_quant,
+    silu_and_mul_quant,
+    static_quant,
+)
 
 COPY = "copy"
 PROVIDERS = ("native", "cpu", "inductor", "triton", "flashinfer")
@@ -116,17 +134,41 @@ ACTIVATIONS = Family(
     _activations.TOKENS,
     _activations.INTERMEDIATE,
 )
-FAMILIES = (NORMS, ACTIVATIONS)
+# int8 quantization (issue 19): vLLM's CPU int8 kernels' shapes, bf16 input
+QUANT = Family(
+    "quant",
+    _cases(
+        (static_quant, dynamic_quant, rms_norm_quant, fused_add_rms_norm_quant, silu_and_mul_quant)
+    ),
+    (("bf16", torch.bfloat16, None),),
+    (1, 16, 256, 2048),
+    (4096,),  # silu_and_mul_quant: d = 4096 (x is [tokens, 8192])
+)
+FAMILIES = (NORMS, ACTIVATIONS, QUANT)
 # --full: every op with kernels (all_reduce_rms_norm needs a process group: not here)
 _MORE_ACTIVATIONS = [op for op in ACTIVATION_OPS if all(c.op is not op for c in ACTIVATIONS.cases)]
 FULL = (
     dataclasses.replace(NORMS, cases=(*NORMS.cases, Case(_ops.rms_norm_gated))),
     dataclasses.replace(ACTIVATIONS, cases=(*ACTIVATIONS.cases, *_cases(_MORE_ACTIVATIONS))),
+    dataclasses.replace(
+        QUANT,
+        cases=(
+            *QUANT.cases,
+            *_cases(
+                (
+                    _ops.rms_norm_dynamic_quant,
+                    _ops.fused_add_rms_norm_dynamic_quant,
+                    _ops.silu_and_mul_dynamic_quant,
+                )
+            ),
+        ),
+    ),
 )
 # --short (``make run``): a couple of shapes per op
 _SHORT: dict[str, dict[str, Any]] = {
     "norm": {"tokens": (1, 256, 4096), "hidden": (4096,), "variants": VARIANTS[::2]},
     "activation": {"tokens": _activations.SHORT_TOKENS, "hidden": _activations.SHORT_INTERMEDIATE},
+    "quant": {"tokens": (1, 256)},
 }
 
 
@@ -223,6 +265,7 @@ def measure(
     rounds: int,
     device: str = "cpu",
     family: str = "norm",
+    vllm: bool = False,
 ) -> KernelResult:
     case = op if isinstance(op, Case) else Case(op)
     op = case.op
@@ -245,6 +288,8 @@ def measure(
         impl.eager_fn(*call_args)  # warm up (builds / compiles / loads on first use)
         eager = op.impls[provider].eager_fn  # after loading: the launcher itself
         candidates[provider] = functools.partial(eager, *call_args)
+    if family == "quant" and not cuda:
+        candidates.update(quant_extras(op, args, vllm))
     number = min(calls_per_round(fn, cuda=cuda) for fn in candidates.values())
     if cuda:
         samples = interleave_cuda(candidates, rounds=rounds, number=number, warmup=2)
@@ -273,6 +318,7 @@ def run(
     rounds: int = 9,
     on_result: Callable[[KernelResult], None] | None = None,
     device: str | None = None,
+    vllm: bool = False,
 ) -> list[KernelResult]:
     """Time every family's cases on its shapes (``families``, e.g. ``FAMILIES``); without
     ``families``, the norm family made of ``ops`` on ``variants`` x ``tokens`` x ``hidden``."""
@@ -293,11 +339,68 @@ def run(
                 usable = [p for p in providers if _usable(p, case, device)]
                 shapes = itertools.product(family.variants, family.tokens, family.hidden)
                 for variant, t, h in shapes:
-                    result = measure(case, variant, t, h, usable, rounds, device, family.name)
+                    result = measure(case, variant, t, h, usable, rounds, device, family.name, vllm)
                     results.append(result)
                     if on_result is not None:
                         on_result(result)
     return results
+
+
+UNFUSED, VLLM = "unfused", "vllm"
+
+# fused op -> (the op it normalises / activates with, how its args split between them)
+_UNFUSED: dict[str, Callable[[tuple], tuple[tuple[Op, tuple], ...]]] = {
+    # (x, weight, eps, scale, dtype, weight_bias): rms_norm then static_quant
+    "rms_norm_quant": lambda a: ((rms_norm, (a[0], a[1], a[2], None, a[5], False)),),
+    "rms_norm_dynamic_quant": lambda a: ((rms_norm, (a[0], a[1], a[2], None, a[5], False)),),
+    "fused_add_rms_norm_quant": lambda a: (
+        (fused_add_rms_norm, (a[0], a[1], a[2], a[3], None, a[6], False)),
+    ),
+    "fused_add_rms_norm_dynamic_quant": lambda a: (
+        (fused_add_rms_norm, (a[0], a[1], a[2], a[3], None, a[6], False)),
+    ),
+    "silu_and_mul_quant": lambda a: ((_ops.silu_and_mul, (a[0],)),),
+    "silu_and_mul_dynamic_quant": lambda a: ((_ops.silu_and_mul, (a[0],)),),
+}
+
+
+def quant_extras(op: Op, args: tuple, vllm: bool) -> dict[str, Callable[[], object]]:
+    """The quant family's extra candidates: ``unfused`` (the cpu impls of the ops a fused
+    op fuses, one after the other; the in-place add+norm on donated buffers, as the fused
+    op's) and, with ``vllm``, vLLM's CPU int8 kernels for the base ops."""
+    extras: dict[str, Callable[[], object]] = {}
+    first = _UNFUSED.get(op.name)
+    if first is not None and "cpu" in op.impls:
+        ((norm, norm_args),) = first(args)
+        norm_fn = norm.impls["cpu"].eager_fn
+        norm_fn(*norm_args)  # loads/builds
+        dynamic = "dynamic" in op.name
+        quant = dynamic_quant if dynamic else static_quant
+        quant_fn = quant.impls["cpu"].eager_fn
+        qdtype = next(a for a in args if isinstance(a, torch.dtype))
+        scale = (
+            None
+            if dynamic
+            else next(a for a in args[1:] if isinstance(a, torch.Tensor) and a.numel() == 1)
+        )
+
+        def unfused(norm_fn=norm_fn, norm_args=norm_args, quant_fn=quant_fn):
+            y = norm_fn(*norm_args)
+            y = y[0] if isinstance(y, tuple) else y
+            return quant_fn(y, qdtype, True, None) if dynamic else quant_fn(y, scale, qdtype)
+
+        extras[UNFUSED] = unfused
+    if vllm and op.name in ("static_quant", "dynamic_quant") and args[0].dtype != torch.float32:
+        x = args[0]
+        out = torch.empty(x.shape, dtype=torch.int8)
+        if op.name == "static_quant" and args[2] is torch.int8:
+            kernel = torch.ops._C.static_scaled_int8_quant
+            extras[VLLM] = functools.partial(kernel, out, x, args[1], None)
+        elif op.name == "dynamic_quant" and args[1] is torch.int8 and args[2]:
+            kernel = torch.ops._C.dynamic_scaled_int8_quant
+            scales = torch.empty(*x.shape[:-1], 1)
+            extras[VLLM] = functools.partial(kernel, out, x, scales, None)
+    return extras
 
 
 def _usable(provider: str, case: Case, device: str) -> bool:
@@ -393,6 +496,13 @@ def check_targets(results: Sequence[KernelResult]) -> list[Target]:
     if rows := having(activations, "cpu", "native"):  # issue 17
         misses = ratio_misses(rows, "cpu", "native", 1.0, strict=True)
         targets.append(_target("activations: cpu faster than native on every shape", misses))
+    quants = [r for r in results if r.family == "quant"]
+    if rows := having(quants, "cpu", VLLM):  # issue 19
+        misses = ratio_misses(rows, "cpu", VLLM, 1.0)
+        targets.append(_target("quant: cpu <= 1.0x the time of vLLM's CPU int8 kernels", misses))
+    if rows := having(quants, "cpu", UNFUSED):
+        misses = ratio_misses(rows, "cpu", UNFUSED, 1.0, strict=True)
+        targets.append(_target("quant: fused cpu faster than the unfused cpu sequence", misses))
     return targets
 
 

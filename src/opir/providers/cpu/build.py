@@ -95,8 +95,14 @@ def _cpu_flag(flag: str) -> bool:
         return False
 
 
-def cflags() -> list[str]:
-    return ["-O3", "-std=c++20", "-fopenmp", *isa_flags()]
+# Flags one family needs on top of the common ones. quant.cpp repeats torch's fp32
+# summation order bit for bit, which a multiply-add fused by the compiler would break.
+_FAMILY_CFLAGS: dict[str, tuple[str, ...]] = {"quant": ("-ffp-contract=off",)}
+
+
+def cflags(family: str | None = None) -> list[str]:
+    """The compiler flags of ``family``'s extension (the common ones when None)."""
+    return ["-O3", "-std=c++20", "-fopenmp", *isa_flags(), *_FAMILY_CFLAGS.get(family or "", ())]
 
 
 @functools.cache
@@ -138,7 +144,7 @@ def build_key(family: str = DEFAULT_FAMILY) -> str:
         raise ProviderBuildError(f"cannot read the cpu provider's source {path}: {e}") from e
     parts = (
         family,
-        *cflags(),
+        *cflags(family),
         torch.__version__,
         str(Path(torch.__file__).resolve().parent),
         str(torch._C._GLIBCXX_USE_CXX11_ABI),
@@ -225,6 +231,7 @@ def _build_error(e: BaseException, family: str) -> ProviderBuildError:
 _EXAMPLE_PRIORITY = {
     "norms": "rms_norm=native;fused_add_rms_norm=native;rms_norm_gated=native",
     "activations": "silu_and_mul=native;silu_mul=native",
+    "quant": "static_quant=native;dynamic_quant=native",
 }
 
 
@@ -275,7 +282,7 @@ def _compile(family: str, name: str, directory: Path, library: Path, manifest: P
                 name=name,
                 sources=[str(source(family))],
                 build_directory=str(scratch),
-                extra_cflags=cflags(),
+                extra_cflags=cflags(family),
                 extra_ldflags=["-fopenmp"],
                 verbose=False,
             )
