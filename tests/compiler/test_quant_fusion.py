@@ -45,7 +45,8 @@ def _fuse(fn, *args, table=RULES):
 
 
 def _same(got, want):
-    for g, w in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+    leaves = torch.utils._pytree.tree_leaves
+    for g, w in zip(leaves(got), leaves(want), strict=True):
         assert g.dtype == w.dtype and g.shape == w.shape
         assert torch.equal(g, w)
 
@@ -207,3 +208,23 @@ def test_opir_compile_of_a_quantised_block():
     # the HF-style add+norm and SwiGLU fusions are held to tolerance (their docs); the
     # quant fusions add no difference of their own (tested bit-exact above)
     torch.testing.assert_close(got, want, atol=0.25, rtol=0.05)
+
+
+def test_all_reduce_add_norm_quant_ends_as_one_op():
+    from opir.distributed.collectives import all_reduce
+    from opir.ops import all_reduce_rms_norm
+
+    def tp(x, r, w, s):  # world size one without a process group
+        h = all_reduce(x) + r
+        return static_quant(rms_norm(h, w, 1e-6), s, I8), h
+
+    x, r = torch.randn(3, 64).to(BF16), torch.randn(3, 64).to(BF16)
+    w, s = torch.rand(64).to(BF16) + 0.5, torch.tensor([0.02])
+    result, left, gm = _fuse(tp, x, r, w, s)
+    assert result.fired == {"all_reduce_add_rms_norm": 1, "all_reduce_rms_norm_quant": 1}
+    assert left == ["all_reduce_rms_norm_quant"]
+    with opir.priority(
+        {"all_reduce_rms_norm_quant": ["native"], "all_reduce_rms_norm": ["native"]}
+    ):
+        y, h = all_reduce_rms_norm(x, r, w, 1e-6)
+        _same(gm(x, r, w, s), (static_quant.native(y, s, I8), h))

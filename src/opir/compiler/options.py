@@ -10,7 +10,6 @@ from typing import Any
 from opir.core.config import resolve_config
 from opir.core.op import Op
 
-
 FUSE_QUANT_POLICIES = ("auto", "always", "kernel", "never")
 
 FUSE_QUANT_DEFAULT: dict[str, str] = {

@@ -34,11 +34,9 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from opir.compiler.cache import kernel_digest
 from opir.compiler.clones import count_clones, eliminate_clones
-from opir.compiler.fusion import fuse
-from opir.compiler.fusion import Fused
+from opir.compiler.fusion import Fused, fuse
 from opir.compiler.fusion_rules import rules
-from opir.compiler.fx_utils import val
-from opir.compiler.fx_utils import calls_custom_kernel, opir_nodes
+from opir.compiler.fx_utils import calls_custom_kernel, opir_nodes, val
 from opir.compiler.lowering import lower
 from opir.compiler.options import Options
 from opir.compiler.report import GraphReport

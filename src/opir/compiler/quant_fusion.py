@@ -200,7 +200,9 @@ def _fused(node: fx.Node, args: tuple, kind: str) -> Fused | str | None:
             call = (h, residual, weight, eps, dtype, scale_ub, bias)
             return Fused(fused_add_rms_norm_dynamic_quant, call, outputs, (*out_vals, res_val),
                          dead=(node, x, source))  # fmt: skip
-        return f"{producer} -> dynamic_group_quant: no fused op (rms_norm_group_quant has no residual)"
+        return (
+            f"{producer} -> dynamic_group_quant: no fused op (rms_norm_group_quant has no residual)"
+        )
     if target is all_reduce_rms_norm.torch_op:
         t, residual, weight, eps, size, bias = all_reduce_rms_norm.complete_args(
             tuple(source.args), dict(source.kwargs)
@@ -209,8 +211,9 @@ def _fused(node: fx.Node, args: tuple, kind: str) -> Fused | str | None:
             return f"{producer} -> {kind} quant: no fused op (all_reduce_rms_norm_quant is static)"
         res = [u for u in source.users if u.target is operator.getitem and u.args[1] == 1]
         outputs = {0: node, **({1: res[0]} if res else {})}
-        return Fused(all_reduce_rms_norm_quant, (t, residual, weight, eps, scale, dtype, size, bias),
-                     outputs, (*out_vals, val(source)[1]), dead=(x, source))  # fmt: skip
+        call = (t, residual, weight, eps, scale, dtype, size, bias)
+        return Fused(all_reduce_rms_norm_quant, call, outputs, (*out_vals, val(source)[1]),
+                     dead=(x, source))  # fmt: skip
     if target is silu_and_mul.torch_op:
         (t,) = silu_and_mul.complete_args(tuple(source.args), dict(source.kwargs))
         if kind == STATIC:
