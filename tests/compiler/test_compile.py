@@ -250,3 +250,28 @@ def test_grad_through_a_compiled_opir_op_is_refused_not_dropped():
     with torch.no_grad():  # the forward itself is fine without autograd
         out = compiled(torch.randn(3, 16))
     assert not out.requires_grad
+
+
+@pytest.mark.slow
+def test_lowered_natives_round_where_eager_rounds():
+    """Natives that round in bf16 between steps (rms_norm with a bf16 weight: round,
+    multiply, round; the rotary products) come out of opir.compile + Inductor bit for
+    bit as eager, because opir.compile turns on Inductor's emulate_precision_casts."""
+    from opir.ops import rotary_embedding
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 64, generator=g).bfloat16()
+    w = (1 + 0.1 * torch.randn(64, generator=g)).bfloat16()
+    positions, q, k, head_size, cache, neox = rotary_embedding.sample_inputs(
+        dtype=torch.bfloat16, num_tokens=7, seed=3
+    )[:6]
+
+    def model(x, q, k):
+        return rms_norm(x, w, 1e-6), *rotary_embedding(positions, q, k, head_size, cache, neox)
+
+    with opir.priority({"rms_norm": ["native"], "rotary_embedding": ["native"]}):
+        want = model(x, q, k)
+        torch._dynamo.reset()
+        got = opir.compile(model, fullgraph=True, dynamic=False)(x, q, k)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)

@@ -62,7 +62,12 @@ def test_may_share_memory_decides_by_address():
     assert may_share_memory(c[4:], d[:8]) and not may_share_memory(c[8:], d[:8])
     base = torch.zeros(4, 8)
     assert not may_share_memory(base[:2], base[2:])
-    assert may_share_memory(base[:, :4], base[:, 4:])  # interleaved extents: conservative
+    # column blocks of the same rows (q, k, v views of one qkv buffer) do not meet
+    assert not may_share_memory(base[:, :4], base[:, 4:])
+    assert not may_share_memory(base[:, :4].unflatten(1, (2, 2)), base[:, 4:6])
+    assert may_share_memory(base[:, :5], base[:, 4:])  # one shared column
+    assert may_share_memory(base[:, :4], base.view(8, 4)[:, :2])  # other row stride
+    assert may_share_memory(base[:, ::2], base[:, 1::2])  # interleaved: conservative
     assert not may_share_memory(torch.zeros(0), base)
 
 

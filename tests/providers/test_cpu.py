@@ -128,3 +128,18 @@ def test_default_priority_on_this_machine_is_cpu_then_native():
     assert opir.platform().has_gpu is False
     for op in OPS:
         assert op.get_priority() == ["cpu", "native"]
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
+def test_bf16_subnormal_outputs_are_kept(op):
+    # A weight in bf16's subnormal range makes every output subnormal. torch keeps
+    # subnormals when it rounds fp32 to bf16; AVX512-BF16's two-register convert
+    # flushes them to zero, so a kernel storing through it would return zeros here.
+    args = op.sample_inputs(dtype=torch.bfloat16, num_tokens=3, hidden_size=768)
+    weight_at = 2 if op is fused_add_rms_norm else 1 + (op is rms_norm_gated)
+    tiny = torch.full_like(args[weight_at], 1e-39)
+    args = (*args[:weight_at], tiny, *args[weight_at + 1 :])
+    out = run_provider(op, "cpu", args)
+    first = out[0] if isinstance(out, tuple) else out
+    assert (first != 0).any(), "subnormal bf16 outputs were flushed to zero"
+    assert_matches_native(op, "cpu", args)

@@ -80,8 +80,28 @@ def takes(op: Op, **extra: Any) -> bool:
     return True
 
 
+VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("no key", {"has_key": False}),
+    ("GPT-J style", {"is_neox_style": False}),
+    ("partial rotary", {"partial": True}),
+    ("3-D", {"three_d": True}),
+    ("GQA heads", {"num_heads": 4, "num_kv_heads": 2}),
+    ("fp32 cache", {"cache_dtype": torch.float32}),
+    ("fp32 cos/sin", {"cos_dtype": torch.float32}),
+    ("[b, s, h, d]", {"bshd": True}),
+)
+"""Input-generator options the grid tries when an op's generator takes them (the
+rotary ops': optional key, styles, layouts, cache dtypes)."""
+
+
+def variants(op: Op) -> list[tuple[str, dict[str, Any]]]:
+    """The :data:`VARIANTS` the op's input generator accepts."""
+    return [(label, extra) for label, extra in VARIANTS if takes(op, **extra)]
+
+
 def grid_cases(op: Op, *, full: bool) -> Iterator[Case]:
-    """Contiguous inputs over dtypes x shapes, then the weight dtype variants."""
+    """Contiguous inputs over dtypes x shapes, then the weight dtype and generator
+    variants."""
     shapes = (
         [(t, h) for t in (1, 7, 64) for h in (1, 7, 64, 769, 1024, 5125)]
         if full
@@ -104,6 +124,9 @@ def grid_cases(op: Op, *, full: bool) -> Iterator[Case]:
     if takes(op, has_weight=False):
         for dtype in DTYPES if full else DTYPES[1:2]:
             yield Case(f"{_name(dtype)} no weight", _sampler(op, dtype, 7, 769, has_weight=False))
+    for label, extra in variants(op):
+        for dtype in DTYPES if full else DTYPES[:2]:
+            yield Case(f"{_name(dtype)} {label}", _sampler(op, dtype, 7, 64, **extra))
 
 
 def layout_cases(op: Op, *, full: bool) -> Iterator[Case]:
@@ -193,9 +216,11 @@ def inplace_cases(op: Op, *, full: bool) -> Iterator[Case]:
         yield Case(f"{name} fresh", _sampler(op, dtype, 7, 64))
         yield Case(f"{name} one tensor for every activation", _same_tensor(op, dtype, positions))
         yield Case(f"{name} overlapping views of one buffer", _overlapping(op, dtype, positions))
-        yield Case(f"{name} disjoint views of one buffer", _overlapping(op, dtype, positions, 64))
+        yield Case(f"{name} disjoint views of one buffer", _overlapping(op, dtype, positions, None))
         yield Case(f"{name} expanded rows", _relaid(op, dtype, "expand", positions[:1]))
         yield Case(f"{name} row-strided", _relaid(op, dtype, "strided_rows", positions))
+        for label, extra in variants(op):
+            yield Case(f"{name} {label}", _sampler(op, dtype, 7, 64, **extra))
 
 
 def random_case(op: Op, seed: int) -> tuple[tuple, bool]:
@@ -211,9 +236,14 @@ def random_case(op: Op, seed: int) -> tuple[tuple, bool]:
         hidden = rng.choice([8, 16, 48, 64, 96, 0])
     kind = rng.choice(LAYOUTS)
     if not set(names) <= KNOWN_PARAMETERS:  # an op this grid does not know: its own generator
-        args = list(sample(op, dtype=dtype, tokens=tokens, hidden=hidden))
+        extra: dict[str, Any] = {}
+        for _, options in variants(op):
+            if rng.random() < 0.3:
+                extra.update(options)
+        args = list(sample(op, dtype=dtype, tokens=tokens, hidden=hidden, **extra))
         for i in op.activation_positions:
-            args[i] = relayout(args[i], kind, rng)
+            if args[i] is not None:
+                args[i] = relayout(args[i], kind, rng)
         return tuple(args), False
     invalid = rng.random() < 0.1
     values: dict[str, Any] = {"x": relayout(_rand((tokens, hidden), dtype, gen), kind, rng)}
@@ -317,26 +347,46 @@ def _strided_weight(op: Op):
 
 
 def _same_tensor(op: Op, dtype: torch.dtype, positions: list[int]):
+    """Every activation is the first one, or (another shape, e.g. rotary's key with
+    fewer heads) a view of the first one's memory."""
+
     def make() -> tuple:
         args = list(sample(op, dtype=dtype, tokens=7, hidden=64))
+        first = args[positions[0]]
         for i in positions[1:]:
-            if args[i] is not None and args[i].shape == args[positions[0]].shape:
-                args[i] = args[positions[0]]
+            a = args[i]
+            if a is None or a.dtype != first.dtype:
+                continue
+            if a.shape == first.shape:
+                args[i] = first
+            elif first.is_contiguous() and a.numel() <= first.numel():
+                args[i] = first.reshape(-1)[: a.numel()].view(a.shape)
         return tuple(args)
 
     return make
 
 
-def _overlapping(op: Op, dtype: torch.dtype, positions: list[int], step: int = 32):
-    """Activation k is a [7, 64] window starting ``k * step`` columns into one buffer."""
+def _overlapping(op: Op, dtype: torch.dtype, positions: list[int], step: int | None = 32):
+    """The 2-D [7, w] activations as column windows of one buffer: activation k starts
+    ``k * step`` columns in (overlapping when ``step`` is less than the widths), or
+    (``step=None``) right after the previous one (disjoint column blocks of the same
+    rows, as the q and k views of a fused qkv buffer are)."""
 
     def make() -> tuple:
         args = list(sample(op, dtype=dtype, tokens=7, hidden=64))
-        width = 64 + step * (len(positions) - 1)
+        chosen = [
+            i
+            for i in positions
+            if args[i] is not None and args[i].dim() == 2 and args[i].shape[0] == 7
+        ]
+        starts, at = [], 0
+        for k, i in enumerate(chosen):
+            starts.append(at if step is None else k * step)
+            at += args[i].shape[1]
+        width = max((s + args[i].shape[1] for s, i in zip(starts, chosen, strict=True)), default=0)
         buffer = torch.randn(7, width, generator=torch.Generator().manual_seed(1)).to(dtype)
-        for k, i in enumerate(positions):
-            if args[i] is not None and args[i].shape == (7, 64):
-                args[i] = buffer[:, k * step : k * step + 64]
+        for start, i in zip(starts, chosen, strict=True):
+            args[i] = buffer[:, start : start + args[i].shape[1]]
         return tuple(args)
 
     return make

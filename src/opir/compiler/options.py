@@ -23,6 +23,19 @@ FUSE_QUANT_DEFAULT: dict[str, str] = {
 """``fuse_quant="auto"`` per device type; other GPU types use the ``cuda`` entry."""
 
 
+DEFAULT_PATCHES: Mapping[str, Any] = {"emulate_precision_casts": True}
+"""Inductor config opir.compile sets unless the user's ``inductor_options`` say otherwise.
+
+``emulate_precision_casts``: Inductor computes 16-bit elementwise code in fp32 and by
+default drops a rounding to bf16/fp16 that is followed by more arithmetic. A lowered
+native that rounds in the model dtype (the rotary ops' products, an activation rounded
+before its product) would then differ from the same native run eagerly, and "the same
+answer whichever kernel runs" would depend on whether the code was compiled. With it,
+every cast rounds where eager rounds. Pass ``inductor_options={"emulate_precision_casts":
+False}`` to trade that for Inductor's default.
+"""
+
+
 @dataclasses.dataclass(frozen=True)
 class Options:
     """What one backend does.
@@ -101,8 +114,9 @@ class Options:
         )
 
     def config_patches(self) -> dict[str, Any]:
-        """Inductor config for ``mode`` and ``inductor_options``."""
-        patches: dict[str, Any] = {}
+        """Inductor config for ``mode`` and ``inductor_options``, on top of
+        :data:`DEFAULT_PATCHES`."""
+        patches: dict[str, Any] = dict(DEFAULT_PATCHES)
         if self.mode not in (None, "default"):
             from torch._inductor import list_mode_options
 

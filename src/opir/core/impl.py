@@ -95,7 +95,8 @@ def on_clones(fn: Callable[..., Any], positions: Sequence[int]) -> Callable[...,
     def cloning(*args: Any) -> Any:
         cloned = list(args)
         for i in positions:
-            cloned[i] = cloned[i].clone()
+            if cloned[i] is not None:  # an optional activation (rotary's key) may be absent
+                cloned[i] = cloned[i].clone()
         return fn(*cloned)
 
     cloning.__name__ = f"{getattr(fn, '__name__', 'impl')}_on_clones"
@@ -119,12 +120,43 @@ def byte_extent(t: torch.Tensor) -> tuple[int, int]:
     return first, first + reach * t.element_size()
 
 
+def _rows(t: torch.Tensor) -> tuple[int, int] | None:
+    """``(row stride, row width)`` in bytes when ``t``'s elements lie in rows: every
+    element at ``first + i * stride + [0, width)`` with ``width <= stride`` (the largest
+    stride is the row stride; the other dims must fit inside one row). None otherwise."""
+    dims = [(st, sz) for st, sz in zip(t.stride(), t.shape, strict=True) if sz > 1]
+    if len(dims) < 2:
+        return None
+    outer = max(st for st, _ in dims)
+    inner = [(st, sz) for st, sz in dims]
+    inner.remove(next(d for d in dims if d[0] == outer))
+    width = 1 + sum(st * (sz - 1) for st, sz in inner)
+    if width > outer:
+        return None
+    size = t.element_size()
+    return outer * size, width * size
+
+
+def _disjoint_rows(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` are column blocks of the same rows that do not meet:
+    e.g. the q and k column views of one fused qkv buffer."""
+    ra, rb = _rows(a), _rows(b)
+    if ra is None or rb is None or ra[0] != rb[0]:
+        return False
+    stride = ra[0]
+    shift = (b.data_ptr() - a.data_ptr()) % stride  # b's row start within a's rows
+    return ra[1] <= shift and shift + rb[1] <= stride
+
+
 def may_share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Conservative: False only when ``a`` and ``b`` provably touch no common byte
-    (disjoint address extents, or different devices)."""
+    (disjoint address extents, different devices, or disjoint column blocks of the
+    same rows, as the q, k and v views of one fused qkv buffer are)."""
     a0, a1 = byte_extent(a)
     b0, b1 = byte_extent(b)
-    return a0 < b1 and b0 < a1 and a.device == b.device
+    if not (a0 < b1 and b0 < a1 and a.device == b.device):
+        return False
+    return not _disjoint_rows(a, b)
 
 
 def guarded_donation(
@@ -157,7 +189,7 @@ def guarded_donation(
 
     def guarded(*args: Any) -> Any:
         for i in positions:
-            if overlaps_itself(args[i]):
+            if args[i] is not None and overlaps_itself(args[i]):
                 return cloning(*args)
         for i, j in pairs:
             a, b = args[i], args[j]

@@ -67,6 +67,7 @@ class OpSignature:
     float_positions: tuple[int, ...]  # float parameters (the torch op turns an int into a float)
     activations: tuple[str, ...]
     activation_positions: tuple[int, ...]
+    returns_list: bool = False  # the result is list[Tensor] (schema ``Tensor[]``), not a tuple
 
     @property
     def tensor_names(self) -> tuple[str, ...]:
@@ -127,6 +128,7 @@ def analyze(
         float_positions=tuple(i for i, k in enumerate(kinds) if k == "float"),
         activations=tuple(activations),
         activation_positions=activation_positions,
+        returns_list=schema.endswith("-> Tensor[]"),
     )
 
 

@@ -76,4 +76,25 @@ def _define(
         library.impl(overload, hooks.refuse_grad_donation, "Autograd")
         torch.library.register_fake(f"{qualname}.maybe_inplace", hooks.fake, lib=library)
         donating = packet.maybe_inplace
+        if inplace_schema.endswith("-> Tensor[]"):
+            _functionalize_as_default(donating, packet.default)
     return TorchOp(library, packet.default, donating)
+
+
+def _functionalize_as_default(
+    donating: torch._ops.OpOverload, default: torch._ops.OpOverload
+) -> None:
+    """Let torch's functionalization (AOTAutograd under plain ``torch.compile``) serve a
+    ``maybe_inplace`` overload returning ``Tensor[]`` with the functional overload.
+
+    ``auto_functionalize`` takes mutable custom ops returning tensors or tuples, not
+    ``Tensor[]`` (rotary_embedding: ``[query]`` or ``[query, key]``). Functionalization
+    decomposes a mutable op through its Python CompositeImplicitAutograd kernel before
+    anything else, and donation permits writing, never requires it, so that kernel is
+    the functional op. Eager dispatch keeps the CompositeExplicitAutograd kernel (the
+    dispatcher resolves the explicit kernel first); ``opir.compile`` rewrites donations
+    itself before AOTAutograd.
+    """
+    donating.py_impl(torch._C.DispatchKey.CompositeImplicitAutograd)(
+        lambda *args, **kwargs: default(*args, **kwargs)
+    )

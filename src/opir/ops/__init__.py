@@ -25,6 +25,7 @@ from opir.ops.quant import (
     silu_and_mul_quant,
     static_quant,
 )
+from opir.ops.rotary import qk_norm_rope, qk_norm_rotary_pos_emb, rotary_embedding, rotary_pos_emb
 
 __all__ = [
     "all_reduce_rms_norm",
@@ -39,11 +40,15 @@ __all__ = [
     "gelu_and_mul_sparse",
     "gelu_mul",
     "mul_and_silu",
+    "qk_norm_rope",
+    "qk_norm_rotary_pos_emb",
     "rms_norm",
     "rms_norm_dynamic_quant",
     "rms_norm_gated",
     "rms_norm_group_quant",
     "rms_norm_quant",
+    "rotary_embedding",
+    "rotary_pos_emb",
     "scaled_mm",
     "silu_and_mul",
     "silu_and_mul_dynamic_quant",

@@ -17,6 +17,14 @@ layouts each compiled copy sees and steps around a torch 2.13 Inductor bug
 that normalised transposed inputs wrongly (see the upstream-bug test in
 tests/compiler). It costs a copy only for non-contiguous inputs.
 
+Two per-op settings (:data:`SETTINGS`). ``exact_rounding`` compiles with
+Inductor's ``emulate_precision_casts``: the natives that compute in the model
+dtype (the rotary ops: a bf16 product rounds, then the sum rounds again) would
+otherwise be computed in fp32 and rounded once. ``precheck`` runs the op's
+data-dependent checks eagerly before the compiled call: the native skips them
+while traced (the rotary ops' positions range), and an out-of-range gather in
+Inductor's generated CPU code aborts the process instead of raising.
+
 Bad input gets the native function's own exception: when a compiled call
 fails, the native function is run eagerly on the same arguments; if it fails
 too its error is raised, otherwise the compile failure is reported as a
@@ -37,7 +45,7 @@ import struct
 import threading
 import types
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import torch
 
@@ -45,10 +53,49 @@ from opir.core.errors import DispatchError
 from opir.core.op import Op
 from opir.core.protocols import OpLike
 from opir.core.registry import on_register
+from opir.ops import rotary as _rotary
 
 PROVIDER = "inductor"
 MAX_KINDS = 64
 _Tensor = torch.Tensor
+
+
+class Settings(NamedTuple):
+    exact_rounding: bool = False  # Inductor rounds where eager rounds (16-bit intermediates)
+    precheck: Callable[[tuple], object] | None = None  # eager checks on the complete args
+
+
+def _check_rotary_embedding(a: tuple) -> object:
+    # (positions, query, key, head_size, cos_sin_cache, is_neox_style, rotary_dim)
+    return _rotary.check_rotary_args(a[0], a[1], a[2], a[3], a[4], a[6])
+
+
+def _check_qk_norm_rope(a: tuple) -> object:
+    # (positions, query, key, q_weight, k_weight, epsilon, head_size, cos_sin_cache, ...)
+    return _rotary.check_rotary_args(a[0], a[1], a[2], a[6], a[7], a[9], "qk_norm_rope")
+
+
+SETTINGS: dict[str, Settings] = {
+    "rotary_embedding": Settings(True, _check_rotary_embedding),
+    "qk_norm_rope": Settings(True, _check_qk_norm_rope),
+    "rotary_pos_emb": Settings(True),
+    "qk_norm_rotary_pos_emb": Settings(True),
+    # the fused quant ops quantise the intermediate rounded to x's dtype (the contract)
+    **{
+        name: Settings(True)
+        for name in (
+            "rms_norm_quant",
+            "rms_norm_dynamic_quant",
+            "rms_norm_group_quant",
+            "fused_add_rms_norm_quant",
+            "fused_add_rms_norm_dynamic_quant",
+            "silu_and_mul_quant",
+            "silu_and_mul_dynamic_quant",
+            "all_reduce_rms_norm_quant",
+        )
+    },
+}
+"""Per-op settings by op name (the defaults for any op not listed)."""
 
 
 def _kind(args: tuple) -> tuple:
@@ -79,6 +126,7 @@ class CompiledNative:
         self._lock = threading.Lock()
         self._copies = 0
         self._floats = frozenset(op.sig.float_positions)
+        self.settings = SETTINGS.get(op.name, Settings())
 
     def __call__(self, *args: Any) -> Any:
         args = tuple(
@@ -88,6 +136,9 @@ class CompiledNative:
             args = tuple(
                 float(a) if i in self._floats and type(a) is int else a for i, a in enumerate(args)
             )
+        precheck = self.settings.precheck
+        if precheck is not None:
+            precheck(args)
         kind = _kind(args)
         fn = self.compiled.get(kind)
         if fn is None:
@@ -112,8 +163,14 @@ class CompiledNative:
             fn = self.compiled.get(kind)
             if fn is None:
                 self._copies += 1
+                options: dict[str, str | int | bool | Callable[..., Any]] | None = None
+                if self.settings.exact_rounding:
+                    options = {"emulate_precision_casts": True}
                 fn = torch.compile(
-                    _fresh_copy(self.op.native, self._copies), dynamic=True, fullgraph=True
+                    _fresh_copy(self.op.native, self._copies),
+                    dynamic=True,
+                    fullgraph=True,
+                    options=options,
                 )
                 self.compiled[kind] = fn
                 while len(self.compiled) > MAX_KINDS:

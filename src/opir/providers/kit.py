@@ -13,7 +13,7 @@ provider restates it:
   is the op's ``maybe_inplace`` schema returning nothing, its ``_`` name says
   so. Its fake is the op's fake (functional) or nothing (in place);
 - the traceable impl calls that custom op and, in place, returns the
-  activations it wrote;
+  activations it wrote (those that are not None; a list for a ``list[Tensor]`` op);
 - the eager entry loads the kernels on the first call, then the impl's eager
   entry becomes the launcher itself (no wrapper frame on the hot path).
 
@@ -205,6 +205,7 @@ class Provider:
     ) -> Callable[..., Any]:
         provider = self
         activations = op.activation_positions
+        as_list = op.sig.returns_list
         resolved: list[Callable[..., Any]] = []
 
         def resolve() -> Callable[..., Any] | None:
@@ -224,7 +225,11 @@ class Provider:
                 return _overload(op, inplace)(*args)
             if inplace and custom_op is not None:
                 fn(*args)
-                return tuple(args[i] for i in activations)
+                # the op's result: its activations (an optional one that is None is not
+                # returned: rotary_embedding with key=None returns [query]), as a list for
+                # a list[Tensor] op
+                written = [args[i] for i in activations if args[i] is not None]
+                return written if as_list else tuple(written)
             return fn(*args)
 
         return self._as_op_function(traced, op, "traceable")

@@ -56,12 +56,9 @@ inline void store2(T* p, const fVec& a, const fVec& b) {
   if constexpr (std::is_same_v<T, float>) {
     a.store(p);
     b.store(p + kLanes);
-#if defined(CPU_CAPABILITY_AVX512) && defined(__AVX512BF16__)
-  } else if constexpr (std::is_same_v<T, BFloat16>) {
-    // One instruction rounds 32 lanes to bf16 (nearest even, NaN kept).
-    _mm512_storeu_si512(p, (__m512i)_mm512_cvtne2ps_pbh(__m512(b), __m512(a)));
-#endif
   } else {
+    // ATen's integer rounding, as torch's own fp32 -> bf16/fp16 cast. Not AVX512-BF16's
+    // vcvtne2ps2bf16: it flushes fp32 subnormals to zero, torch keeps them.
     at::vec::convert_from_float<T>(a, b).store(p);
   }
 }

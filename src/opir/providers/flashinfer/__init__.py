@@ -19,8 +19,9 @@ inside the impl, so the predicate never depends on the token count.
 Laid out like every provider (see ``opir.providers``): ``availability.py``,
 ``kernels.py`` (the FlashInfer calls and ``torch.ops.opir_flashinfer.*``),
 ``impls.py`` (predicates and registrations, ``PROVIDER``); the activation ops'
-predicates and registrations are in ``activation_impls.py`` (what they cover
-is said there).
+predicates and registrations are in ``activation_impls.py``, ``rotary_embedding``'s
+(through ``apply_rope_with_cos_sin_cache_inplace``: fp32 cache, neox style; its
+rounding rule and bound) in ``rotary_impls.py`` (what they cover is said there).
 
 Rounding differs from opir's contract (held to the op tolerance, see
 docs/gpu-providers.md): with a weight of x's dtype FlashInfer rounds once
@@ -30,7 +31,10 @@ the sum after rounding it to x's dtype (contract: the unrounded fp32 sum).
 
 from __future__ import annotations
 
-from opir.providers.flashinfer import activation_impls  # noqa: F401  (the activation impls)
+from opir.providers.flashinfer import (
+    activation_impls,  # noqa: F401  (the activation impls)
+    rotary_impls,  # noqa: F401  (rotary_embedding)
+)
 from opir.providers.flashinfer.availability import REASON, SUPPORTED
 from opir.providers.flashinfer.impls import (
     PROVIDER,

@@ -14,7 +14,10 @@ write the normalised rows into ``input`` and the sum into ``residual``), and
 with ``AllReduceFusionPattern.kARResidualRMSNorm`` and ``weight_bias``;
 ``flashinfer.activation.silu_and_mul``, ``gelu_and_mul`` and
 ``gelu_tanh_and_mul`` (``fn(input, out=None, enable_pdl=None) -> Tensor``,
-``input`` of shape ``(..., 2 * d)``, output ``(..., d)``; flashinfer-python 0.7.x).
+``input`` of shape ``(..., 2 * d)``, output ``(..., d)``; flashinfer-python 0.7.x);
+``flashinfer.rope.apply_rope_with_cos_sin_cache(_inplace)(positions, query, key,
+head_size, cos_sin_cache, is_neox)`` (fp32 cache ``[max_position, rotary_dim]`` =
+``cat(cos, sin)``, query/key viewed as ``[tokens, heads, head_size]``).
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import torch
 import torch.distributed as dist
 from flashinfer import activation as fi_activation
 from flashinfer import norm as fi_norm
+from flashinfer import rope as fi_rope
 
 from opir.distributed.group import tp_rank, tp_world_size
 from opir.ops import all_reduce_rms_norm as _ar_op
 from opir.ops import fused_add_rms_norm as _fused_add_op
 from opir.ops import gelu_and_mul as _gelu_and_mul_op
 from opir.ops import rms_norm as _rms_norm_op
+from opir.ops import rotary_embedding as _rotary_op
 from opir.ops import silu_and_mul as _silu_and_mul_op
+from opir.ops.rotary import check_rotary_args
 from opir.providers.kit import define
 
 NAMESPACE = "opir_flashinfer"
@@ -137,8 +143,47 @@ def gelu_and_mul(x, approximate: str) -> torch.Tensor:
     return fi_activation.gelu_and_mul(x)
 
 
+def _safe_positions(positions, query, key, head_size, cos_sin_cache, rotary_dim):
+    """The op's checks (the range aside: a device reduction would synchronise), then
+    the positions clamped into the cache: FlashInfer reads whatever row it is given."""
+    check_rotary_args(
+        positions, query, key, head_size, cos_sin_cache, rotary_dim, check_range=False
+    )
+    return positions.clamp(0, cos_sin_cache.shape[0] - 1)
+
+
+def rotary_embedding_(
+    positions, query, key, head_size: int, cos_sin_cache, is_neox_style: bool, rotary_dim
+) -> list[torch.Tensor]:
+    """In place: query and key rotated where they are; returns [query, key]."""
+    safe = _safe_positions(positions, query, key, head_size, cos_sin_cache, rotary_dim)
+    if query.shape[0] != 0:
+        fi_rope.apply_rope_with_cos_sin_cache_inplace(
+            safe, query, key, head_size, cos_sin_cache, is_neox_style
+        )
+    return [query, key]
+
+
+def rotary_embedding_functional(
+    positions, query, key, head_size: int, cos_sin_cache, is_neox_style: bool, rotary_dim
+) -> list[torch.Tensor]:
+    """Into new tensors of the inputs' shapes."""
+    safe = _safe_positions(positions, query, key, head_size, cos_sin_cache, rotary_dim)
+    if query.shape[0] == 0:
+        return [torch.empty_like(query), torch.empty_like(key)]
+    q, k = fi_rope.apply_rope_with_cos_sin_cache(
+        safe, query, key, head_size, cos_sin_cache, is_neox_style
+    )
+    return [q, k]
+
+
+rotary_embedding = rotary_embedding_  # the impl is in place (see rotary_impls.py)
+
+
 define(NAMESPACE, _rms_norm_op, rms_norm, device_types="cuda")
 define(NAMESPACE, _silu_and_mul_op, silu_and_mul, device_types="cuda")
 define(NAMESPACE, _gelu_and_mul_op, gelu_and_mul, device_types="cuda")
 define(NAMESPACE, _fused_add_op, fused_add_rms_norm, inplace=True, device_types="cuda")
 define(NAMESPACE, _ar_op, all_reduce_rms_norm, device_types="cuda")
+define(NAMESPACE, _rotary_op, rotary_embedding_functional, device_types="cuda")
+define(NAMESPACE, _rotary_op, rotary_embedding_, inplace=True, device_types="cuda")

@@ -1,4 +1,4 @@
-"""The ``triton`` provider: Triton kernels for the whole RMSNorm family and the activations.
+"""The ``triton`` provider: Triton kernels for the RMSNorm family, the activations and RoPE.
 
 Supported on CUDA/ROCm GPUs, and on a CPU-only machine when ``TRITON_INTERPRET=1``
 is set before ``import opir``: then the predicates accept CPU tensors and the
@@ -19,16 +19,21 @@ Laid out like every provider (see ``opir.providers``): ``availability.py``,
 ops, so lowering records one node per kernel and Inductor sees the Triton
 kernel), ``impls.py`` (predicates and registrations, ``PROVIDER``); the kernel
 sources are one file per op family (``norm.py``, ``gated.py``, ``all_reduce.py``,
-``activation.py``) with ``config.py`` (launch configuration) and ``common.py``
-(shared helpers). The activations' predicates and registrations are in
-``activation_impls.py`` (what they cover is said there).
+``activation.py``, ``rotary.py``) with ``config.py`` (launch configuration) and
+``common.py`` (shared helpers). The activations' predicates and registrations are in
+``activation_impls.py`` and the rotary ops' in ``rotary_impls.py`` (what they
+cover is said there).
 The kernels never synchronise with the host and the predicates read only
-tensor metadata, so both are safe inside CUDA graph capture.
+tensor metadata, so both are safe inside CUDA graph capture (the rotary
+launchers check the positions' range on the host only for CPU tensors).
 """
 
 from __future__ import annotations
 
-from opir.providers.triton import activation_impls  # noqa: F401  (the activation family)
+from opir.providers.triton import (
+    activation_impls,  # noqa: F401  (the activation family)
+    rotary_impls,  # noqa: F401  (the rotary family)
+)
 from opir.providers.triton.availability import INTERPRET, REASON, SUPPORTED
 from opir.providers.triton.impls import (
     PROVIDER,

@@ -6,7 +6,10 @@ and fakes (``kit.define``), so lowering records one node per kernel and
 Inductor sees the Triton kernel inside. ``fused_add_rms_norm`` is the
 functional form (new outputs; the local part of the all-reduce op),
 ``fused_add_rms_norm_`` the in-place one. The activation ops' launchers are
-``activation.py``'s, one kernel for all of them.
+``activation.py``'s, one kernel for all of them; the rotary ops' are ``rotary.py``'s
+(``rotary_embedding`` and ``qk_norm_rope`` are the in-place launchers, as their impls
+are in place; ``torch.ops.opir_triton.<op>`` is the functional form, ``<op>_`` the
+in-place one).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from opir.ops import activations as _activation_ops
 from opir.ops import fused_add_rms_norm as _fused_add_op
 from opir.ops import rms_norm as _rms_norm_op
 from opir.ops import rms_norm_gated as _gated_op
+from opir.ops import rotary as _rotary_ops
 from opir.providers.kit import define
-from opir.providers.triton import activation, all_reduce, gated, norm
+from opir.providers.triton import activation, all_reduce, gated, norm, rotary
 
 NAMESPACE = "opir_triton"
 
@@ -36,6 +40,11 @@ gelu_and_mul_sparse = activation.gelu_and_mul_sparse
 swigluoai_and_mul = activation.swigluoai_and_mul
 silu_mul = activation.silu_mul
 gelu_mul = activation.gelu_mul
+
+rotary_embedding = rotary.rotary_embedding_
+qk_norm_rope = rotary.qk_norm_rope_
+rotary_pos_emb = rotary.rotary_pos_emb
+qk_norm_rotary_pos_emb = rotary.qk_norm_rotary_pos_emb
 
 
 def _traced(fn, kernel):
@@ -76,3 +85,22 @@ for _launcher in (
         definer=triton_op,
     )
 del _launcher
+
+for _name in ("rotary_embedding", "qk_norm_rope"):  # functional and in-place custom ops
+    _op = getattr(_rotary_ops, _name)
+    for _fn, _inplace in ((getattr(rotary, _name), False), (getattr(rotary, _name + "_"), True)):
+        define(
+            NAMESPACE,
+            _op,
+            _traced(_fn, rotary.traceable_kernel),
+            inplace=_inplace,
+            definer=triton_op,
+        )
+for _name in ("rotary_pos_emb", "qk_norm_rotary_pos_emb"):
+    define(
+        NAMESPACE,
+        getattr(_rotary_ops, _name),
+        _traced(getattr(rotary, _name), rotary.traceable_kernel),
+        definer=triton_op,
+    )
+del _name, _op, _fn, _inplace
