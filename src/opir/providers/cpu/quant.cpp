@@ -974,6 +974,8 @@ std::vector<at::Tensor> add_norm_quant(const at::Tensor& x_in, const at::Tensor&
         T* orow = op_ + orows.offset(r);
         int64_t j = 0;
         fVec xa, xb, ra, rb;
+        // one pass: a chunk of x and of the residual is read before that chunk of the
+        // new residual is written (so x may be the residual itself)
         for (; j + kStep <= cols; j += kStep) {
           load2(xr + j, xa, xb);
           load2(rr + j, ra, rb);
@@ -981,12 +983,6 @@ std::vector<at::Tensor> add_norm_quant(const at::Tensor& x_in, const at::Tensor&
           xb = xb + rb;
           xa.store(s.data() + j);
           xb.store(s.data() + j + kLanes);
-        }
-        for (; j < cols; ++j) s[j] = static_cast<float>(xr[j]) + static_cast<float>(rr[j]);
-        // the residual is written only after this row of x and residual was read
-        j = 0;
-        for (; j + kStep <= cols; j += kStep) {
-          load2(s.data() + j, xa, xb);
           if constexpr (std::is_same_v<T, float>) {
             xa.store(orow + j);
             xb.store(orow + j + kLanes);
@@ -994,7 +990,11 @@ std::vector<at::Tensor> add_norm_quant(const at::Tensor& x_in, const at::Tensor&
             at::vec::convert_from_float<T>(xa, xb).store(orow + j);
           }
         }
-        for (; j < cols; ++j) orow[j] = static_cast<T>(s[j]);
+        for (; j < cols; ++j) {
+          const float v = static_cast<float>(xr[j]) + static_cast<float>(rr[j]);
+          s[j] = v;
+          orow[j] = static_cast<T>(v);
+        }
         uint8_t* qr = qp + r * cols;
         auto sink = make_sink<F>(qr, inv, y.data(), dynamic);
         norm_row<T, W, F>(s.data(), cols, eps, wp, sink);

@@ -1,4 +1,4 @@
-"""The ``cpu`` provider's int8 quantization predicates and impls (kernels: ``quant_kernels.py``).
+"""The ``cpu`` provider's int8 / fp8 quantization predicates and impls (``quant_kernels.py``).
 
 Eager calls go straight to the launchers of ``quant.cpp``; under a dispatch mode
 (make_fx, FakeTensor, export) the impls call the custom ops

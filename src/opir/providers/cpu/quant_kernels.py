@@ -1,4 +1,4 @@
-"""The cpu int8 quantization kernels (``quant.cpp``): launchers and ``torch.ops.opir_cpu.*``.
+"""The cpu int8 / fp8 quantization kernels (``quant.cpp``): launchers, ``torch.ops.opir_cpu.*``.
 
 The third source family of the cpu provider, laid out like ``activation_kernels.py``:
 the custom ops are defined when ``opir.providers.cpu`` is imported, before any

@@ -2,8 +2,9 @@
 
 ``torch._int_mm`` (oneDNN, VNNI where the CPU has it; through
 ``opir.providers.int_mm``, which steps around the operand layouts torch 2.13's CPU
-``_int_mm`` sums wrongly) computes ``a @ b`` exactly in int32; the epilogue then repeats the native's arithmetic on that exact product:
-``(acc.double() * a_scale) * b_scale (+ bias)``, rounded once to ``out_dtype``. The
+``_int_mm`` sums wrongly) computes ``a @ b`` exactly in int32; the epilogue then
+repeats the native's arithmetic on that exact product: ``(acc.double() * a_scale) *
+b_scale (+ bias)``, rounded once to ``out_dtype``. The
 native's fp64 matmul of int8 values is exact too, so the result is bit-identical
 to native whenever the int32 accumulator cannot overflow: ``K * 128 * 128 < 2**31``,
 i.e. ``K < 131072`` (the predicate's limit). Measured 10-30x faster than the native
