@@ -339,3 +339,25 @@ def test_compile_and_model_tables_state_the_noise_floor_first(capsys, monkeypatc
     assert cli.main(["bench", "model", "--short"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert out.index("noise floor: times vary by 30% between rounds") < out.index("Qwen3")
+
+
+def test_bench_compile_quant_table_and_json(capsys, monkeypatch):
+    from opir.bench import quant_compile
+
+    result = quant_compile.QuantCompileResult(
+        16,
+        {quant_compile.TORCH: 2.0, quant_compile.OPIR: 1.5},
+        {quant_compile.TORCH: 1.0, quant_compile.OPIR: 0.75},
+        {quant_compile.OPIR: {"rms_norm_dynamic_quant": 2}},
+        {quant_compile.OPIR: ["dynamic_quant layers.0.attn: why"]},
+        {quant_compile.OPIR: [("rms_norm_dynamic_quant", "cpu")]},
+        {quant_compile.TORCH: 0.05, quant_compile.OPIR: 0.05},
+    )
+    monkeypatch.setattr(quant_compile, "run", lambda **kw: [result])
+    assert cli.main(["bench", "compile", "--quant", "--short", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["fusions"] == {
+        quant_compile.OPIR: {"rms_norm_dynamic_quant": 2}
+    }
+    assert cli.main(["bench", "compile", "--quant", "--short"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "W8A8 decoder" in out and "rms_norm_dynamic_quant" in out and "(0.75x)" in out

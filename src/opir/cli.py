@@ -359,6 +359,8 @@ def _bench_compile(args: argparse.Namespace) -> int:
     from opir.bench import compile as bench
 
     kwargs: dict[str, Any] = {"tokens": (16,), "layers": 2} if args.short else {}
+    if args.quant:
+        return _bench_compile_quant(args, kwargs)
     with Progress(console=progress_console, transient=True, disable=args.json) as progress:
         task = progress.add_task("compiling and timing", total=None)
         results = bench.run(
@@ -386,6 +388,45 @@ def _bench_compile(args: argparse.Namespace) -> int:
     for name, fired in results[-1].fusions.items():  # opir's fusions in the Inductor run
         unfused = "; ".join(results[-1].unfused[name]) or "none"
         console.print(f"{name}: fusions {fired or '{}'}, norms left unfused: {unfused}")
+    return 0
+
+
+def _bench_compile_quant(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
+    from rich.progress import Progress
+
+    from opir.bench import quant_compile as bench
+
+    with Progress(console=progress_console, transient=True, disable=args.json) as progress:
+        task = progress.add_task("compiling and timing", total=None)
+        results = bench.run(
+            rounds=args.rounds,
+            on_step=lambda what: progress.update(task, description=what),
+            **kwargs,
+        )
+    if args.json:
+        _print_json(results)
+        return 0
+    console.print(_noise_line([v for r in results for v in r.spread.values()]))
+    names = list(results[0].median_ms)
+    table = Table(
+        title="W8A8 decoder (QuantLinear, hidden 1024, bf16; int8 on CPU, fp8 on GPU): "
+        "median ms per forward, ratio to torch.compile"
+    )
+    table.add_column("tokens", justify="right")
+    for name in names:
+        table.add_column(name, justify="right", overflow="fold")
+    for r in results:
+        table.add_row(
+            str(r.tokens),
+            *(f"{r.median_ms[n]:.3f} ms ({r.ratio_to_torch_compile[n]:.2f}x)" for n in names),
+        )
+    console.print(table)
+    last = results[-1]
+    for name, fired in last.fusions.items():
+        console.print(f"{name}: fusions {fired or '{}'}")
+        for line in last.unfused[name]:
+            console.print(f"  unfused {line}")
+        console.print(f"  lowered: {', '.join(f'{o}->{p}' for o, p in last.providers[name])}")
     return 0
 
 
@@ -553,6 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = benches.add_parser("compile", help="eager vs opir.compile vs plain torch.compile")
     c.add_argument("--short", action="store_true", help="16 tokens, 2 layers (for `make run`)")
     c.add_argument("--rounds", type=_positive_int, default=15, help="rounds per token count")
+    c.add_argument(
+        "--quant",
+        action="store_true",
+        help="a W8A8 decoder (QuantLinear; int8 on CPU, fp8 on GPU) instead, with the "
+        "norm/activation -> quant fusions counted",
+    )
     _json_flag(c)
     c.set_defaults(run=_bench_compile)
     m = benches.add_parser("model", help="Qwen3-0.6B-shaped transformers model, stock vs opir")

@@ -29,6 +29,11 @@ before it (through ``transpose(1, 2)`` or not) make it ``qk_norm_rotary_pos_emb`
 vLLM's per-head norms before ``rotary_embedding`` make it ``qk_norm_rope``. Both are
 bit-identical to the unfused graph (the ops' natives are those expressions).
 
+Norm/activation -> quant (``quant_fusion``): the quantisation of an ``rms_norm``,
+``fused_add_rms_norm``, ``all_reduce_rms_norm`` or ``silu_and_mul`` output becomes
+the fused quant op (``rms_norm_dynamic_quant``, ...); these rules come last, so
+``add -> rms_norm -> quant`` ends as ``fused_add_rms_norm_quant``.
+
 Each rule returns a reason when it recognises its pattern but must not fuse,
 and ``add_rms_norm`` says why a norm has no residual add to fuse with: the
 compile report prints these next to the module the norm came from.
@@ -42,6 +47,7 @@ import torch
 from torch import fx
 
 import opir.compiler.activation_fusion as act
+import opir.compiler.quant_fusion as quant
 import opir.compiler.rotary_fusion as rot
 from opir.compiler.fusion import Fused, Rule
 from opir.compiler.fx_utils import val
@@ -193,7 +199,7 @@ def _all_reduce_rms_norm(node: fx.Node, args: tuple) -> Fused | str | None:
 
 
 # Priority order: a rule whose pattern contains another rule's pattern comes first.
-RULES: tuple[Rule, ...] = (
+BASE_RULES: tuple[Rule, ...] = (
     # q/k norms + RoPE (see ``rotary_fusion``): they contain per-head rms_norm nodes,
     # so they come before the norm rules; the Hugging Face form on an opir
     # rotary_pos_emb node and on transformers' expression, then vLLM's form.
@@ -214,3 +220,14 @@ RULES: tuple[Rule, ...] = (
     Rule("gelu_tanh_mul", act.MUL, act.match_gelu_tanh),
     *(Rule("activation_not_a_product", anchor, act.not_a_product) for anchor in act.REPORT_ANCHORS),
 )
+
+
+def rules(gate: quant.Gate | None = None) -> tuple[Rule, ...]:
+    """The whole table; the norm/activation -> quant rules come last, so they see (and
+    grow) the fused norms and activations the rules before them made, and ``gate``
+    (the platform's ``fuse_quant`` policy) may veto them."""
+    return (*BASE_RULES, *quant.rules(gate))
+
+
+RULES: tuple[Rule, ...] = rules()
+"""Every rule, the quant ones ungated (``fuse_quant="always"``)."""

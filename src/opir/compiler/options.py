@@ -10,6 +10,22 @@ from typing import Any
 from opir.core.config import resolve_config
 from opir.core.op import Op
 
+FUSE_QUANT_POLICIES = ("auto", "always", "kernel", "never")
+
+FUSE_QUANT_DEFAULT: dict[str, str] = {
+    # Measured (docs/compiler.md, "Norm/activation + quant"; bench.quant_compile.
+    # norm_quant_decision): the fused cpu kernel takes 0.59x / 0.23x the time of
+    # Inductor's unfused rms_norm + dynamic_quant at 16 / 256 tokens (hidden 4096),
+    # 25 us more at 1 token; without a cpu kernel the fused native costs 1.00x.
+    "cpu": "always",
+    # NOT measured (no GPU here): vLLM's rule. Upstream found Inductor's generated
+    # norm+quant faster than the hand-written kernel on NVIDIA, so fuse only when the
+    # fused op is lowered to a hand-written kernel (triton/flashinfer/...).
+    "cuda": "kernel",
+}
+"""``fuse_quant="auto"`` per device type; other GPU types use the ``cuda`` entry."""
+
+
 DEFAULT_PATCHES: Mapping[str, Any] = {"emulate_precision_casts": True}
 """Inductor config opir.compile sets unless the user's ``inductor_options`` say otherwise.
 
@@ -33,7 +49,11 @@ class Options:
     priority of some ops for this backend only, ``((op, (providers...)), ...)``,
     replacing whatever priority is in effect when the graph compiles;
     ``mode`` / ``inductor_options``: ``torch.compile``'s ``mode`` and
-    ``options``, handed to Inductor as config patches.
+    ``options``, handed to Inductor as config patches; ``fuse_quant``: when the
+    norm/activation -> quant rules fuse: ``"always"``, ``"kernel"`` (only when the
+    fused op would lower to a hand-written kernel, not ``native``/``inductor``),
+    ``"never"``, or ``"auto"``: the measured per-platform default
+    (:data:`FUSE_QUANT_DEFAULT`, by the device of the quantised tensor).
     """
 
     inductor: bool = True
@@ -42,6 +62,20 @@ class Options:
     priority: tuple[tuple[Op, tuple[str, ...]], ...] = ()
     mode: str | None = None
     inductor_options: tuple[tuple[str, Any], ...] = ()
+    fuse_quant: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.fuse_quant not in FUSE_QUANT_POLICIES:
+            raise ValueError(
+                f"opir.backend: fuse_quant must be one of {list(FUSE_QUANT_POLICIES)}, "
+                f"got {self.fuse_quant!r}"
+            )
+
+    def quant_policy(self, device_type: str) -> str:
+        """``fuse_quant`` with ``"auto"`` resolved for a device type ("cpu", "cuda", ...)."""
+        if self.fuse_quant != "auto":
+            return self.fuse_quant
+        return FUSE_QUANT_DEFAULT.get(device_type, FUSE_QUANT_DEFAULT["cuda"])
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> Options:

@@ -34,9 +34,9 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from opir.compiler.cache import kernel_digest
 from opir.compiler.clones import count_clones, eliminate_clones
-from opir.compiler.fusion import fuse
-from opir.compiler.fusion_rules import RULES
-from opir.compiler.fx_utils import calls_custom_kernel, opir_nodes
+from opir.compiler.fusion import Fused, fuse
+from opir.compiler.fusion_rules import rules
+from opir.compiler.fx_utils import calls_custom_kernel, opir_nodes, val
 from opir.compiler.lowering import lower
 from opir.compiler.options import Options
 from opir.compiler.report import GraphReport
@@ -61,9 +61,29 @@ class OpirPasses:
 
     def fuse(self, graph: fx.Graph) -> None:
         if self.options.fuse:
-            result = fuse(graph, RULES)
+            result = fuse(graph, rules(self.quant_gate))
             self.report.fusions, self.report.unfused = result.fired, result.unfused
             graph.eliminate_dead_code()
+
+    def quant_gate(self, fused: Fused) -> str | None:
+        """The ``fuse_quant`` policy for one norm/activation -> quant match: None to fuse."""
+        x = val(fused.args[0])
+        device = x.device.type if hasattr(x, "device") else "cpu"
+        policy = self.options.quant_policy(device)
+        if policy == "always":
+            return None
+        if policy == "never":
+            return f"fuse_quant='never' ({device}): {fused.op.name} not made"
+        op = fused.op
+        args = op.complete_args(fused.args, {})
+        selection = op.select(tuple(val(a) for a in args), op.compile_priority(self.fixed.get(op)))
+        provider = selection.impl.provider
+        if provider in ("native", "inductor"):
+            return (
+                f"fuse_quant='{policy}' ({device}): {op.name} would lower to {provider!r}, not "
+                "a hand-written kernel, and Inductor fuses the unfused pair itself"
+            )
+        return None
 
     def lower(self, graph: fx.Graph) -> None:
         """Lowering and clone elimination; fills the report and the digest."""
