@@ -301,12 +301,12 @@ def _bench_kernels(args: argparse.Namespace) -> int:
             "same bytes), speed-up vs native"
         )
         dtype = "x dtype / weight" if rows[0].family == "norm" else "x dtype"
-        shape = {
+        shapes = {
             "norm": "tokens x hidden",
             "quant": "tokens x hidden",
             "rotary": "tokens x head_size (32 q / 8 kv heads)",
         }
-        shape = shape.get(rows[0].family, "tokens x d")
+        shape = shapes.get(rows[0].family, "tokens x d")
         for column in (dtype, shape, "MiB", "copy µs"):
             table.add_column(column, justify="right", overflow="fold")
         for name in names:

@@ -61,7 +61,7 @@ import dataclasses
 import functools
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -347,7 +347,7 @@ def _vllm_rotary(args: tuple) -> dict[str, Callable[[], object]]:
     q, k = query.clone(), key.clone()
     kernel = torch.ops._C.rotary_embedding
     return {
-        OPIR: functools.partial(rotary_embedding.maybe_inplace, *mine),
+        OPIR: functools.partial(cast(Callable[..., object], rotary_embedding.maybe_inplace), *mine),
         VLLM: lambda: kernel(positions, q, k, head_size, cache, neox),
     }
 

@@ -197,9 +197,9 @@ def _fused(node: fx.Node, args: tuple, kind: str) -> Fused | str | None:
                          outputs, (*out_vals, res_val), dead=(x, source))  # fmt: skip
         if kind == DYNAMIC:
             outputs = {**outs, **({2: res[0]} if res else {})}
-            call = (h, residual, weight, eps, dtype, scale_ub, bias)
-            return Fused(fused_add_rms_norm_dynamic_quant, call, outputs, (*out_vals, res_val),
-                         dead=(node, x, source))  # fmt: skip
+            dynamic_call = (h, residual, weight, eps, dtype, scale_ub, bias)
+            return Fused(fused_add_rms_norm_dynamic_quant, dynamic_call, outputs,
+                         (*out_vals, res_val), dead=(node, x, source))  # fmt: skip
         return (
             f"{producer} -> dynamic_group_quant: no fused op (rms_norm_group_quant has no residual)"
         )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -125,15 +125,15 @@ def _fake(dynamic: bool) -> Callable[..., Any]:
     return fake
 
 
-for _op in INPLACE_OPS:
-    _dynamic = _op is ops.fused_add_rms_norm_dynamic_quant
-    _params = _op.sig.inplace_schema.rsplit("->", 1)[0]  # type: ignore[union-attr]
+for _inplace_op in INPLACE_OPS:
+    _dynamic = _inplace_op is ops.fused_add_rms_norm_dynamic_quant
+    _params = cast(str, _inplace_op.sig.inplace_schema).rsplit("->", 1)[0]
     _defined = torch.library.custom_op(
-        f"{NAMESPACE}::{_op.name}_",
-        _writing_residual(_op),
+        f"{NAMESPACE}::{_inplace_op.name}_",
+        _writing_residual(_inplace_op),
         mutates_args=("x_residual",),
         device_types="cpu",
         schema=_params + ("-> (Tensor, Tensor)" if _dynamic else "-> Tensor"),
     )
     _defined.register_fake(_fake(_dynamic))
-del _op, _dynamic, _params, _defined
+del _inplace_op, _dynamic, _params, _defined
