@@ -39,17 +39,20 @@ def _strided(op, layout: str) -> tuple:
         if (layout == "x transposed" and i == 0) or layout == "all transposed":
             args[i] = t.t().contiguous().t()
         elif layout == "sliced":
-            wide = torch.zeros(t.shape[0], 2 * t.shape[1] + 1)
+            wide = torch.zeros(t.shape[0], 2 * t.shape[1] + 1, dtype=t.dtype)
             wide[:, 1::2] = t
             args[i] = wide[:, 1::2]
     return tuple(args)
 
 
+# Every layout for the norms (the family whose upstream Inductor bug the workaround
+# steps around); one transposed layout for every other op, so the suite stays fast.
+_NORMS = ("rms_norm", "fused_add_rms_norm", "rms_norm_gated")
 CASES = [
     (name, layout)
     for name in sorted(registry)
     for layout in ("x transposed", "all transposed", "sliced")
-    if not name.startswith("test_")
+    if not name.startswith("test_") and (name in _NORMS or layout == "all transposed")
 ]
 
 

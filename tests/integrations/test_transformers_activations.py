@@ -22,7 +22,16 @@ from .models import build
 
 NATIVE = {
     op: ["native"]
-    for op in ("rms_norm", "fused_add_rms_norm", "silu_mul", "gelu_mul", "silu_and_mul")
+    for op in (
+        "rms_norm",
+        "fused_add_rms_norm",
+        "silu_mul",
+        "gelu_mul",
+        "silu_and_mul",
+        # apply() also puts RoPE (and Qwen3's q/k norms + RoPE) on opir by default
+        "rotary_pos_emb",
+        "qk_norm_rotary_pos_emb",
+    )
 }
 IDS_INPUT = torch.randint(3, 128, (1, 10), generator=torch.Generator().manual_seed(0))
 # family -> (MLP class, opir op the probe picks)
