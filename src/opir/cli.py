@@ -354,13 +354,35 @@ def _bench_activations(args: argparse.Namespace) -> int:
 
 
 def _bench_compile(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
-
-    from opir.bench import compile as bench
+    from opir.bench import compile as plain
+    from opir.bench import quant_compile as quant
 
     kwargs: dict[str, Any] = {"tokens": (16,), "layers": 2} if args.short else {}
     if args.quant:
-        return _bench_compile_quant(args, kwargs)
+        title = "W8A8 decoder (QuantLinear, hidden 1024, bf16; int8 on CPU, fp8 on GPU)"
+        results = _compile_table(quant, title, args, kwargs)
+        if results:
+            last = results[-1]
+            for name, fired in last.fusions.items():
+                console.print(f"{name}: fusions {fired or '{}'}")
+                for line in last.unfused[name]:
+                    console.print(f"  unfused {line}")
+                lowered = ", ".join(f"{o}->{p}" for o, p in last.providers[name])
+                console.print(f"  lowered: {lowered}")
+        return 0
+    results = _compile_table(plain, "decoder stack (hidden 1024, bf16)", args, kwargs)
+    for name, fired in results[-1].fusions.items() if results else ():
+        unfused = "; ".join(results[-1].unfused[name]) or "none"  # opir's, Inductor run
+        console.print(f"{name}: fusions {fired or '{}'}, norms left unfused: {unfused}")
+    return 0
+
+
+def _compile_table(
+    bench: Any, title: str, args: argparse.Namespace, kwargs: dict[str, Any]
+) -> list[Any]:
+    """Run ``bench.run`` and print its noise line and table (or its JSON, returning [])."""
+    from rich.progress import Progress
+
     with Progress(console=progress_console, transient=True, disable=args.json) as progress:
         task = progress.add_task("compiling and timing", total=None)
         results = bench.run(
@@ -370,12 +392,10 @@ def _bench_compile(args: argparse.Namespace) -> int:
         )
     if args.json:
         _print_json(results)
-        return 0
+        return []
     console.print(_noise_line([v for r in results for v in r.spread.values()]))
     names = list(results[0].median_ms)
-    table = Table(
-        title="decoder stack (hidden 1024, bf16): median ms per forward, ratio to torch.compile"
-    )
+    table = Table(title=f"{title}: median ms per forward, ratio to torch.compile")
     table.add_column("tokens", justify="right")
     for name in names:
         table.add_column(name, justify="right", overflow="fold")
@@ -385,49 +405,7 @@ def _bench_compile(args: argparse.Namespace) -> int:
             *(f"{r.median_ms[n]:.3f} ms ({r.ratio_to_plain[n]:.2f}x)" for n in names),
         )
     console.print(table)
-    for name, fired in results[-1].fusions.items():  # opir's fusions in the Inductor run
-        unfused = "; ".join(results[-1].unfused[name]) or "none"
-        console.print(f"{name}: fusions {fired or '{}'}, norms left unfused: {unfused}")
-    return 0
-
-
-def _bench_compile_quant(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
-    from rich.progress import Progress
-
-    from opir.bench import quant_compile as bench
-
-    with Progress(console=progress_console, transient=True, disable=args.json) as progress:
-        task = progress.add_task("compiling and timing", total=None)
-        results = bench.run(
-            rounds=args.rounds,
-            on_step=lambda what: progress.update(task, description=what),
-            **kwargs,
-        )
-    if args.json:
-        _print_json(results)
-        return 0
-    console.print(_noise_line([v for r in results for v in r.spread.values()]))
-    names = list(results[0].median_ms)
-    table = Table(
-        title="W8A8 decoder (QuantLinear, hidden 1024, bf16; int8 on CPU, fp8 on GPU): "
-        "median ms per forward, ratio to torch.compile"
-    )
-    table.add_column("tokens", justify="right")
-    for name in names:
-        table.add_column(name, justify="right", overflow="fold")
-    for r in results:
-        table.add_row(
-            str(r.tokens),
-            *(f"{r.median_ms[n]:.3f} ms ({r.ratio_to_torch_compile[n]:.2f}x)" for n in names),
-        )
-    console.print(table)
-    last = results[-1]
-    for name, fired in last.fusions.items():
-        console.print(f"{name}: fusions {fired or '{}'}")
-        for line in last.unfused[name]:
-            console.print(f"  unfused {line}")
-        console.print(f"  lowered: {', '.join(f'{o}->{p}' for o, p in last.providers[name])}")
-    return 0
+    return list(results)
 
 
 def _bench_model(args: argparse.Namespace) -> int:

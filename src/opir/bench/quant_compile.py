@@ -87,7 +87,7 @@ class QuantDecoder(nn.Module):
 class QuantCompileResult:
     tokens: int
     median_ms: dict[str, float]
-    ratio_to_torch_compile: dict[str, float]
+    ratio_to_plain: dict[str, float]  # median per-round ratio to torch.compile (as bench.compile)
     fusions: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     unfused: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     providers: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
