@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,8 +81,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     builds overlap with tests instead. The build lock makes a test that needs a family
     still being built wait for it, and a build cut short is redone on first use.
     """
-    if len(session.items) < _PREBUILD_MIN_TESTS:
-        return
+    if len(session.items) < _PREBUILD_MIN_TESTS or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # a few files, or `make test`'s workers, which keep both cores busy already
     _start_interpreter_runs(session)
     from opir.providers.cpu import build
     from opir.providers.cpu.availability import SUPPORTED
