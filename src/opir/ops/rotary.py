@@ -520,23 +520,26 @@ def _qk_norm_rope_inputs(
     )  # fmt: skip
 
 
+@rotary_pos_emb.register_input_generator
 def _hf_inputs(
     *,
     dtype: torch.dtype,
     device,
     generator: torch.Generator,
-    num_tokens: int,
-    hidden_size: int,
-    batch: int,
-    num_heads: int,
-    num_kv_heads: int,
-    rotary_dim: int | None,
-    partial: bool,
-    bshd: bool,
-    cos_dtype: torch.dtype | None,
+    num_tokens: int = 4,
+    hidden_size: int = 64,
+    batch: int = 1,
+    num_heads: int = 2,
+    num_kv_heads: int = 1,
+    rotary_dim: int | None = None,
+    partial: bool = False,
+    bshd: bool = False,
+    cos_dtype: torch.dtype | None = None,
 ):
     """q [batch, heads, seq, head_dim] (``bshd``: [batch, seq, heads, head_dim]), cos/sin
-    [batch, seq, rotary_dim] as Hugging Face's rotary module returns them."""
+    [batch, seq, rotary_dim] as Hugging Face's rotary module returns them: the arguments
+    of ``rotary_pos_emb``. ``num_tokens`` is the sequence length, ``hidden_size`` the head
+    dim; ``bshd`` means unsqueeze_dim=2."""
     head_dim = hidden_size
     rd = _rotary_dim(head_dim, rotary_dim, partial)
     seq = num_tokens
@@ -556,57 +559,18 @@ def _hf_inputs(
     return q, k, cos, sin, 2 if bshd else 1
 
 
-@rotary_pos_emb.register_input_generator
-def _rotary_pos_emb_inputs(
-    *,
-    dtype: torch.dtype,
-    device,
-    generator: torch.Generator,
-    num_tokens: int = 4,
-    hidden_size: int = 64,
-    batch: int = 1,
-    num_heads: int = 2,
-    num_kv_heads: int = 1,
-    rotary_dim: int | None = None,
-    partial: bool = False,
-    bshd: bool = False,
-    cos_dtype: torch.dtype | None = None,
-):
-    """``num_tokens`` is the sequence length, ``hidden_size`` the head dim; ``bshd``
-    lays q/k out [batch, seq, heads, head_dim] (unsqueeze_dim=2)."""
-    return _hf_inputs(
-        dtype=dtype, device=device, generator=generator, num_tokens=num_tokens,
-        hidden_size=hidden_size, batch=batch, num_heads=num_heads, num_kv_heads=num_kv_heads,
-        rotary_dim=rotary_dim, partial=partial, bshd=bshd, cos_dtype=cos_dtype,
-    )  # fmt: skip
-
-
 @qk_norm_rotary_pos_emb.register_input_generator
 def _qk_norm_rotary_pos_emb_inputs(
     *,
-    dtype: torch.dtype,
-    device,
-    generator: torch.Generator,
-    num_tokens: int = 4,
-    hidden_size: int = 64,
-    batch: int = 1,
-    num_heads: int = 2,
-    num_kv_heads: int = 1,
-    rotary_dim: int | None = None,
-    partial: bool = False,
-    bshd: bool = False,
-    cos_dtype: torch.dtype | None = None,
     weight_dtype: torch.dtype | None = None,
     epsilon: float = 1e-6,
     weight_bias: float = 0.0,
+    **kw,
 ):
-    q, k, cos, sin, unsqueeze_dim = _hf_inputs(
-        dtype=dtype, device=device, generator=generator, num_tokens=num_tokens,
-        hidden_size=hidden_size, batch=batch, num_heads=num_heads, num_kv_heads=num_kv_heads,
-        rotary_dim=rotary_dim, partial=partial, bshd=bshd, cos_dtype=cos_dtype,
-    )  # fmt: skip
-    head_dim = q.shape[-1]
-    wd = weight_dtype or dtype
+    """``rotary_pos_emb``'s inputs (``_hf_inputs``' keywords) plus per-head weights."""
+    q, k, cos, sin, unsqueeze_dim = _hf_inputs(**kw)
+    head_dim, generator, device = q.shape[-1], kw["generator"], q.device
+    wd = weight_dtype or kw["dtype"]
     q_weight = (1.0 + 0.1 * torch.randn(head_dim, generator=generator, device=device)).to(wd)
     k_weight = (1.0 + 0.1 * torch.randn(head_dim, generator=generator, device=device)).to(wd)
     return q, k, q_weight, k_weight, epsilon, cos, sin, unsqueeze_dim, weight_bias
