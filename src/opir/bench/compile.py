@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
 import opir
 from opir.bench.models import twin_models
-from opir.bench.timing import interleave
+from opir.bench.timing import Samples, interleave
 
 EAGER = "eager (opir ops)"
 PLAIN = "torch.compile (plain PyTorch model)"
@@ -43,6 +44,23 @@ class CompileResult:
     unfused: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     # relative spread between rounds (IQR / median) per variant: the noise floor
     spread: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def time_variants(
+    variants: Mapping[str, Callable[[torch.Tensor], object]], x: torch.Tensor, rounds: int
+) -> tuple[Samples, dict[str, Any]]:
+    """Interleaved timing of every variant on ``x`` (fewer calls per round for more
+    tokens), and the last compile report of each variant that has one."""
+    samples = interleave(
+        {name: functools.partial(fn, x) for name, fn in variants.items()},
+        rounds=rounds,
+        number=max(1, 20 // max(1, x.shape[0] // 16)),
+        warmup=3,
+    )
+    reports = {
+        name: fn.opir_report.last for name, fn in variants.items() if hasattr(fn, "opir_report")
+    }
+    return samples, reports
 
 
 def run(
@@ -82,17 +100,7 @@ def run(
                 tol = opir.ops.rms_norm.tolerance(dtype)
                 # sanity: every variant computes the same model
                 torch.testing.assert_close(got, reference, atol=50 * tol.atol, rtol=10 * tol.rtol)
-            samples = interleave(
-                {name: functools.partial(fn, x) for name, fn in variants.items()},
-                rounds=rounds,
-                number=max(1, 20 // max(1, count // 16)),
-                warmup=3,
-            )
-            reports = {
-                name: fn.opir_report.last
-                for name, fn in variants.items()
-                if hasattr(fn, "opir_report")
-            }
+            samples, reports = time_variants(variants, x, rounds)
             results.append(
                 CompileResult(
                     count,

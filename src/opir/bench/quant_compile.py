@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import opir
+from opir.bench.compile import time_variants
 from opir.bench.timing import interleave
 from opir.layers import QuantLinear, RMSNorm
 
@@ -126,17 +127,7 @@ def run(
                 # sanity: every variant computes the same model (a quantisation step
                 # may land one int8 level apart where fused norms round differently)
                 torch.testing.assert_close(fn(x).float(), reference.float(), atol=0.5, rtol=0.1)
-            samples = interleave(
-                {name: functools.partial(fn, x) for name, fn in variants.items()},
-                rounds=rounds,
-                number=max(1, 20 // max(1, count // 16)),
-                warmup=3,
-            )
-            reports = {
-                name: fn.opir_report.last
-                for name, fn in variants.items()
-                if hasattr(fn, "opir_report")
-            }
+            samples, reports = time_variants(variants, x, rounds)
             results.append(
                 QuantCompileResult(
                     count,
